@@ -1,0 +1,48 @@
+# guestsync: `make demo` runs the whole job locally, `make test` runs the test suite.
+# Both install what they need on a fresh Debian machine (run as root for the apt step).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+AZURITE_VERSION := 3.37.0
+APT_PACKAGES := samba samba-ad-dc winbind ldb-tools openssl
+
+.PHONY: deps deps-python deps-azurite deps-samba test lint demo clean
+
+deps: deps-python deps-azurite deps-samba
+
+deps-python: $(VENV)/.installed
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $@
+
+deps-azurite: .tools/node_modules/.bin/azurite
+.tools/node_modules/.bin/azurite:
+	mkdir -p .tools
+	npm install --silent --no-audit --no-fund --prefix .tools azurite@$(AZURITE_VERSION)
+
+deps-samba:
+	@if ! command -v samba >/dev/null || ! command -v samba-tool >/dev/null; then \
+	  echo "installing Samba AD DC packages (apt)"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "run as root, or: sudo apt-get install $(APT_PACKAGES)"; exit 1; fi; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; \
+	fi
+
+lint: deps-python
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy shared graphsim localenv function_app.py
+
+test: deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy shared graphsim localenv function_app.py
+	$(PY) -m pytest -q -p no:cacheprovider
+
+demo: deps
+	$(PY) -m shared.cli demo
+
+clean:
+	rm -rf $(VENV) .tools .demo .pytest_cache .mypy_cache .ruff_cache

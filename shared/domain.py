@@ -1,0 +1,133 @@
+"""Domain types shared by the rules, the services and the adapters.
+
+Names follow the MIM scenario the product replaces (seed 002): a *guest* in Graph is projected into a
+*metaverse entry* by the inbound flow rules, joined on ``uid`` (= Graph ``id``), and *exported* to an AD
+shadow account by the outbound flow rules.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+#: Graph object ids are GUIDs. Anything else is refused before it can reach a DN or a filter.
+GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+#: userAccountControl = NORMAL_ACCOUNT (0x200) | SMARTCARD_REQUIRED (0x40000), seed 002.
+UAC_NORMAL_ACCOUNT = 0x0200
+UAC_ACCOUNTDISABLE = 0x0002
+UAC_SMARTCARD_REQUIRED = 0x40000
+GUEST_USER_ACCOUNT_CONTROL = UAC_NORMAL_ACCOUNT | UAC_SMARTCARD_REQUIRED  # 262656
+
+
+def is_guid(value: str) -> bool:
+    return bool(GUID_RE.match(value))
+
+
+@dataclass(frozen=True)
+class GraphUser:
+    """A user as Microsoft Graph returns it (the connector space of the Graph side)."""
+
+    id: str
+    user_type: str | None = None
+    display_name: str | None = None
+    given_name: str | None = None
+    surname: str | None = None
+    user_principal_name: str | None = None
+    mail: str | None = None
+    mobile_phone: str | None = None
+    account_enabled: bool | None = None
+
+
+#: The Graph properties every read must $select: the inbound flow sources plus what lifecycle needs.
+GRAPH_USER_SELECT: tuple[str, ...] = (
+    "id",
+    "userType",
+    "displayName",
+    "givenName",
+    "surname",
+    "userPrincipalName",
+    "mail",
+    "mobilePhone",
+    "accountEnabled",
+)
+
+
+@dataclass(frozen=True)
+class MetaverseEntry:
+    """The person object after the inbound flow (seed 002 'Import Guest User' rule)."""
+
+    uid: str
+    cn: str
+    account_name: str
+    employee_type: str | None
+    display_name: str | None
+    given_name: str | None
+    sn: str | None
+    user_principal_name: str | None
+    mail: str | None
+    mobile_phone: str | None
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {
+            "uid": self.uid,
+            "cn": self.cn,
+            "accountName": self.account_name,
+            "employeeType": self.employee_type,
+            "displayName": self.display_name,
+            "givenName": self.given_name,
+            "sn": self.sn,
+            "userPrincipalName": self.user_principal_name,
+            "mail": self.mail,
+            "mobilePhone": self.mobile_phone,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MetaverseEntry:
+        return cls(
+            uid=data["uid"],
+            cn=data["cn"],
+            account_name=data["accountName"],
+            employee_type=data.get("employeeType"),
+            display_name=data.get("displayName"),
+            given_name=data.get("givenName"),
+            sn=data.get("sn"),
+            user_principal_name=data.get("userPrincipalName"),
+            mail=data.get("mail"),
+            mobile_phone=data.get("mobilePhone"),
+        )
+
+
+@dataclass(frozen=True)
+class AdAccount:
+    """A shadow account as read back from AD (the connector space of the AD side)."""
+
+    dn: str
+    object_sid: str | None
+    sam_account_name: str | None
+    user_account_control: int | None
+    attributes: dict[str, str | None] = field(default_factory=dict)
+
+
+class ExportKind(StrEnum):
+    CREATE = "create"
+    UPDATE = "update"
+
+
+class GuestStatus(StrEnum):
+    """Where a guest stands; shown by ``guestsync status``."""
+
+    PENDING = "pending"  # export queued, not yet applied
+    PROVISIONED = "provisioned"  # AD account matches the metaverse entry
+    ERROR = "error"  # the last export failed for a reason an admin must fix (see ``error``)
+    OUT_OF_SCOPE = "out_of_scope"  # not a guest any more (or deleted) in Entra; lifecycle policy applies
+
+
+class GuestsyncError(Exception):
+    """Base class of errors the operator can act on; ``str()`` is the readable message."""
+
+
+class ConfigurationError(GuestsyncError):
+    """A setting is missing or wrong; the message names the setting."""

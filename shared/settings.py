@@ -1,0 +1,174 @@
+"""Settings from the environment (app settings in Azure, ``local.settings.json`` or the shell locally).
+
+Every setting is documented in README.md (Configuration) and set in ``infra/``. Secrets come from the
+environment only (in Azure: Key Vault references); none has a default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from shared.domain import ConfigurationError
+
+DEFAULT_CHANGE_QUEUE = "guestsync-changes"
+DEFAULT_EXPORT_QUEUE = "guestsync-exports"
+DEFAULT_STATE_TABLE = "guestsync"
+
+
+@dataclass(frozen=True)
+class GraphSettings:
+    """How to reach Microsoft Graph and who we are there."""
+
+    endpoint: str = "https://graph.microsoft.com/v1.0"
+    auth: str = "managed_identity"  # managed_identity | client_secret
+    tenant_id: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+    authority_host: str = "https://login.microsoftonline.com"
+    scopes: tuple[str, ...] = ("https://graph.microsoft.com/.default",)
+
+
+@dataclass(frozen=True)
+class DirectorySettings:
+    """How to reach on-premises AD and where guests live there."""
+
+    server: str  # ldaps://dc1.contoso.com[:636]
+    bind_user: str
+    bind_password: str = field(repr=False)
+    guest_ou: str  # OU=B2BGuest,DC=contoso,DC=com
+    ca_file: str | None = None  # PEM bundle that signed the DC certificate; None = system store
+    validate_certificate: bool = True
+    connect_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    client_states: tuple[str, ...] = field(default=(), repr=False)  # current first, then the previous one
+    tenant_id: str | None = None  # when set, notifications from another tenant are refused
+    notification_url: str | None = None  # public URL of POST /api/graph/notifications
+    lifecycle_url: str | None = None  # public URL of POST /api/graph/lifecycle
+
+
+@dataclass(frozen=True)
+class Settings:
+    storage_connection: str = field(repr=False)
+    change_queue: str = DEFAULT_CHANGE_QUEUE
+    export_queue: str = DEFAULT_EXPORT_QUEUE
+    state_table: str = DEFAULT_STATE_TABLE
+    worker_mode: str = "agent"  # agent (on-premises `guestsync worker`) | function (queue trigger in Azure)
+    graph: GraphSettings = field(default_factory=GraphSettings)
+    webhook: WebhookSettings = field(default_factory=WebhookSettings)
+    directory: DirectorySettings | None = None
+    subscription_minutes: int = 41_760 - 60  # Graph allows at most 41,760 minutes for users
+
+    @property
+    def export_poison_queue(self) -> str:
+        return f"{self.export_queue}-poison"
+
+    @property
+    def change_poison_queue(self) -> str:
+        return f"{self.change_queue}-poison"
+
+
+def _get(env: Mapping[str, str], name: str, default: str | None = None) -> str | None:
+    value = env.get(name)
+    if value is None or value.strip() == "":
+        return default
+    return value.strip()
+
+
+def _require(env: Mapping[str, str], name: str, why: str) -> str:
+    value = _get(env, name)
+    if value is None:
+        raise ConfigurationError(f"setting {name} is required ({why})")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    value = _get(env, name)
+    if value is None:
+        return default
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"setting {name} must be true or false, not {value!r}")
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = (_get(env, name, default) or default).lower()
+    if value not in allowed:
+        raise ConfigurationError(f"setting {name} must be one of {', '.join(allowed)}, not {value!r}")
+    return value
+
+
+def load_directory_settings(env: Mapping[str, str]) -> DirectorySettings:
+    server = _require(env, "AD_SERVER", "the LDAPS URL of a domain controller, e.g. ldaps://dc1.contoso.com")
+    if not server.lower().startswith("ldaps://"):
+        raise ConfigurationError(
+            "setting AD_SERVER must be an ldaps:// URL: passwords are only ever sent over TLS"
+        )
+    try:
+        timeout = float(_get(env, "AD_CONNECT_TIMEOUT", "10") or "10")
+    except ValueError as exc:
+        raise ConfigurationError("setting AD_CONNECT_TIMEOUT must be a number of seconds") from exc
+    return DirectorySettings(
+        server=server,
+        bind_user=_require(env, "AD_BIND_USER", "the service account that owns the guest OU"),
+        bind_password=_require(env, "AD_BIND_PASSWORD", "password of AD_BIND_USER, from Key Vault"),
+        guest_ou=_require(env, "AD_GUEST_OU", "DN of the OU for guest accounts, e.g. OU=B2BGuest,DC=contoso,DC=com"),
+        ca_file=_get(env, "AD_CA_FILE"),
+        validate_certificate=_bool(env, "AD_VALIDATE_CERTIFICATE", True),
+        connect_timeout=timeout,
+    )
+
+
+def load_settings(env: Mapping[str, str] | None = None, *, need_directory: bool = False) -> Settings:
+    """Read and validate every setting; one ConfigurationError names the first bad one."""
+    env = os.environ if env is None else env
+    storage = _require(env, "AzureWebJobsStorage", "connection string of the storage account for queues and state")
+    graph_auth = _choice(env, "GRAPH_AUTH", "managed_identity", ("managed_identity", "client_secret"))
+    graph = GraphSettings(
+        endpoint=(_get(env, "GRAPH_ENDPOINT", GraphSettings.endpoint) or GraphSettings.endpoint).rstrip("/"),
+        auth=graph_auth,
+        tenant_id=_get(env, "GRAPH_TENANT_ID"),
+        client_id=_get(env, "GRAPH_CLIENT_ID"),
+        client_secret=_get(env, "GRAPH_CLIENT_SECRET"),
+        authority_host=_get(env, "GRAPH_AUTHORITY_HOST", GraphSettings.authority_host) or "",
+        scopes=(_get(env, "GRAPH_SCOPE", GraphSettings.scopes[0]) or GraphSettings.scopes[0],),
+    )
+    if graph_auth == "client_secret":
+        for name, value in (
+            ("GRAPH_TENANT_ID", graph.tenant_id),
+            ("GRAPH_CLIENT_ID", graph.client_id),
+            ("GRAPH_CLIENT_SECRET", graph.client_secret),
+        ):
+            if not value:
+                raise ConfigurationError(f"setting {name} is required when GRAPH_AUTH=client_secret")
+    states = tuple(
+        s
+        for s in (_get(env, "GRAPH_CLIENT_STATE"), _get(env, "GRAPH_CLIENT_STATE_PREVIOUS"))
+        if s is not None
+    )
+    webhook = WebhookSettings(
+        client_states=states,
+        tenant_id=_get(env, "GRAPH_TENANT_ID"),
+        notification_url=_get(env, "GUESTSYNC_NOTIFICATION_URL"),
+        lifecycle_url=_get(env, "GUESTSYNC_LIFECYCLE_URL"),
+    )
+    worker_mode = _choice(env, "GUESTSYNC_WORKER_MODE", "agent", ("agent", "function"))
+    directory = None
+    if need_directory or worker_mode == "function" or _get(env, "AD_SERVER"):
+        directory = load_directory_settings(env)
+    return Settings(
+        storage_connection=storage,
+        change_queue=_get(env, "GUESTSYNC_CHANGE_QUEUE", DEFAULT_CHANGE_QUEUE) or DEFAULT_CHANGE_QUEUE,
+        export_queue=_get(env, "GUESTSYNC_EXPORT_QUEUE", DEFAULT_EXPORT_QUEUE) or DEFAULT_EXPORT_QUEUE,
+        state_table=_get(env, "GUESTSYNC_STATE_TABLE", DEFAULT_STATE_TABLE) or DEFAULT_STATE_TABLE,
+        worker_mode=worker_mode,
+        graph=graph,
+        webhook=webhook,
+        directory=directory,
+    )

@@ -1,0 +1,8 @@
+"""Test fixtures: real Azurite, a real Samba AD DC and the Graph simulator, started on loopback."""
+
+pytest_plugins = [
+    "tests.plugins.certs",
+    "tests.plugins.azurite",
+    "tests.plugins.samba",
+    "tests.plugins.graph",
+]
