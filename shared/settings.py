@@ -16,6 +16,14 @@ DEFAULT_CHANGE_QUEUE = "guestsync-changes"
 DEFAULT_EXPORT_QUEUE = "guestsync-exports"
 DEFAULT_STATE_TABLE = "guestsync"
 
+#: App settings that trigger bindings refer to as %NAME%; the host needs them set (infra/ sets them),
+#: the local runner fills in these defaults when they are absent.
+BINDING_DEFAULTS: dict[str, str] = {
+    "GUESTSYNC_CHANGE_QUEUE": DEFAULT_CHANGE_QUEUE,
+    "GUESTSYNC_EXPORT_QUEUE": DEFAULT_EXPORT_QUEUE,
+    "GUESTSYNC_SUBSCRIPTION_SCHEDULE": "0 0 */6 * * *",
+}
+
 
 @dataclass(frozen=True)
 class GraphSettings:

@@ -1,0 +1,122 @@
+"""Queue Storage messages between the webhook, the apply step and the AD worker.
+
+Messages are JSON, base64-encoded on the wire because that is what the Functions queue trigger expects
+by default (``messageEncoding: base64`` in host.json).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from azure.core.exceptions import ResourceExistsError
+from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
+
+
+@dataclass(frozen=True)
+class ChangeMessage:
+    """A user that Graph says changed; the apply step re-reads it from Graph."""
+
+    user_id: str
+    change_type: str
+    received_at: str  # ISO 8601 UTC, when the webhook accepted the notification
+    source: str = "notification"  # notification | reconcile | operator
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, body: str | bytes) -> ChangeMessage:
+        data = _load_object(body)
+        user_id = data.get("user_id")
+        if not isinstance(user_id, str):
+            raise ValueError("change message has no user_id")
+        return cls(
+            user_id=user_id,
+            change_type=str(data.get("change_type", "updated")),
+            received_at=str(data.get("received_at", "")),
+            source=str(data.get("source", "notification")),
+        )
+
+    @property
+    def received(self) -> datetime | None:
+        try:
+            return datetime.fromisoformat(self.received_at)
+        except ValueError:
+            return None
+
+
+@dataclass(frozen=True)
+class ExportMessage:
+    """Bring the AD account of ``uid`` in line with its record at ``version`` (or newer).
+
+    The worker always exports the record as it is when the message is processed, so messages that arrive
+    twice or out of order converge on the newest state instead of regressing it.
+    """
+
+    uid: str
+    version: int
+    reason: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, body: str | bytes) -> ExportMessage:
+        data = _load_object(body)
+        uid, version = data.get("uid"), data.get("version")
+        if not isinstance(uid, str) or not isinstance(version, int):
+            raise ValueError("export message needs uid (string) and version (integer)")
+        return cls(uid=uid, version=version, reason=str(data.get("reason", "")))
+
+
+def _load_object(body: str | bytes) -> dict[str, Any]:
+    data = json.loads(body)
+    if not isinstance(data, dict):
+        raise ValueError("queue message is not a JSON object")
+    return data
+
+
+class MessageQueue:
+    """A storage queue that sends text messages base64-encoded (the Functions host's default)."""
+
+    def __init__(self, client: QueueClient) -> None:
+        self._client = client
+        self._created = False
+
+    @classmethod
+    def from_connection_string(cls, connection_string: str, name: str) -> MessageQueue:
+        return cls(
+            QueueClient.from_connection_string(
+                connection_string,
+                name,
+                message_encode_policy=TextBase64EncodePolicy(),
+                message_decode_policy=TextBase64DecodePolicy(),
+            )
+        )
+
+    @property
+    def name(self) -> str:
+        return str(self._client.queue_name)
+
+    def ensure(self) -> None:
+        if not self._created:
+            try:
+                self._client.create_queue()
+            except ResourceExistsError:
+                pass
+            self._created = True
+
+    def send(self, text: str, *, delay_seconds: int | None = None) -> None:
+        self.ensure()
+        self._client.send_message(text, visibility_timeout=delay_seconds)
+
+    def approximate_count(self) -> int:
+        self.ensure()
+        return int(self._client.get_queue_properties().approximate_message_count)
+
+    def peek(self, max_messages: int = 32) -> list[str]:
+        self.ensure()
+        return [str(m.content) for m in self._client.peek_messages(max_messages=max_messages)]

@@ -1,0 +1,165 @@
+"""Guest state in Azure Table Storage: the metaverse entry of each guest plus its join to AD.
+
+One entity per guest (PartitionKey ``guest``, RowKey = Graph id = metaverse uid). Writes use the entity's
+ETag so two instances never overwrite each other's newer data; the caller re-reads and re-plans on conflict.
+No password is ever stored here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import TableClient, TableServiceClient, UpdateMode
+
+from shared.domain import GuestStatus, MetaverseEntry
+
+PARTITION = "guest"
+
+
+class ConcurrencyError(Exception):
+    """Someone else wrote the entity since we read it; re-read and try again."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class GuestRecord:
+    """A guest as guestsync knows it: metaverse entry (Graph side) and join to its AD account."""
+
+    uid: str
+    entry: MetaverseEntry
+    status: GuestStatus = GuestStatus.PENDING
+    version: int = 1  # bumped whenever the metaverse entry changes
+    exported_version: int = 0  # the version last written to AD
+    reason: str | None = None  # why the last change happened (apply plan reason)
+    error: str | None = None  # readable per-guest export error, for the operator
+    warnings: str | None = None  # e.g. a displayName truncated to AD's limit
+    object_sid: str | None = None  # AD join anchor once known (import flow objectSid->objectSid)
+    dn: str | None = None
+    sam_account_name: str | None = None  # import flow sAMAccountName->accountName
+    domain: str | None = None  # import flow NetBIOS domain -> domain
+    graph_read_at: datetime | None = None
+    notified_at: datetime | None = None  # earliest notification not yet exported (latency metric)
+    exported_at: datetime | None = None
+    latency_ms: int | None = None  # last invite/change-to-account latency
+    etag: str | None = field(default=None, compare=False)
+
+    @property
+    def has_account(self) -> bool:
+        return self.object_sid is not None
+
+    def to_entity(self) -> dict[str, Any]:
+        entity: dict[str, Any] = {
+            "PartitionKey": PARTITION,
+            "RowKey": self.uid,
+            "Entry": json.dumps(self.entry.as_dict(), ensure_ascii=False),
+            "Status": self.status.value,
+            "Version": self.version,
+            "ExportedVersion": self.exported_version,
+        }
+        optional: dict[str, Any] = {
+            "Reason": self.reason,
+            "Error": self.error,
+            "Warnings": self.warnings,
+            "ObjectSid": self.object_sid,
+            "Dn": self.dn,
+            "SamAccountName": self.sam_account_name,
+            "Domain": self.domain,
+            "GraphReadAt": self.graph_read_at,
+            "NotifiedAt": self.notified_at,
+            "ExportedAt": self.exported_at,
+            "LatencyMs": self.latency_ms,
+        }
+        # Table Storage has no null: an absent property is how "None" is stored (REPLACE drops it).
+        entity.update({k: v for k, v in optional.items() if v is not None})
+        return entity
+
+    @classmethod
+    def from_entity(cls, entity: Any) -> GuestRecord:
+        def when(name: str) -> datetime | None:
+            value = entity.get(name)
+            return value if isinstance(value, datetime) else None
+
+        return cls(
+            uid=entity["RowKey"],
+            entry=MetaverseEntry.from_dict(json.loads(entity["Entry"])),
+            status=GuestStatus(entity.get("Status", GuestStatus.PENDING.value)),
+            version=int(entity.get("Version", 1)),
+            exported_version=int(entity.get("ExportedVersion", 0)),
+            reason=entity.get("Reason"),
+            error=entity.get("Error"),
+            warnings=entity.get("Warnings"),
+            object_sid=entity.get("ObjectSid"),
+            dn=entity.get("Dn"),
+            sam_account_name=entity.get("SamAccountName"),
+            domain=entity.get("Domain"),
+            graph_read_at=when("GraphReadAt"),
+            notified_at=when("NotifiedAt"),
+            exported_at=when("ExportedAt"),
+            latency_ms=entity.get("LatencyMs"),
+            etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
+        )
+
+    def evolve(self, **changes: Any) -> GuestRecord:
+        return replace(self, **changes)
+
+
+class StateStore:
+    """Table Storage repository of guest records (the metaverse + join table)."""
+
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+
+    @classmethod
+    def from_connection_string(cls, connection_string: str, table_name: str) -> StateStore:
+        service = TableServiceClient.from_connection_string(connection_string)
+        return cls(service.create_table_if_not_exists(table_name))
+
+    def get(self, uid: str) -> GuestRecord | None:
+        try:
+            return GuestRecord.from_entity(self._table.get_entity(PARTITION, uid))
+        except ResourceNotFoundError:
+            return None
+
+    def save(self, record: GuestRecord) -> GuestRecord:
+        """Insert a new record (etag None) or replace ours if nobody wrote it since we read it."""
+        try:
+            if record.etag is None:
+                meta = self._table.create_entity(record.to_entity())
+            else:
+                meta = self._table.update_entity(
+                    record.to_entity(),
+                    mode=UpdateMode.REPLACE,
+                    etag=record.etag,
+                    match_condition=MatchConditions.IfNotModified,
+                )
+        except (ResourceExistsError, ResourceModifiedError) as exc:
+            raise ConcurrencyError(record.uid) from exc
+        except ResourceNotFoundError as exc:  # deleted under us
+            raise ConcurrencyError(record.uid) from exc
+        return record.evolve(etag=meta.get("etag"))
+
+    def delete(self, uid: str) -> None:
+        self._table.delete_entity(PARTITION, uid)
+
+    def __iter__(self) -> Iterator[GuestRecord]:
+        for entity in self._table.query_entities(f"PartitionKey eq '{PARTITION}'", results_per_page=1000):
+            yield GuestRecord.from_entity(entity)
+
+    def counts(self) -> Counter[str]:
+        """Guests per status, streamed (``select`` keeps each page small)."""
+        counts: Counter[str] = Counter()
+        for entity in self._table.query_entities(
+            f"PartitionKey eq '{PARTITION}'", select=["Status"], results_per_page=1000
+        ):
+            counts[entity.get("Status", GuestStatus.PENDING.value)] += 1
+        return counts

@@ -1,0 +1,69 @@
+"""Wiring: build the adapters once per process from settings (ports-and-adapters composition root)."""
+
+from __future__ import annotations
+
+import threading
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from shared.adapters.queues import MessageQueue
+from shared.adapters.state import StateStore
+from shared.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from shared.adapters.directory import Directory
+    from shared.adapters.graph import GraphClient
+
+
+class Services:
+    """Lazily created clients; each is built on first use so a function only pays for what it needs."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @cached_property
+    def state(self) -> StateStore:
+        return StateStore.from_connection_string(self.settings.storage_connection, self.settings.state_table)
+
+    @cached_property
+    def change_queue(self) -> MessageQueue:
+        return MessageQueue.from_connection_string(self.settings.storage_connection, self.settings.change_queue)
+
+    @cached_property
+    def export_queue(self) -> MessageQueue:
+        return MessageQueue.from_connection_string(self.settings.storage_connection, self.settings.export_queue)
+
+    @cached_property
+    def graph(self) -> GraphClient:
+        from shared.adapters.graph import GraphClient
+
+        return GraphClient(self.settings.graph)
+
+    @cached_property
+    def directory(self) -> Directory:
+        from shared.adapters.directory import Directory
+        from shared.domain import ConfigurationError
+
+        if self.settings.directory is None:
+            raise ConfigurationError("setting AD_SERVER is required where the AD worker runs")
+        return Directory(self.settings.directory)
+
+
+_lock = threading.Lock()
+_services: Services | None = None
+
+
+def services() -> Services:
+    """The process-wide services, built from the environment on first use."""
+    global _services
+    with _lock:
+        if _services is None:
+            _services = Services(load_settings())
+        return _services
+
+
+def reset() -> None:
+    """Forget the services (tests and the local runner change settings between runs)."""
+    global _services
+    with _lock:
+        _services = None

@@ -1,0 +1,85 @@
+"""Function bindings as blueprints: thin decorated functions that hand over to the services.
+
+``function_app.py`` registers these on the app the Functions host loads; the on-premises agent
+(``guestsync worker``) registers only the export blueprint on an app of its own and runs it through the
+local runner, so both worker modes run the same code with the same queue semantics.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import azure.functions as func
+
+from shared.adapters.queues import ChangeMessage, ExportMessage
+from shared.bootstrap import services
+from shared.notifications import LifecycleBatch
+from shared.services import apply, export, subscriptions, webhook
+
+log = logging.getLogger("guestsync.functions")
+
+CHANGE_QUEUE = "%GUESTSYNC_CHANGE_QUEUE%"
+EXPORT_QUEUE = "%GUESTSYNC_EXPORT_QUEUE%"
+STORAGE = "AzureWebJobsStorage"
+
+
+def _http(reply: webhook.Reply) -> func.HttpResponse:
+    return func.HttpResponse(reply.body, status_code=reply.status, mimetype=reply.mimetype)
+
+
+def make_ingest_blueprint() -> func.Blueprint:
+    """Webhook, lifecycle, apply and subscription upkeep: the cloud half of guestsync."""
+    bp = func.Blueprint()
+
+    @bp.function_name("graph_notifications")
+    @bp.route(route="graph/notifications", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+    def graph_notifications(req: func.HttpRequest) -> func.HttpResponse:
+        s = services()
+        return _http(
+            webhook.receive_changes(req.get_body(), dict(req.params), s.settings.webhook, s.change_queue.send)
+        )
+
+    @bp.function_name("graph_lifecycle")
+    @bp.route(route="graph/lifecycle", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+    def graph_lifecycle(req: func.HttpRequest) -> func.HttpResponse:
+        s = services()
+
+        def handle(batch: LifecycleBatch) -> None:
+            # Lifecycle work needs Graph calls: queue it so the answer stays fast.
+            for event in batch.accepted:
+                s.change_queue.send(
+                    ChangeMessage(event.subscription_id, f"lifecycle:{event.event}", "", "lifecycle").to_json()
+                )
+
+        return _http(webhook.receive_lifecycle(req.get_body(), dict(req.params), s.settings.webhook, handle))
+
+    @bp.function_name("apply_change")
+    @bp.queue_trigger(arg_name="msg", queue_name=CHANGE_QUEUE, connection=STORAGE)
+    async def apply_change(msg: func.QueueMessage) -> None:
+        s = services()
+        change = ChangeMessage.from_json(msg.get_body())
+        if change.source == "lifecycle":
+            await subscriptions.handle_lifecycle(s.graph, s.settings, change.user_id, change.change_type)
+            return
+        await apply.apply_change(change, s.graph, s.state, s.export_queue.send)
+
+    @bp.function_name("maintain_subscription")
+    @bp.timer_trigger(arg_name="timer", schedule="%GUESTSYNC_SUBSCRIPTION_SCHEDULE%", run_on_startup=False)
+    async def maintain_subscription(timer: func.TimerRequest) -> None:
+        s = services()
+        await subscriptions.ensure_subscription(s.graph, s.settings)
+
+    return bp
+
+
+def make_worker_blueprint() -> func.Blueprint:
+    """The AD worker: one export message -> one guest's shadow account brought in line."""
+    bp = func.Blueprint()
+
+    @bp.function_name("export_to_ad")
+    @bp.queue_trigger(arg_name="msg", queue_name=EXPORT_QUEUE, connection=STORAGE)
+    def export_to_ad(msg: func.QueueMessage) -> None:
+        s = services()
+        export.export_guest(ExportMessage.from_json(msg.get_body()), s.state, s.directory)
+
+    return bp

@@ -1,0 +1,120 @@
+"""Webhook service: accept Graph notifications fast and hand user ids to the change queue.
+
+Graph wants an answer within 3 seconds (slow endpoints are throttled, then dropped), so this does no Graph
+or AD work at all: check, enqueue, answer 202.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from shared.adapters.queues import ChangeMessage
+from shared.adapters.state import utcnow
+from shared.notifications import (
+    ChangeBatch,
+    LifecycleBatch,
+    MalformedNotificationError,
+    parse_change_notifications,
+    parse_lifecycle_notifications,
+    validation_token,
+)
+from shared.settings import WebhookSettings
+
+log = logging.getLogger("guestsync.webhook")
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: str = ""
+    mimetype: str = "application/json"
+
+
+def _problem(status: int, message: str, details: list[str] | None = None) -> Reply:
+    payload: dict[str, object] = {"error": message}
+    if details:
+        payload["details"] = details
+    return Reply(status, json.dumps(payload))
+
+
+def answer_validation(params: dict[str, str]) -> Reply | None:
+    """Subscription validation handshake: echo the token as text/plain with 200."""
+    try:
+        token = validation_token(params)
+    except MalformedNotificationError as exc:
+        return _problem(400, str(exc))
+    if token is None:
+        return None
+    return Reply(200, token, "text/plain")
+
+
+def receive_changes(
+    body: bytes,
+    params: dict[str, str],
+    settings: WebhookSettings,
+    enqueue: Callable[[str], None],
+    now: Callable[[], datetime] = utcnow,
+) -> Reply:
+    """Handle ``POST /api/graph/notifications``: validation handshake or a batch of user changes."""
+    validation = answer_validation(params)
+    if validation is not None:
+        return validation
+    if not settings.client_states:
+        log.error("GRAPH_CLIENT_STATE is not set: refusing every notification")
+        return _problem(503, "webhook is not configured")
+    try:
+        batch: ChangeBatch = parse_change_notifications(
+            body, client_states=settings.client_states, tenant_id=settings.tenant_id
+        )
+    except MalformedNotificationError as exc:
+        log.warning("malformed notification body refused: %s", exc)
+        return _problem(400, str(exc))
+    received_at = now().isoformat()
+    seen: set[str] = set()
+    for change in batch.accepted:
+        if change.user_id in seen:  # the same user twice in one POST needs one apply
+            continue
+        seen.add(change.user_id)
+        enqueue(ChangeMessage(change.user_id, change.change_type, received_at).to_json())
+    for rejection in batch.rejected:
+        level = logging.WARNING
+        log.log(level, "notification item %d refused: %s", rejection.index, rejection.reason)
+    status = batch.status_code()
+    if status == 202:
+        return Reply(202, "")
+    details = [f"item {r.index}: {r.reason}" for r in batch.rejected]
+    message = "some notifications were refused" if batch.accepted else "no notification was accepted"
+    return _problem(status, message, details)
+
+
+def receive_lifecycle(
+    body: bytes,
+    params: dict[str, str],
+    settings: WebhookSettings,
+    handle: Callable[[LifecycleBatch], None],
+) -> Reply:
+    """Handle ``POST /api/graph/lifecycle``: validation handshake or lifecycle events."""
+    validation = answer_validation(params)
+    if validation is not None:
+        return validation
+    if not settings.client_states:
+        return _problem(503, "webhook is not configured")
+    try:
+        batch = parse_lifecycle_notifications(
+            body, client_states=settings.client_states, tenant_id=settings.tenant_id
+        )
+    except MalformedNotificationError as exc:
+        return _problem(400, str(exc))
+    for rejection in batch.rejected:
+        log.warning("lifecycle item %d refused: %s", rejection.index, rejection.reason)
+    if batch.accepted:
+        handle(batch)
+    if any(not r.forged for r in batch.rejected):
+        return _problem(400, "some lifecycle notifications were refused")
+    if not batch.accepted and batch.rejected:
+        return _problem(403, "no lifecycle notification was accepted")
+    return Reply(202, "")

@@ -1,0 +1,180 @@
+"""Webhook parsing: clientState in constant time, tenant check, per-item rejection, reference shapes."""
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shared.notifications import (
+    MalformedNotificationError,
+    client_state_matches,
+    parse_change_notifications,
+    parse_lifecycle_notifications,
+)
+from shared.services.webhook import receive_changes, receive_lifecycle
+from shared.settings import WebhookSettings
+
+REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "graph-examples"
+TENANT = "84bd8158-6d4d-4958-8b9f-9d6445542f95"
+USER = "6ea91a8d-e32e-41a1-b7bd-d2d185eed0e0"
+SECRET = "s3cret-client-state"
+
+
+def item(**overrides: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "subscriptionId": "7f105c7d-2dc5-4530-97cd-4e7ae6534c07",
+        "subscriptionExpirationDateTime": "2026-12-20T18:23:45.9356913Z",
+        "clientState": SECRET,
+        "changeType": "updated",
+        "resource": f"Users/{USER}",
+        "tenantId": TENANT,
+        "resourceData": {
+            "@odata.type": "#Microsoft.Graph.User",
+            "@odata.id": f"Users/{USER}",
+            "id": USER,
+            "organizationId": TENANT,
+        },
+    }
+    base.update(overrides)
+    return base
+
+
+def body(*items: object) -> bytes:
+    return json.dumps({"value": list(items)}).encode()
+
+
+def parse(raw: bytes, states: tuple[str, ...] = (SECRET,), tenant: str | None = TENANT):
+    return parse_change_notifications(raw, client_states=states, tenant_id=tenant)
+
+
+def test_user_notification_from_graph_docs_shape_is_accepted() -> None:
+    # The Event Grid example's `data` is the Graph changeNotification for a user.
+    doc = json.loads((REFERENCE / "change-notification-user-updated-eventgrid.json").read_text())
+    notification = doc["data"] | {"clientState": SECRET, "tenantId": TENANT}
+    notification["resourceData"] = notification["resourceData"] | {"id": USER}
+    batch = parse(body(notification))
+    assert [c.user_id for c in batch.accepted] == [USER]
+    assert batch.accepted[0].change_type == "updated"
+
+
+def test_reference_collection_keys_are_what_we_read() -> None:
+    doc = json.loads((REFERENCE / "change-notification.json").read_text())
+    keys = set(doc["value"][0])
+    assert {"clientState", "changeType", "resource", "tenantId", "resourceData", "subscriptionId"} <= keys
+
+
+def test_mail_notification_from_docs_is_refused_as_not_a_user() -> None:
+    doc = json.loads((REFERENCE / "change-notification.json").read_text())
+    batch = parse(json.dumps(doc).encode(), states=("secretClientValue",), tenant=None)
+    assert not batch.accepted and batch.status_code() == 400
+
+
+def test_forged_client_state_is_refused() -> None:
+    batch = parse(body(item(clientState="guess")))
+    assert not batch.accepted and batch.forged and batch.status_code() == 403
+
+
+def test_previous_client_state_still_accepted_during_rotation() -> None:
+    batch = parse(body(item(clientState="old-secret")), states=("new-secret", "old-secret"))
+    assert len(batch.accepted) == 1
+
+
+def test_other_tenant_is_refused() -> None:
+    batch = parse(body(item(tenantId="00000000-0000-0000-0000-000000000000")))
+    assert batch.forged and not batch.accepted
+
+
+def test_malformed_items_do_not_lose_valid_ones() -> None:
+    other = "605d1257-ffff-40b6-8e6f-528a53f5dc55"
+    raw = body(
+        item(),
+        "not an object",
+        item(resource="Users/x,OU=evil", resourceData={}),
+        item(changeType="exploded"),
+        item(resource=f"Users/{other}", resourceData={"id": other}),
+    )
+    batch = parse(raw)
+    assert [c.user_id for c in batch.accepted] == [USER, other]
+    assert len(batch.malformed) == 3 and batch.status_code() == 400
+
+
+@pytest.mark.parametrize("raw", [b"", b"{", b"[]", b'{"value": 3}', b"\xff\xfe", b'{"valeu": []}'])
+def test_malformed_bodies(raw: bytes) -> None:
+    with pytest.raises(MalformedNotificationError):
+        parse(raw)
+
+
+def test_oversized_body_is_refused() -> None:
+    with pytest.raises(MalformedNotificationError, match="larger"):
+        parse(b'{"value": [' + b" " * 1_000_001 + b"]}")
+
+
+def test_client_state_comparison_handles_non_strings() -> None:
+    assert not client_state_matches(None, (SECRET,))
+    assert not client_state_matches(123, (SECRET,))
+    assert not client_state_matches(SECRET, ())
+    assert client_state_matches(SECRET, ("other", SECRET))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2000))
+def test_arbitrary_bytes_never_crash_and_never_accept_unsigned(raw: bytes) -> None:
+    try:
+        batch = parse(raw)
+    except MalformedNotificationError:
+        return
+    assert not batch.accepted  # random bytes never carry our clientState
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=10), c, max_size=4),
+                    max_leaves=20))
+def test_arbitrary_json_values_are_refused_cleanly(value: object) -> None:
+    try:
+        batch = parse(json.dumps({"value": [value]}).encode())
+    except MalformedNotificationError:
+        return
+    assert not batch.accepted
+
+
+def test_lifecycle_reference_examples_parse() -> None:
+    for name, event in [
+        ("lifecycle-reauthorization.json", "reauthorizationRequired"),
+        ("lifecycle-subscription-removed.json", "subscriptionRemoved"),
+        ("lifecycle-missed.json", "missed"),
+    ]:
+        doc = json.loads((REFERENCE / name).read_text())
+        state = doc["value"][0]["clientState"]
+        batch = parse_lifecycle_notifications(json.dumps(doc).encode(), client_states=(state,), tenant_id=None)
+        assert [e.event for e in batch.accepted] == [event]
+
+
+def test_webhook_validation_handshake_echoes_token_as_text() -> None:
+    reply = receive_changes(b"", {"validationToken": "Validation: token <x>"}, WebhookSettings((SECRET,)), print)
+    assert (reply.status, reply.body, reply.mimetype) == (200, "Validation: token <x>", "text/plain")
+    reply = receive_lifecycle(b"", {"validationToken": "abc"}, WebhookSettings((SECRET,)), print)
+    assert (reply.status, reply.body) == (200, "abc")
+
+
+def test_webhook_enqueues_each_user_once_and_answers_202() -> None:
+    sent: list[str] = []
+    raw = body(item(), item(), item(changeType="deleted"))
+    reply = receive_changes(raw, {}, WebhookSettings((SECRET,), tenant_id=TENANT), sent.append)
+    assert reply.status == 202
+    assert len(sent) == 1 and json.loads(sent[0])["user_id"] == USER
+
+
+def test_webhook_unconfigured_client_state_refuses_everything() -> None:
+    sent: list[str] = []
+    reply = receive_changes(body(item()), {}, WebhookSettings(()), sent.append)
+    assert reply.status == 503 and not sent
+
+
+def test_webhook_mixed_batch_enqueues_valid_and_answers_400() -> None:
+    sent: list[str] = []
+    reply = receive_changes(body(item(), {"clientState": SECRET, "bogus": 1}), {}, WebhookSettings((SECRET,)), sent.append)
+    assert reply.status == 400 and len(sent) == 1
+    assert "item 1" in reply.body
