@@ -72,6 +72,15 @@ def make_ingest_blueprint() -> func.Blueprint:
     return bp
 
 
+def create_app(worker_mode: str = "agent") -> func.FunctionApp:
+    """The function app: ingest always; the AD worker too when it runs in Azure (worker mode function)."""
+    app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+    app.register_functions(make_ingest_blueprint())
+    if worker_mode == "function":
+        app.register_functions(make_worker_blueprint())
+    return app
+
+
 def make_worker_blueprint() -> func.Blueprint:
     """The AD worker: one export message -> one guest's shadow account brought in line."""
     bp = func.Blueprint()
