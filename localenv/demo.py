@@ -127,9 +127,10 @@ def read_accounts(dc: SambaDC, guest_ou: str) -> list[dict[str, object]]:
 
 
 def run_demo(guests: int = 10, members: int = 5) -> int:
+    from shared.runner import LocalFunctionsHost
+
     from shared import bootstrap
     from shared.functions import create_app
-    from shared.runner import LocalFunctionsHost
 
     repo = Path(__file__).resolve().parent.parent
     with tempfile.TemporaryDirectory(prefix="guestsync-demo-") as tmp, local_stack(Path(tmp)) as stack:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from shared.domain import GuestsyncError, GuestStatus
+from shared.domain import GuestStatus, GuestsyncError
 from shared.settings import BINDING_DEFAULTS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -6,6 +6,7 @@ by default (``messageEncoding: base64`` in host.json).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -103,10 +104,8 @@ class MessageQueue:
 
     def ensure(self) -> None:
         if not self._created:
-            try:
+            with contextlib.suppress(ResourceExistsError):
                 self._client.create_queue()
-            except ResourceExistsError:
-                pass
             self._created = True
 
     def send(self, text: str, *, delay_seconds: int | None = None) -> None:
@@ -115,7 +114,7 @@ class MessageQueue:
 
     def approximate_count(self) -> int:
         self.ensure()
-        return int(self._client.get_queue_properties().approximate_message_count)
+        return int(self._client.get_queue_properties().approximate_message_count or 0)
 
     def peek(self, max_messages: int = 32) -> list[str]:
         self.ensure()

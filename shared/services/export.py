@@ -59,7 +59,8 @@ def _locate(directory: GuestDirectory, record: GuestRecord) -> AdAccount | None:
 def _write(directory: GuestDirectory, record: GuestRecord, desired: dict[str, str | None]) -> tuple[str, AdAccount]:
     account = _locate(directory, record)
     if account is None:
-        password = new_password(avoid=tuple(v for v in (desired.get("sAMAccountName"), desired.get("displayName")) if v))
+        avoid = tuple(v for v in (desired.get("sAMAccountName"), desired.get("displayName")) if v)
+        password = new_password(avoid=avoid)
         try:
             return "created", directory.create_guest(
                 record.uid, desired, password, initial_user_account_control()

@@ -1,8 +1,8 @@
 """A real Azurite for the whole test session; each test gets fresh queue and table names."""
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
-import uuid
 
 import pytest
 

@@ -175,6 +175,7 @@ def test_webhook_unconfigured_client_state_refuses_everything() -> None:
 
 def test_webhook_mixed_batch_enqueues_valid_and_answers_400() -> None:
     sent: list[str] = []
-    reply = receive_changes(body(item(), {"clientState": SECRET, "bogus": 1}), {}, WebhookSettings((SECRET,)), sent.append)
+    raw = body(item(), {"clientState": SECRET, "bogus": 1})
+    reply = receive_changes(raw, {}, WebhookSettings((SECRET,)), sent.append)
     assert reply.status == 400 and len(sent) == 1
     assert "item 1" in reply.body
