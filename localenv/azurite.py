@@ -60,6 +60,7 @@ class Azurite:
                 azurite_executable(),
                 "--silent",
                 "--loose",
+                "--disableTelemetry",
                 "--skipApiVersionCheck",
                 "--disableProductStyleUrl",
                 "--blobHost", "127.0.0.1", "--blobPort", str(self.blob_port),

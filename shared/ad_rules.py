@@ -1,0 +1,232 @@
+"""Active Directory rules as pure functions: schema limits, DN containment, filter escaping, passwords, SIDs.
+
+The limits are those of Windows AD (the production target), not Samba's: Samba accepts values that a
+Windows DC refuses (a 30-character sAMAccountName, for one), so we check them ourselves before writing,
+and a guest whose Graph data cannot be exported gets a readable error instead of a half-created account.
+Lengths are counted in UTF-16 code units, as AD stores and limits them.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import string
+import struct
+from collections.abc import Iterable, Mapping
+
+from ldap3.core.exceptions import LDAPInvalidDnError
+from ldap3.utils.conv import escape_filter_chars
+from ldap3.utils.dn import escape_rdn, parse_dn
+
+from shared.domain import GUID_RE
+
+#: rangeUpper of the attributes we write (Windows AD schema).
+MAX_LENGTHS: dict[str, int] = {
+    "sAMAccountName": 20,  # the SAM limit for user logon names (pre-Windows 2000)
+    "userPrincipalName": 1024,
+    "displayName": 256,
+    "givenName": 64,
+    "sn": 64,
+    "mail": 256,
+    "cn": 64,
+}
+#: Attributes that only label a person: safe to shorten (with a warning) instead of failing the export.
+COSMETIC_ATTRIBUTES: tuple[str, ...] = ("displayName", "givenName", "sn")
+#: Characters Windows refuses in a sAMAccountName.
+SAM_FORBIDDEN_CHARS = frozenset('"/\\[]:;|=,+*?<>@')
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+#: Delimiters AD uses to split displayName/sAMAccountName into tokens for its password complexity check.
+_PASSWORD_TOKEN_DELIMITERS = re.compile(r"[,.\-_#\t ]+")
+_PASSWORD_SYMBOLS = "!#$%&()*+-./:;<=>?@[]^_{|}~"  # noqa: S105 (an alphabet)
+_PASSWORD_ALPHABET = string.ascii_letters + string.digits + _PASSWORD_SYMBOLS
+_HEX_PAIR = re.compile(r"[0-9a-fA-F]{2}")
+
+
+def utf16_length(value: str) -> int:
+    """Length as AD counts it: UTF-16 code units (a character outside the BMP counts twice)."""
+    return len(value.encode("utf-16-le")) // 2
+
+
+def _truncate_utf16(value: str, limit: int) -> str:
+    """The longest prefix of ``value`` within ``limit`` UTF-16 code units (never splits a surrogate pair)."""
+    out: list[str] = []
+    used = 0
+    for char in value:
+        size = 2 if ord(char) > 0xFFFF else 1
+        if used + size > limit:
+            break
+        out.append(char)
+        used += size
+    return "".join(out)
+
+
+def validate_export(attributes: Mapping[str, str | None]) -> list[str]:
+    """Problems that would make a Windows DC refuse (or mangle) these values; empty when all is well.
+
+    Each message names the attribute so an operator can fix the guest in Entra.
+    """
+    problems: list[str] = []
+    for name, value in attributes.items():
+        if value is None or value == "":
+            continue
+        if _CONTROL_CHARS.search(value):
+            problems.append(f"{name} contains a control character, which AD does not accept")
+        limit = MAX_LENGTHS.get(name)
+        if limit is not None and utf16_length(value) > limit:
+            problems.append(f"{name} is {utf16_length(value)} characters long; AD allows at most {limit}")
+    sam = attributes.get("sAMAccountName")
+    if sam:
+        bad = sorted({c for c in sam if c in SAM_FORBIDDEN_CHARS})
+        if bad:
+            problems.append(f"sAMAccountName {sam!r} contains characters AD forbids: {' '.join(bad)}")
+        if sam.strip(". ") == "":
+            problems.append(f"sAMAccountName {sam!r} consists only of dots and spaces")
+    upn = attributes.get("userPrincipalName")
+    if upn:
+        if upn.count("@") != 1:
+            problems.append(f"userPrincipalName {upn!r} must contain exactly one '@'")
+        elif upn.startswith("@") or upn.endswith("@"):
+            problems.append(f"userPrincipalName {upn!r} needs a name before and a suffix after the '@'")
+    return problems
+
+
+def fit_cosmetic(attributes: Mapping[str, str | None]) -> tuple[dict[str, str | None], list[str]]:
+    """Shorten the cosmetic attributes to their AD limits; return the values and one warning per cut.
+
+    Identity-bearing attributes (sAMAccountName, userPrincipalName, mail) are never touched: a shortened
+    logon name or address would be a different identity, so ``validate_export`` reports them instead.
+    """
+    fitted = dict(attributes)
+    warnings: list[str] = []
+    for name in COSMETIC_ATTRIBUTES:
+        value = fitted.get(name)
+        limit = MAX_LENGTHS[name]
+        if value is not None and utf16_length(value) > limit:
+            fitted[name] = _truncate_utf16(value, limit)
+            warnings.append(f"{name} was shortened from {utf16_length(value)} to {limit} characters (AD limit)")
+    return fitted, warnings
+
+
+def guest_dn(uid: str, guest_ou: str) -> str:
+    """``CN=<uid>,<guest OU>``; the uid must be a GUID so it can never inject an RDN."""
+    if not GUID_RE.fullmatch(uid):  # fullmatch: the pattern's ``$`` would accept a trailing newline
+        raise ValueError(f"guest id {uid!r} is not a GUID; refusing to build a DN from it")
+    return f"CN={escape_rdn(uid)},{guest_ou}"
+
+
+def _unescape_dn_value(value: str) -> str:
+    """The value an escaped RDN value stands for (``\\,`` and ``\\2C`` both mean ``,``)."""
+    data = bytearray()
+    i = 0
+    while i < len(value):
+        char = value[i]
+        if char == "\\" and i + 1 < len(value):
+            pair = value[i + 1 : i + 3]
+            if _HEX_PAIR.fullmatch(pair):
+                data.append(int(pair, 16))
+                i += 3
+                continue
+            data.extend(value[i + 1].encode("utf-8"))
+            i += 2
+            continue
+        data.extend(char.encode("utf-8"))
+        i += 1
+    return data.decode("utf-8", errors="replace")
+
+
+def _rdns(dn: str) -> list[frozenset[tuple[str, str]]] | None:
+    """The DN as a list of RDNs (each a set of case-folded type/value pairs); None if it does not parse."""
+    try:
+        avas = parse_dn(dn)
+    except (LDAPInvalidDnError, ValueError, IndexError):
+        return None
+    rdns: list[frozenset[tuple[str, str]]] = []
+    current: list[tuple[str, str]] = []
+    for attr_type, value, separator in avas:
+        current.append((attr_type.casefold(), _unescape_dn_value(value).casefold()))
+        if separator != "+":
+            rdns.append(frozenset(current))
+            current = []
+    if current:
+        rdns.append(frozenset(current))
+    return rdns
+
+
+def is_within(dn: str, ou_dn: str) -> bool:
+    """True if ``dn`` is strictly below ``ou_dn`` (the OU itself is not within itself).
+
+    Compares parsed, unescaped RDNs, so an escaped comma inside a CN cannot fake an OU boundary and
+    ``OU=B2BGuestEvil`` is not ``OU=B2BGuest``. A DN that does not parse is never within anything.
+    """
+    child = _rdns(dn)
+    parent = _rdns(ou_dn)
+    if not child or not parent or len(child) <= len(parent):
+        return False
+    return child[len(child) - len(parent) :] == parent
+
+
+def same_dn(a: str, b: str) -> bool:
+    """DN equality as AD sees it (case-insensitive, escaping-insensitive)."""
+    ra, rb = _rdns(a), _rdns(b)
+    return ra is not None and ra == rb
+
+
+def _password_tokens(avoid: Iterable[str]) -> list[str]:
+    tokens: list[str] = []
+    for text in avoid:
+        if not text:
+            continue
+        if len(text) >= 3:
+            tokens.append(text.casefold())
+        tokens.extend(t.casefold() for t in _PASSWORD_TOKEN_DELIMITERS.split(text) if len(t) >= 3)
+    return tokens
+
+
+def new_password(length: int = 24, avoid: Iterable[str] = ()) -> str:
+    """A random password that passes AD complexity: upper, lower, digit and symbol, and no 3+-character
+    token of the account's sAMAccountName/displayName (pass them as ``avoid``), which AD would refuse."""
+    if length < 8:
+        raise ValueError("a password shorter than 8 characters would not pass the AD default policy")
+    tokens = _password_tokens(avoid)
+    classes = (string.ascii_uppercase, string.ascii_lowercase, string.digits, _PASSWORD_SYMBOLS)
+    while True:
+        password = "".join(secrets.choice(_PASSWORD_ALPHABET) for _ in range(length))
+        if not all(any(c in cls for c in password) for cls in classes):
+            continue
+        folded = password.casefold()
+        if any(token in folded for token in tokens):
+            continue
+        return password
+
+
+def format_sid(raw: bytes) -> str:
+    """Binary objectSid -> ``S-1-5-21-...`` (the form stored in state and shown to operators)."""
+    if len(raw) < 8:
+        raise ValueError("a SID has at least 8 bytes")
+    revision, count = raw[0], raw[1]
+    if len(raw) != 8 + 4 * count:
+        raise ValueError(f"SID of {len(raw)} bytes does not match its {count} sub-authorities")
+    authority = int.from_bytes(raw[2:8], "big")
+    subs = struct.unpack(f"<{count}I", raw[8:])
+    return "-".join(["S", str(revision), str(authority), *(str(s) for s in subs)])
+
+
+def parse_sid(sid: str) -> bytes:
+    """``S-1-5-21-...`` -> binary objectSid (inverse of ``format_sid``)."""
+    parts = sid.strip().split("-")
+    if len(parts) < 3 or parts[0].upper() != "S" or not all(p.isdigit() for p in parts[1:]):
+        raise ValueError(f"{sid!r} is not a SID (S-1-5-21-...)")
+    revision, authority, subs = int(parts[1]), int(parts[2]), [int(p) for p in parts[3:]]
+    if revision > 0xFF or authority >= 1 << 48 or len(subs) > 15 or any(s > 0xFFFFFFFF for s in subs):
+        raise ValueError(f"{sid!r} is not a SID (a component is out of range)")
+    return bytes([revision, len(subs)]) + authority.to_bytes(6, "big") + struct.pack(f"<{len(subs)}I", *subs)
+
+
+def sid_filter_value(sid: str) -> str:
+    """The binary SID escaped for an LDAP filter: ``(objectSid=<this>)``."""
+    return "".join(f"\\{b:02x}" for b in parse_sid(sid))
+
+
+def escape_filter_value(value: str) -> str:
+    """Escape ``* ( ) \\ NUL`` so that a value from Graph can only ever be a value in a filter."""
+    return str(escape_filter_chars(value))

@@ -1,0 +1,546 @@
+"""On-premises Active Directory adapter: guest shadow accounts over LDAPS (ldap3), nothing else.
+
+Design points:
+
+* LDAPS only, with certificate validation (unless explicitly turned off): the initial password travels
+  in the add request.
+* Every write is checked against the managed OU(s) *before* anything is sent, so a bug upstream (or a
+  forged DN) cannot make us touch an object elsewhere, even if the service account had the rights.
+* Windows AD enforces sAMAccountName uniqueness domain-wide, and UPN uniqueness (2012 R2+); we look for
+  clashes ourselves first, so the error names the other account, and map the DC's answer as well.
+* LDAP results become the exceptions below; ``str()`` of each says in plain words what failed and never
+  contains a password.
+* One connection per instance, guarded by a lock (ldap3's sync strategy is not thread-safe); a dropped
+  connection is re-opened once per operation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import ldap3
+from ldap3.core.exceptions import (
+    LDAPCertificateError,
+    LDAPCommunicationError,
+    LDAPException,
+    LDAPInvalidDnError,
+    LDAPResponseTimeoutError,
+    LDAPSSLConfigurationError,
+)
+from ldap3.utils.dn import parse_dn
+from ldap3.utils.log import PROTOCOL, log_enabled
+
+from shared.ad_rules import (
+    escape_filter_value,
+    format_sid,
+    guest_dn,
+    is_within,
+    same_dn,
+    sid_filter_value,
+    validate_export,
+)
+from shared.domain import AdAccount, ConfigurationError, GuestsyncError
+from shared.rules import PERSISTENT_ATTRIBUTES
+from shared.settings import DirectorySettings
+
+log = logging.getLogger("guestsync.directory")
+T = TypeVar("T")
+
+USER_OBJECT_CLASSES = ["top", "person", "organizationalPerson", "user"]
+READ_ATTRIBUTES = [*PERSISTENT_ATTRIBUTES, "objectSid", "userAccountControl"]
+PAGED_RESULTS_OID = "1.2.840.113556.1.4.319"
+#: Windows error codes in the diagnostic message that identify the cause.
+_WIN_PASSWORD_RESTRICTION = "0000052d"  # noqa: S105 (ERROR_PASSWORD_RESTRICTION, an error code)
+_WIN_USER_EXISTS = "00000524"  # ERROR_USER_EXISTS (duplicate sAMAccountName on Windows)
+_UNAVAILABLE_RESULTS = frozenset({"busy", "unavailable", "timeLimitExceeded", "adminLimitExceeded", "other"})
+
+
+class DirectoryError(GuestsyncError):
+    """AD refused or failed an operation; the message says what and why."""
+
+
+class AccountExistsError(DirectoryError):
+    """The object CN=<uid> already exists (another worker created it: the caller adopts it)."""
+
+
+class AccountNotFoundError(DirectoryError):
+    """The object to update is gone (deleted in AD meanwhile)."""
+
+
+class ConstraintError(DirectoryError):
+    """AD refused the values (duplicate name, password policy, schema limit): a person must fix the data."""
+
+
+class DirectoryUnavailableError(DirectoryError):
+    """The DC cannot be reached (refused, TLS failure, timeout): transient, the caller retries."""
+
+
+class AccessDeniedError(DirectoryError):
+    """The service account lacks the rights (insufficientAccessRights): the delegation must be fixed."""
+
+
+class InvalidCredentialsError(DirectoryError):
+    """The DC refused the bind of the service account (wrong password, disabled or locked account)."""
+
+
+class OutsideManagedOuError(DirectoryError):
+    """A write was asked for a DN outside the managed OU(s); refused without contacting AD."""
+
+
+def _valid_dn(dn: str, setting: str) -> str:
+    try:
+        parse_dn(dn)
+    except (LDAPInvalidDnError, ValueError, IndexError) as exc:
+        raise ConfigurationError(
+            f"setting {setting} is not a valid DN ({exc}); write it like OU=B2BGuest,DC=contoso,DC=com "
+            "(no spaces after the commas)"
+        ) from None
+    return dn
+
+
+class Directory:
+    """Guest shadow accounts in the guest OU (and, if given, the archive OU) of one AD domain."""
+
+    def __init__(self, settings: DirectorySettings, *, archive_ou: str | None = None) -> None:
+        self._settings = settings
+        self.guest_ou = _valid_dn(settings.guest_ou, "AD_GUEST_OU")
+        self.archive_ou = _valid_dn(archive_ou, "archive OU") if archive_ou else None
+        self.managed_ous: tuple[str, ...] = (self.guest_ou,) + ((self.archive_ou,) if self.archive_ou else ())
+        url = urlsplit(settings.server)
+        if url.scheme.lower() != "ldaps" or not url.hostname:
+            raise ConfigurationError(f"setting AD_SERVER must be an ldaps:// URL, not {settings.server!r}")
+        self._host = url.hostname
+        self._port = url.port or 636
+        try:
+            self._tls = ldap3.Tls(
+                validate=ssl.CERT_REQUIRED if settings.validate_certificate else ssl.CERT_NONE,
+                ca_certs_file=settings.ca_file,
+                version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        except LDAPSSLConfigurationError as exc:
+            raise ConfigurationError(f"setting AD_CA_FILE: {settings.ca_file!r} cannot be used ({exc})") from None
+        if not settings.validate_certificate:
+            log.warning("certificate validation is OFF for %s (AD_VALIDATE_CERTIFICATE=false)", settings.server)
+        self._lock = threading.RLock()
+        self._conn: ldap3.Connection | None = None
+        self._naming: tuple[str, str] | None = None  # (defaultNamingContext, configurationNamingContext)
+        self._netbios: str | None = None
+
+    # --- connection ---------------------------------------------------------------------------------------
+    @property
+    def _where(self) -> str:
+        return f"ldaps://{self._host}:{self._port}"
+
+    def _connect(self) -> ldap3.Connection:
+        """Open and bind a new connection (a fresh Server each time: ldap3 remembers failed addresses)."""
+        s = self._settings
+        server = ldap3.Server(
+            self._host, port=self._port, use_ssl=True, tls=self._tls, get_info=ldap3.NONE,
+            connect_timeout=s.connect_timeout,
+        )
+        conn = ldap3.Connection(
+            server,
+            user=s.bind_user,
+            password=s.bind_password,
+            authentication=ldap3.SIMPLE,
+            auto_bind=False,
+            raise_exceptions=False,
+            read_only=False,
+            receive_timeout=int(max(s.connect_timeout * 3, 10)),  # ldap3 packs it as a C long
+        )
+        try:
+            conn.open(read_server_info=False)
+            bound = conn.bind(read_server_info=False)
+        except LDAPException as exc:
+            _close_quietly(conn)
+            raise DirectoryUnavailableError(self._describe_connect_error(exc)) from None
+        if not bound:
+            result = conn.result or {}
+            _close_quietly(conn)
+            description = str(result.get("description", "no answer"))
+            if description == "invalidCredentials":
+                # AD's message carries the reason code (data 52e bad password, 533 disabled, 775 locked out...)
+                said = str(result.get("message", "")).replace(s.bind_password, "***").strip()
+                raise InvalidCredentialsError(
+                    f"{self._where} refused the bind of {s.bind_user}: invalid credentials (check AD_BIND_USER "
+                    "and AD_BIND_PASSWORD; is the account disabled, locked out or its password expired?)"
+                    + (f" (DC said: {said})" if said else "")
+                )
+            if description in _UNAVAILABLE_RESULTS:
+                raise DirectoryUnavailableError(f"{self._where} did not accept the bind: {description}")
+            raise DirectoryError(
+                f"{self._where} refused the bind of {s.bind_user}: {description}: {result.get('message', '')}".strip()
+            )
+        return conn
+
+    def _describe_connect_error(self, exc: LDAPException) -> str:
+        text = str(exc)
+        if isinstance(exc, LDAPCertificateError) or "doesn't match any name" in text:
+            return (
+                f"TLS failure with {self._where}: the DC certificate is not issued for host {self._host!r} "
+                "(use a host name from the certificate in AD_SERVER)"
+            )
+        if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+            reason = text.split("certificate verify failed:", 1)[-1].split("(_ssl.c", 1)[0].strip(" :")
+            trust = f"AD_CA_FILE={self._settings.ca_file}" if self._settings.ca_file else "the system trust store"
+            return (
+                f"TLS failure with {self._where}: the DC certificate could not be validated against {trust} "
+                f"({reason or 'certificate verify failed'}); AD_CA_FILE must hold the CA that issued the DC "
+                "certificate"
+            )
+        if "SSL" in text or "TLS" in text:
+            return f"TLS failure with {self._where}: {text}"
+        if "timed out" in text or isinstance(exc, LDAPResponseTimeoutError):
+            return f"{self._where} did not answer in time ({text})"
+        if "refused" in text:
+            return f"{self._where} refused the connection (is the DC up and LDAPS enabled?): {text}"
+        return f"cannot reach {self._where}: {text}"
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            _close_quietly(conn)
+
+    def _run(self, what: str, operation: Callable[[ldap3.Connection], T]) -> T:
+        """Run ``operation`` on the bound connection; on a dropped connection reconnect once and retry."""
+        with self._lock:
+            for attempt in (1, 2):
+                if self._conn is None or self._conn.closed:
+                    self._conn = self._connect()
+                try:
+                    return operation(self._conn)
+                except (LDAPCommunicationError, LDAPResponseTimeoutError) as exc:
+                    self._drop()
+                    if attempt == 2:
+                        raise DirectoryUnavailableError(
+                            f"{what}: lost the connection to {self._where} twice ({exc})"
+                        ) from None
+                    log.info("connection to %s dropped during %s (%s); reconnecting", self._where, what, exc)
+            raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+    def __enter__(self) -> Directory:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # --- reads --------------------------------------------------------------------------------------------
+    def _search(
+        self,
+        conn: ldap3.Connection,
+        base: str,
+        search_filter: str,
+        scope: str,
+        attributes: list[str],
+        what: str,
+        size_limit: int = 0,
+    ) -> list[dict[str, Any]]:
+        conn.search(base, search_filter, scope, attributes=attributes, size_limit=size_limit)
+        result = conn.result or {}
+        if result.get("description") not in ("success", "noSuchObject", "sizeLimitExceeded"):
+            _raise_for(result, what, base)
+        return [r for r in (conn.response or []) if r.get("type") == "searchResEntry"]
+
+    def _naming_contexts(self) -> tuple[str, str]:
+        if self._naming is None:
+            def read(conn: ldap3.Connection) -> list[dict[str, Any]]:
+                return self._search(conn, "", "(objectClass=*)", ldap3.BASE,
+                                    ["defaultNamingContext", "configurationNamingContext"], "reading the RootDSE")
+            entries = self._run("reading the RootDSE", read)
+            raw = _raw(entries[0]) if entries else {}
+            default, config = _text(raw, "defaultNamingContext"), _text(raw, "configurationNamingContext")
+            if not default or not config:
+                raise DirectoryError(f"{self._where} did not return its naming contexts (is it a domain controller?)")
+            self._naming = (default, config)
+        return self._naming
+
+    def find_guest(self, uid: str) -> AdAccount | None:
+        """The shadow account CN=<uid> in the guest OU, or None."""
+        dn = guest_dn(uid, self.guest_ou)
+        entries = self._run(
+            f"reading {dn}",
+            lambda c: self._search(c, dn, "(objectClass=user)", ldap3.BASE, READ_ATTRIBUTES, f"reading {dn}"),
+        )
+        return _account(entries[0]) if entries else None
+
+    def find_by_sid(self, sid: str) -> AdAccount | None:
+        """The account with this objectSid inside the managed OUs (survives renames and moves), or None."""
+        search_filter = f"(&(objectClass=user)(objectSid={sid_filter_value(sid)}))"
+        for ou in self.managed_ous:
+            what = f"searching {ou} for {sid}"
+
+            def search(conn: ldap3.Connection, base: str = ou, what: str = what) -> list[dict[str, Any]]:
+                return self._search(conn, base, search_filter, ldap3.SUBTREE, READ_ATTRIBUTES, what)
+
+            entries = self._run(what, search)
+            if entries:
+                return _account(entries[0])
+        return None
+
+    def netbios_domain(self) -> str:
+        """The NetBIOS (pre-Windows 2000) domain name, e.g. CONTOSO (for DOMAIN\\sAMAccountName)."""
+        if self._netbios is None:
+            default_nc, config_nc = self._naming_contexts()
+            base = f"CN=Partitions,{config_nc}"
+            search_filter = f"(&(objectClass=crossRef)(nCName={escape_filter_value(default_nc)})(nETBIOSName=*))"
+            entries = self._run(
+                "reading the NetBIOS domain name",
+                lambda c: self._search(c, base, search_filter, ldap3.LEVEL, ["nETBIOSName"],
+                                       "reading the NetBIOS domain name"),
+            )
+            name = _text(_raw(entries[0]), "nETBIOSName") if entries else None
+            if not name:
+                raise DirectoryError(f"no crossRef with a nETBIOSName for {default_nc} under {base}")
+            self._netbios = name
+        return self._netbios
+
+    def iter_managed_accounts(self, page_size: int = 500) -> Iterator[AdAccount]:
+        """Every user object in the managed OUs, read with the simple paged results control (RFC 2696) so
+        that the DC's MaxPageSize never truncates the list. The lock is held per page, not across yields."""
+        for ou in self.managed_ous:
+            cookie: bytes | None = None
+            first = True
+            while first or cookie:
+                page, cookie = self._page(ou, page_size, cookie, retry=first)
+                first = False
+                for entry in page:
+                    yield _account(entry)
+
+    def _page(
+        self, ou: str, page_size: int, cookie: bytes | None, *, retry: bool
+    ) -> tuple[list[dict[str, Any]], bytes | None]:
+        what = f"listing the accounts in {ou}"
+
+        def fetch(conn: ldap3.Connection) -> tuple[list[dict[str, Any]], bytes | None]:
+            conn.search(ou, "(&(objectCategory=person)(objectClass=user))", ldap3.SUBTREE,
+                        attributes=READ_ATTRIBUTES, paged_size=page_size, paged_cookie=cookie)
+            result = conn.result or {}
+            if result.get("description") not in ("success", "noSuchObject"):
+                _raise_for(result, what, ou)
+            control = (result.get("controls") or {}).get(PAGED_RESULTS_OID) or {}
+            next_cookie = (control.get("value") or {}).get("cookie") or None
+            entries = [r for r in (conn.response or []) if r.get("type") == "searchResEntry"]
+            return entries, next_cookie
+
+        if retry:
+            return self._run(what, fetch)
+        with self._lock:  # a paged search cannot resume on a new connection: no silent retry mid-way
+            if self._conn is None or self._conn.closed:
+                raise DirectoryUnavailableError(f"{what}: the connection was lost between pages")
+            try:
+                return fetch(self._conn)
+            except (LDAPCommunicationError, LDAPResponseTimeoutError) as exc:
+                self._drop()
+                raise DirectoryUnavailableError(f"{what}: the connection was lost between pages ({exc})") from None
+
+    # --- writes -------------------------------------------------------------------------------------------
+    def _require_managed(self, dn: str) -> None:
+        if not any(is_within(dn, ou) for ou in self.managed_ous):
+            raise OutsideManagedOuError(
+                f"refusing to write {dn}: it is not inside the managed OU(s) {'; '.join(self.managed_ous)}"
+            )
+
+    def _check_values(self, values: Mapping[str, str | None]) -> None:
+        unknown = sorted(set(values) - set(PERSISTENT_ATTRIBUTES))
+        if unknown:
+            raise ValueError(
+                f"attribute(s) {', '.join(unknown)} cannot be written here; only {', '.join(PERSISTENT_ATTRIBUTES)}"
+            )
+        problems = validate_export(values)
+        if problems:
+            raise ConstraintError("; ".join(problems))
+
+    def _check_unique(self, dn: str, values: Mapping[str, str | None]) -> None:
+        """Refuse a sAMAccountName or userPrincipalName that another object in the domain already has."""
+        sam, upn = values.get("sAMAccountName"), values.get("userPrincipalName")
+        clauses = []
+        if sam:
+            clauses.append(f"(sAMAccountName={escape_filter_value(sam)})")
+        if upn:
+            clauses.append(f"(userPrincipalName={escape_filter_value(upn)})")
+        if not clauses:
+            return
+        default_nc, _ = self._naming_contexts()
+        search_filter = f"(|{''.join(clauses)})"
+        what = "checking sAMAccountName/userPrincipalName uniqueness"
+        entries = self._run(
+            what,
+            lambda c: self._search(c, default_nc, search_filter, ldap3.SUBTREE,
+                                   ["sAMAccountName", "userPrincipalName"], what, size_limit=10),
+        )
+        for entry in entries:
+            other = str(entry.get("dn", ""))
+            if same_dn(other, dn):
+                continue
+            raw = _raw(entry)
+            if sam and (_text(raw, "sAMAccountName") or "").casefold() == sam.casefold():
+                raise ConstraintError(f"sAMAccountName {sam!r} is already in use by another account in the "
+                                      f"domain ({other})")
+            if upn and (_text(raw, "userPrincipalName") or "").casefold() == upn.casefold():
+                raise ConstraintError(f"userPrincipalName {upn!r} is already used by another account in the "
+                                      f"domain ({other})")
+
+    def create_guest(
+        self, uid: str, attributes: Mapping[str, str | None], password: str, user_account_control: int
+    ) -> AdAccount:
+        """Create CN=<uid> in the guest OU with its initial password and userAccountControl; return it as read
+        back. Raises AccountExistsError if the object is already there (the caller adopts it)."""
+        dn = guest_dn(uid, self.guest_ou)
+        self._require_managed(dn)
+        if log_enabled(PROTOCOL):
+            raise ConfigurationError(
+                "ldap3 library logging is at PROTOCOL detail or above, which would write the new account's "
+                "password to the log; lower it (ldap3.utils.log.set_library_log_detail_level(BASIC))"
+            )
+        values = {k: v for k, v in attributes.items() if v is not None and v != ""}
+        self._check_values(values)
+        self._check_unique(dn, values)
+        request: dict[str, Any] = {
+            **values,
+            "unicodePwd": f'"{password}"'.encode("utf-16-le"),
+            "userAccountControl": int(user_account_control),
+        }
+
+        def add(conn: ldap3.Connection) -> dict[str, Any]:
+            conn.add(dn, USER_OBJECT_CLASSES, request)
+            return dict(conn.result or {})
+
+        result = self._run(f"creating {dn}", add)
+        if result.get("description") == "entryAlreadyExists":
+            if self._is_sam_clash(result, dn):
+                raise ConstraintError(
+                    f"sAMAccountName {values.get('sAMAccountName')!r} is already in use by another account in the "
+                    "domain"
+                )
+            raise AccountExistsError(f"{dn} already exists")
+        if result.get("description") != "success":
+            _raise_for(result, f"creating {dn}", dn, values=values, secret=password)
+        log.info("created %s (sAMAccountName %s)", dn, values.get("sAMAccountName"))
+        account = self.find_guest(uid)
+        if account is None:
+            raise DirectoryError(f"{dn} was created but cannot be read back")
+        return account
+
+    def _is_sam_clash(self, result: Mapping[str, Any], dn: str) -> bool:
+        """entryAlreadyExists means either 'this DN exists' or (Windows and Samba) 'sAMAccountName taken'."""
+        message = str(result.get("message", "")).lower()
+        if "samaccountname" in message or _WIN_USER_EXISTS in message:
+            return True
+        found = self._run(
+            f"reading {dn}", lambda c: self._search(c, dn, "(objectClass=*)", ldap3.BASE, ["cn"], f"reading {dn}")
+        )
+        return not found
+
+    def update_guest(self, dn: str, changes: Mapping[str, str | None]) -> None:
+        """Replace the given persistent attributes; None (or "") clears one. Initial-only attributes
+        (unicodePwd, userAccountControl) and anything else are refused with ValueError."""
+        self._require_managed(dn)
+        if not changes:
+            return
+        self._check_values(changes)
+        self._check_unique(dn, changes)
+        modification: dict[str, list[tuple[str, list[str]]]] = {
+            # REPLACE with no value removes the attribute if present and is a no-op if not (RFC 4511 4.6),
+            # so clearing needs no read first and cannot fail with noSuchAttribute.
+            name: [(ldap3.MODIFY_REPLACE, [value] if value else [])]
+            for name, value in changes.items()
+        }
+
+        def modify(conn: ldap3.Connection) -> dict[str, Any]:
+            conn.modify(dn, modification)
+            return dict(conn.result or {})
+
+        result = self._run(f"updating {dn}", modify)
+        if result.get("description") != "success":
+            _raise_for(result, f"updating {dn}", dn, values=changes)
+        log.info("updated %s: %s", dn, ", ".join(sorted(changes)))
+
+
+def _close_quietly(conn: ldap3.Connection) -> None:
+    with contextlib.suppress(LDAPException, OSError):
+        conn.unbind()
+
+
+def _raw(entry: Mapping[str, Any]) -> dict[str, list[bytes]]:
+    raw = entry.get("raw_attributes") or {}
+    return {str(k).lower(): list(v) for k, v in raw.items()}
+
+
+def _text(raw: Mapping[str, list[bytes]], name: str) -> str | None:
+    values = raw.get(name.lower())
+    if not values:
+        return None
+    value = values[0]
+    return value.decode("utf-8") if isinstance(value, bytes | bytearray) else str(value)
+
+
+def _account(entry: Mapping[str, Any]) -> AdAccount:
+    raw = _raw(entry)
+    sid_values = raw.get("objectsid")
+    uac = _text(raw, "userAccountControl")
+    return AdAccount(
+        dn=str(entry.get("dn", "")),
+        object_sid=format_sid(bytes(sid_values[0])) if sid_values else None,
+        sam_account_name=_text(raw, "sAMAccountName"),
+        user_account_control=int(uac) if uac else None,
+        attributes={name: _text(raw, name) for name in PERSISTENT_ATTRIBUTES},
+    )
+
+
+def _raise_for(
+    result: Mapping[str, Any],
+    what: str,
+    dn: str,
+    *,
+    values: Mapping[str, str | None] | None = None,
+    secret: str | None = None,
+) -> None:
+    """Turn an LDAP result into the matching exception, with a message an operator can act on."""
+    description = str(result.get("description", "no answer"))
+    message = str(result.get("message", "")).strip()
+    if secret:
+        message = message.replace(secret, "***")
+    lowered = message.lower()
+    values = values or {}
+    detail = f" (DC said: {message})" if message else ""
+    if description == "insufficientAccessRights":
+        raise AccessDeniedError(
+            f"{what}: access denied; the service account lacks the rights (check the delegation on the OU){detail}"
+        )
+    if description == "entryAlreadyExists":
+        if "samaccountname" in lowered or _WIN_USER_EXISTS in lowered:
+            raise ConstraintError(
+                f"sAMAccountName {values.get('sAMAccountName')!r} is already in use by another account in the domain"
+            )
+        raise AccountExistsError(f"{dn} already exists")
+    if description in ("constraintViolation", "attributeOrValueExists", "unwillingToPerform",
+                       "invalidAttributeSyntax", "objectClassViolation", "namingViolation"):
+        if "userprincipalname" in lowered and values.get("userPrincipalName"):
+            raise ConstraintError(
+                f"userPrincipalName {values['userPrincipalName']!r} is already used by another account in the domain"
+            )
+        if "samaccountname" in lowered and values.get("sAMAccountName"):
+            raise ConstraintError(
+                f"sAMAccountName {values['sAMAccountName']!r} was refused (in use, or invalid){detail}"
+            )
+        if _WIN_PASSWORD_RESTRICTION in lowered or "password" in lowered:
+            raise ConstraintError(f"the password was refused by the domain password policy{detail}")
+        raise ConstraintError(f"{what}: AD refused the values: {description}{detail}")
+    if description == "noSuchObject":
+        raise AccountNotFoundError(f"{what}: {dn} (or its OU) does not exist{detail}")
+    if description in _UNAVAILABLE_RESULTS:
+        raise DirectoryUnavailableError(f"{what}: the DC is unavailable: {description}{detail}")
+    raise DirectoryError(f"{what}: {description}{detail}")
