@@ -1,0 +1,649 @@
+"""A local Microsoft Graph simulator: the parts of Graph v1.0 guestsync uses, in Graph's documented shapes.
+
+Serves HTTPS (so azure-identity and msgraph-sdk run unmodified), issues OAuth2 client-credential tokens,
+and implements ``/users`` (``$select``, ``$filter`` on userType, ``$top`` paging), ``/users/{id}``,
+``/users/delta`` (nextLink/deltaLink, ``@removed``, 410 on an unknown token), and ``/subscriptions`` with
+the validation handshake, 409 on duplicates and change/lifecycle notifications POSTed to the subscriber.
+Throttling (429/503 with Retry-After) can be switched on for the next requests.
+
+The JSON follows the examples in Microsoft's Graph documentation (see tests that compare the keys with
+``shared/reference/graph-examples`` beside the repository).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import re
+import secrets
+import ssl
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("graphsim")
+
+CONTEXT = "https://graph.microsoft.com/v1.0/$metadata"
+USER_PROPERTIES = (
+    "id", "businessPhones", "displayName", "givenName", "jobTitle", "mail", "mobilePhone", "officeLocation",
+    "preferredLanguage", "surname", "userPrincipalName", "userType", "accountEnabled",
+)
+DEFAULT_SELECT = ("businessPhones", "displayName", "givenName", "jobTitle", "mail", "mobilePhone",
+                  "officeLocation", "preferredLanguage", "surname", "userPrincipalName", "id")
+MAX_USER_SUBSCRIPTION_MINUTES = 41_760
+_FILTER_USER_TYPE = re.compile(r"^\s*userType\s+eq\s+'(?P<value>[^']*)'\s*$", re.IGNORECASE)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f0Z")
+
+
+def _parse_time(value: str) -> datetime:
+    """Graph writes 7 fractional digits; Python reads at most 6."""
+    text = value.strip().replace("Z", "+00:00")
+    match = re.match(r"^(.*T\d\d:\d\d:\d\d)(\.\d+)?(.*)$", text)
+    if match and match.group(2):
+        text = match.group(1) + match.group(2)[:7] + match.group(3)
+    result = datetime.fromisoformat(text)
+    return result if result.tzinfo else result.replace(tzinfo=UTC)
+
+
+class GraphHttpError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "code": self.code,
+                "message": self.message,
+                "innerError": {"date": _now().strftime("%Y-%m-%dT%H:%M:%S"),
+                               "request-id": str(uuid.uuid4()), "client-request-id": str(uuid.uuid4())},
+            }
+        }
+
+
+@dataclass
+class Subscription:
+    id: str
+    resource: str
+    change_type: str
+    notification_url: str
+    lifecycle_url: str | None
+    client_state: str | None
+    expiration: datetime
+    latest_tls: str = "v1_2"
+
+    def to_json(self, application_id: str, *, with_client_state: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": self.id,
+            "resource": self.resource,
+            "applicationId": application_id,
+            "changeType": self.change_type,
+            "clientState": self.client_state if with_client_state else None,
+            "notificationUrl": self.notification_url,
+            "expirationDateTime": _iso(self.expiration),
+            "creatorId": application_id,
+            "latestSupportedTlsVersion": self.latest_tls,
+            "notificationContentType": "application/json",
+        }
+        if self.lifecycle_url:
+            body["lifecycleNotificationUrl"] = self.lifecycle_url
+        return body
+
+
+@dataclass
+class _Change:
+    seq: int
+    user_id: str
+    removed: str | None  # None = changed/created; "changed" = soft delete; "deleted" = hard delete
+
+
+@dataclass
+class Deliveries:
+    sent: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    dropped: int = 0
+
+
+class GraphSimulator:
+    """Run with ``start()``; drive with ``invite_guest``/``update_user``/``delete_user``; ``stop()`` at the end."""
+
+    def __init__(
+        self,
+        cert_file: str | Path,
+        key_file: str | Path,
+        *,
+        tenant_id: str = "84bd8158-6d4d-4958-8b9f-9d6445542f95",
+        tenant_domain: str = "contoso.onmicrosoft.com",
+        client_id: str = "24d3b144-21ae-4080-943f-7067b395b913",
+        client_secret: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        page_size: int = 100,
+    ) -> None:
+        self.tenant_id = tenant_id
+        self.tenant_domain = tenant_domain
+        self.client_id = client_id
+        self.client_secret = client_secret or secrets.token_urlsafe(24)
+        self.page_size = page_size
+        self._lock = threading.RLock()
+        self._users: dict[str, dict[str, Any]] = {}
+        self._deleted: dict[str, dict[str, Any]] = {}
+        self._changes: list[_Change] = []
+        self._seq = 0
+        self._delta_epoch = 0
+        self._tokens: set[str] = set()
+        self.subscriptions: dict[str, Subscription] = {}
+        self.request_count: Counter[str] = Counter()
+        self.deliveries = Deliveries()
+        self._drop_next = 0
+        self._throttle: list[tuple[int, int]] = []  # (status, retry_after) for the next requests
+        self._outbox: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue()
+        self._server = ThreadingHTTPServer((host, port), _handler_for(self))
+        self._server.daemon_threads = True
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(str(cert_file), str(key_file))
+        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self._threads: list[threading.Thread] = []
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"https://{host}:{port}"
+
+    @property
+    def graph_url(self) -> str:
+        return f"{self.base_url}/v1.0"
+
+    def start(self) -> GraphSimulator:
+        for target in (self._server.serve_forever, self._deliver_loop):
+            thread = threading.Thread(target=target, name=f"graphsim-{target.__name__}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self) -> None:
+        self._outbox.put(None)
+        self._server.shutdown()
+        self._server.server_close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    def reset(self) -> None:
+        """Forget users, subscriptions, counters and fault injection (between tests)."""
+        self.wait_for_deliveries()
+        with self._lock:
+            self._users.clear()
+            self._deleted.clear()
+            self._changes.clear()
+            self.subscriptions.clear()
+            self.request_count.clear()
+            self.deliveries = Deliveries()
+            self._drop_next = 0
+            self._throttle.clear()
+            self._delta_epoch += 1
+
+    # -- control API (what an admin does in Entra) ------------------------------------------------------
+    def add_user(self, **props: Any) -> dict[str, Any]:
+        with self._lock:
+            user: dict[str, Any] = {
+                "id": props.pop("id", None) or str(uuid.uuid4()),
+                "businessPhones": [],
+                "userType": "Member",
+                "accountEnabled": True,
+            }
+            user.update(props)
+            user.setdefault("displayName", user.get("userPrincipalName"))
+            self._users[user["id"]] = user
+            self._record(user["id"], None, "updated")
+            return dict(user)
+
+    def invite_guest(
+        self, email: str, display_name: str, given_name: str | None = None, surname: str | None = None
+    ) -> dict[str, Any]:
+        """What Entra does on a B2B invitation: a Guest whose UPN is <mail with _>#EXT#@<tenant>."""
+        upn = f"{email.replace('@', '_')}#EXT#@{self.tenant_domain}"
+        return self.add_user(
+            userType="Guest", mail=email, displayName=display_name, givenName=given_name, surname=surname,
+            userPrincipalName=upn,
+        )
+
+    def update_user(self, user_id: str, **props: Any) -> dict[str, Any]:
+        with self._lock:
+            user = self._users[user_id]
+            user.update(props)
+            self._record(user_id, None, "updated")
+            return dict(user)
+
+    def delete_user(self, user_id: str) -> None:
+        """Soft delete (to deleted items): users/delta reports @removed reason 'changed'."""
+        with self._lock:
+            self._deleted[user_id] = self._users.pop(user_id)
+            self._record(user_id, "changed", "updated")
+
+    def restore_user(self, user_id: str) -> None:
+        with self._lock:
+            self._users[user_id] = self._deleted.pop(user_id)
+            self._record(user_id, None, "updated")
+
+    def hard_delete_user(self, user_id: str) -> None:
+        with self._lock:
+            self._users.pop(user_id, None)
+            self._deleted.pop(user_id, None)
+            self._record(user_id, "deleted", "deleted")
+
+    @property
+    def users(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(u) for u in self._users.values()]
+
+    def seed(self, guests: int = 0, members: int = 0) -> None:
+        for i in range(members):
+            self.add_user(displayName=f"Member {i + 1}", userPrincipalName=f"member{i + 1}@{self.tenant_domain}",
+                          mail=f"member{i + 1}@{self.tenant_domain}", givenName="Member", surname=str(i + 1))
+        for i in range(guests):
+            self.invite_guest(f"guest{i + 1}@fabrikam.com", f"Guest {i + 1}", "Guest", str(i + 1))
+
+    def drop_next_notifications(self, count: int) -> None:
+        with self._lock:
+            self._drop_next += count
+
+    def throttle(self, count: int, retry_after: int = 1, status: int = 429) -> None:
+        with self._lock:
+            self._throttle.extend([(status, retry_after)] * count)
+
+    def expire_delta_tokens(self) -> None:
+        with self._lock:
+            self._delta_epoch += 1
+
+    def send_lifecycle(self, subscription_id: str, event: str) -> None:
+        with self._lock:
+            sub = self.subscriptions[subscription_id]
+            if not sub.lifecycle_url:
+                raise ValueError("subscription has no lifecycleNotificationUrl")
+            item = {
+                "subscriptionId": sub.id,
+                "subscriptionExpirationDateTime": _iso(sub.expiration),
+                "tenantId": self.tenant_id,
+                "clientState": sub.client_state,
+                "lifecycleEvent": event,
+            }
+            self._outbox.put((sub.lifecycle_url, {"value": [item]}))
+
+    def wait_for_deliveries(self, timeout: float = 10.0) -> None:
+        done = threading.Event()
+        self._outbox.put(("", {"__marker__": done}))
+        done.wait(timeout)
+
+    # -- internals --------------------------------------------------------------------------------------
+    def _record(self, user_id: str, removed: str | None, change_type: str) -> None:
+        self._seq += 1
+        self._changes.append(_Change(self._seq, user_id, removed))
+        now = _now()
+        for sub in self.subscriptions.values():
+            if sub.expiration <= now or change_type not in sub.change_type.split(","):
+                continue
+            if self._drop_next > 0:
+                self._drop_next -= 1
+                self.deliveries.dropped += 1
+                continue
+            item = {
+                "subscriptionId": sub.id,
+                "subscriptionExpirationDateTime": _iso(sub.expiration),
+                "clientState": sub.client_state,
+                "changeType": change_type,
+                "resource": f"Users/{user_id}",
+                "tenantId": self.tenant_id,
+                "resourceData": {
+                    "@odata.type": "#Microsoft.Graph.User",
+                    "@odata.id": f"Users/{user_id}",
+                    "id": user_id,
+                    "organizationId": self.tenant_id,
+                },
+            }
+            self._outbox.put((sub.notification_url, {"value": [item]}))
+
+    def _deliver_loop(self) -> None:
+        while True:
+            job = self._outbox.get()
+            if job is None:
+                return
+            url, payload = job
+            marker = payload.get("__marker__")
+            if isinstance(marker, threading.Event):
+                marker.set()
+                continue
+            try:
+                status, _ = _post(url, json.dumps(payload).encode(), "application/json", timeout=3.0)
+                if status >= 300:
+                    raise urllib.error.HTTPError(url, status, "refused", None, None)  # type: ignore[arg-type]
+                with self._lock:
+                    self.deliveries.sent.append(payload)
+            except Exception as exc:  # Graph drops what it cannot deliver; we record it
+                with self._lock:
+                    self.deliveries.failed.append(f"{url}: {exc}")
+
+    def _authorize(self, headers: Any) -> None:
+        auth = headers.get("Authorization", "")
+        token = auth[7:] if auth.startswith("Bearer ") else ""
+        with self._lock:
+            if token not in self._tokens:
+                raise GraphHttpError(401, "InvalidAuthenticationToken", "Access token is empty or invalid.")
+
+    def _maybe_throttle(self) -> None:
+        with self._lock:
+            if self._throttle:
+                status, retry_after = self._throttle.pop(0)
+                code = "TooManyRequests" if status == 429 else "ServiceUnavailable"
+                raise GraphHttpError(status, code, "Too many requests" if status == 429 else "Service unavailable",
+                                     {"Retry-After": str(retry_after)})
+
+    @staticmethod
+    def _select(params: dict[str, str]) -> tuple[str, ...]:
+        raw = params.get("$select")
+        if not raw:
+            return DEFAULT_SELECT
+        names = tuple(n.strip() for n in raw.split(",") if n.strip())
+        unknown = [n for n in names if n not in USER_PROPERTIES]
+        if unknown:
+            raise GraphHttpError(400, "Request_BadRequest",
+                                 f"Could not find a property named '{unknown[0]}' on type 'microsoft.graph.user'.")
+        return names
+
+    @staticmethod
+    def _project(user: dict[str, Any], select: tuple[str, ...]) -> dict[str, Any]:
+        body = {name: user.get(name) for name in select if name != "id"}
+        body["id"] = user["id"]
+        return body
+
+    def _context(self, select: tuple[str, ...], what: str = "users") -> str:
+        if select == DEFAULT_SELECT:
+            return f"{CONTEXT}#{what}"
+        return f"{CONTEXT}#{what}({','.join(select)})"
+
+    # -- request handling -------------------------------------------------------------------------------
+    def handle(self, method: str, path: str, params: dict[str, str], headers: Any, body: bytes
+               ) -> tuple[int, dict[str, Any] | None, dict[str, str]]:
+        if method == "POST" and path.endswith("/oauth2/v2.0/token"):
+            return self._token(body)
+        if method == "GET" and path.endswith("/v2.0/.well-known/openid-configuration"):
+            return 200, self._openid(path.split("/")[1]), {}
+        if not path.startswith("/v1.0/"):
+            raise GraphHttpError(404, "BadRequest", f"Resource not found for the segment '{path}'.")
+        self._authorize(headers)
+        route = path[len("/v1.0"):].rstrip("/")
+        with self._lock:
+            self.request_count[f"{method} {re.sub(r'/[0-9a-fA-F-]{36}', '/{id}', route)}"] += 1
+        self._maybe_throttle()
+        if route.lower() == "/users" and method == "GET":
+            return 200, self._list_users(params), {}
+        if route.lower() in ("/users/delta", "/users/delta()") and method == "GET":
+            return 200, self._delta(params), {}
+        match = re.match(r"^/users/([^/]+)$", route, re.IGNORECASE)
+        if match and method == "GET":
+            return 200, self._get_user(urllib.parse.unquote(match.group(1)), params), {}
+        if route.lower() == "/subscriptions":
+            if method == "POST":
+                return 201, self._create_subscription(body), {}
+            if method == "GET":
+                with self._lock:
+                    subs = [s.to_json(self.client_id, with_client_state=False) for s in self.subscriptions.values()]
+                return 200, {"@odata.context": f"{CONTEXT}#subscriptions", "value": subs}, {}
+        match = re.match(r"^/subscriptions/([^/]+)$", route, re.IGNORECASE)
+        if match:
+            return self._subscription(method, match.group(1), body)
+        raise GraphHttpError(400, "BadRequest", f"Resource not found for the segment '{route}'.")
+
+    def _token(self, body: bytes) -> tuple[int, dict[str, Any], dict[str, str]]:
+        form = dict(urllib.parse.parse_qsl(body.decode()))
+        if form.get("grant_type") != "client_credentials":
+            return 400, {"error": "unsupported_grant_type"}, {}
+        if form.get("client_id") != self.client_id or not secrets.compare_digest(
+            form.get("client_secret", ""), self.client_secret
+        ):
+            return 401, {"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided."}, {}
+        token = secrets.token_urlsafe(32)
+        with self._lock:
+            self._tokens.add(token)
+        return 200, {"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": token}, {}
+
+    def _openid(self, tenant: str) -> dict[str, Any]:
+        base = f"{self.base_url}/{tenant}"
+        return {
+            "token_endpoint": f"{base}/oauth2/v2.0/token",
+            "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+            "issuer": f"{self.base_url}/{self.tenant_id}/v2.0",
+            "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
+            "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+            "tenant_region_scope": "EU",
+        }
+
+    def _list_users(self, params: dict[str, str]) -> dict[str, Any]:
+        select = self._select(params)
+        with self._lock:
+            users = list(self._users.values())
+        flt = params.get("$filter")
+        if flt:
+            match = _FILTER_USER_TYPE.match(flt)
+            if not match:
+                raise GraphHttpError(400, "Request_UnsupportedQuery", f"Unsupported query: {flt}")
+            users = [u for u in users if u.get("userType") == match.group("value")]
+        try:
+            top = min(int(params.get("$top", self.page_size)), 999)
+            skip = int(params.get("$skiptoken", "0"))
+        except ValueError:
+            raise GraphHttpError(400, "Request_BadRequest", "Invalid $top or $skiptoken") from None
+        page = users[skip : skip + top]
+        body: dict[str, Any] = {"@odata.context": self._context(select),
+                                "value": [self._project(u, select) for u in page]}
+        if skip + top < len(users):
+            query = {k: v for k, v in params.items() if k != "$skiptoken"} | {"$skiptoken": str(skip + top)}
+            body["@odata.nextLink"] = f"{self.graph_url}/users?{urllib.parse.urlencode(query)}"
+        # Graph puts @odata.nextLink before value; keep that order for readers who look
+        return {k: body[k] for k in ("@odata.context", "@odata.nextLink", "value") if k in body}
+
+    def _get_user(self, user_id: str, params: dict[str, str]) -> dict[str, Any]:
+        select = self._select(params)
+        with self._lock:
+            user = self._users.get(user_id) or next(
+                (u for u in self._users.values() if str(u.get("userPrincipalName", "")).lower() == user_id.lower()),
+                None,
+            )
+        if user is None:
+            raise GraphHttpError(404, "Request_ResourceNotFound",
+                                 f"Resource '{user_id}' does not exist or one of its queried reference-property "
+                                 "objects are not present.")
+        return {"@odata.context": f"{self._context(select)}/$entity"} | self._project(user, select)
+
+    def _delta(self, params: dict[str, str]) -> dict[str, Any]:
+        if "$filter" in params:
+            raise GraphHttpError(400, "Request_UnsupportedQuery", "Unsupported query: $filter on delta for users")
+        with self._lock:
+            if "$deltatoken" in params:
+                epoch, _, since = params["$deltatoken"].partition(".")
+                if not since.isdigit() or epoch != str(self._delta_epoch):
+                    raise GraphHttpError(410, "syncStateNotFound",
+                                         "The sync state generation is invalid or has expired.")
+                select = tuple(params.get("$select", ",".join(DEFAULT_SELECT)).split(","))
+                state = {"mode": "changes", "since": int(since), "select": select, "offset": 0}
+            elif "$skiptoken" in params:
+                try:
+                    state = json.loads(urllib.parse.unquote(params["$skiptoken"]))
+                except json.JSONDecodeError:
+                    raise GraphHttpError(400, "Request_BadRequest", "Invalid skip token") from None
+                select = tuple(state["select"])
+            else:
+                select = self._select(params)
+                state = {"mode": "initial", "since": self._seq, "select": select, "offset": 0}
+            items: list[dict[str, Any]]
+            if state["mode"] == "initial":
+                items = [self._project(u, select) for u in self._users.values()]
+                end_seq = state["since"]
+            else:
+                latest: dict[str, _Change] = {}
+                for change in self._changes:
+                    if change.seq > state["since"]:
+                        latest[change.user_id] = change
+                items = []
+                for change in latest.values():
+                    if change.removed:
+                        items.append({"id": change.user_id, "@removed": {"reason": change.removed}})
+                    elif change.user_id in self._users:
+                        items.append(self._project(self._users[change.user_id], select))
+                end_seq = self._seq
+            offset = int(state["offset"])
+            page = items[offset : offset + self.page_size]
+            body: dict[str, Any] = {"@odata.context": self._context(select)}
+            if offset + self.page_size < len(items):
+                nxt = dict(state, offset=offset + self.page_size, since=state["since"])
+                token = urllib.parse.quote(json.dumps(nxt, separators=(",", ":")))
+                body["@odata.nextLink"] = f"{self.graph_url}/users/delta?$skiptoken={token}"
+            else:
+                body["@odata.deltaLink"] = (
+                    f"{self.graph_url}/users/delta?$deltatoken={self._delta_epoch}.{end_seq}"
+                    f"&$select={','.join(select)}"
+                )
+            body["value"] = page
+            return body
+
+    def _create_subscription(self, body: bytes) -> dict[str, Any]:
+        try:
+            request = json.loads(body)
+            resource = str(request["resource"])
+            change_type = str(request["changeType"])
+            url = str(request["notificationUrl"])
+            expiration = _parse_time(str(request["expirationDateTime"]))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise GraphHttpError(400, "InvalidRequest", f"Invalid subscription request: {exc}") from None
+        if resource.strip("/").lower() != "users":
+            raise GraphHttpError(400, "InvalidRequest", f"Resource '{resource}' is not supported by the simulator.")
+        if not set(change_type.split(",")) <= {"updated", "deleted"}:
+            raise GraphHttpError(400, "InvalidRequest", "changeType for users must be updated and/or deleted.")
+        self._check_expiration(expiration)
+        lifecycle = request.get("lifecycleNotificationUrl")
+        with self._lock:
+            for sub in self.subscriptions.values():
+                if (sub.resource.strip("/").lower(), sub.notification_url, sub.change_type) == (
+                    "users", url, change_type
+                ):
+                    raise GraphHttpError(409, "ExtensionError",
+                                         "Subscription already exists for this resource and notification URL.")
+        for target in [url] + ([lifecycle] if lifecycle else []):
+            self._validate_endpoint(str(target))
+        sub = Subscription(str(uuid.uuid4()), resource, change_type, url, lifecycle, request.get("clientState"),
+                           expiration, str(request.get("latestSupportedTlsVersion", "v1_2")))
+        with self._lock:
+            self.subscriptions[sub.id] = sub
+        return {"@odata.context": f"{CONTEXT}#subscriptions/$entity"} | sub.to_json(self.client_id,
+                                                                                  with_client_state=True)
+
+    @staticmethod
+    def _check_expiration(expiration: datetime) -> None:
+        now = _now()
+        if expiration <= now:
+            raise GraphHttpError(400, "InvalidRequest", "Subscription expiration must be in the future.")
+        if expiration > now + timedelta(minutes=MAX_USER_SUBSCRIPTION_MINUTES):
+            raise GraphHttpError(400, "InvalidRequest",
+                                 "Subscription expiration can only be 41760 minutes in the future.")
+
+    def _validate_endpoint(self, url: str) -> None:
+        """Graph's handshake: POST ?validationToken=..., expect 200 text/plain echoing it within 10 s."""
+        token = f"Validation: Testing client application reachability for subscription Request-Id: {uuid.uuid4()}"
+        sep = "&" if "?" in url else "?"
+        try:
+            status, answer = _post(f"{url}{sep}validationToken={urllib.parse.quote(token)}", b"",
+                                   "text/plain; charset=utf-8", timeout=10.0)
+        except Exception as exc:
+            raise GraphHttpError(400, "InvalidRequest",
+                                 f"Subscription validation request failed. Notification endpoint must respond with "
+                                 f"200 OK to validation request. ({exc})") from None
+        if status != 200 or answer.decode("utf-8", "replace") != token:
+            raise GraphHttpError(400, "InvalidRequest",
+                                 "Subscription validation request failed. Response must exactly match "
+                                 "validationToken query parameter.")
+
+    def _subscription(self, method: str, sub_id: str, body: bytes) -> tuple[int, dict[str, Any] | None,
+                                                                            dict[str, str]]:
+        with self._lock:
+            sub = self.subscriptions.get(sub_id)
+        if sub is None:
+            raise GraphHttpError(404, "ResourceNotFound", f"The object was not found: {sub_id}")
+        if method == "GET":
+            return 200, {"@odata.context": f"{CONTEXT}#subscriptions/$entity"} | sub.to_json(
+                self.client_id, with_client_state=False), {}
+        if method == "DELETE":
+            with self._lock:
+                self.subscriptions.pop(sub_id, None)
+            return 204, None, {}
+        if method == "PATCH":
+            try:
+                expiration = _parse_time(str(json.loads(body)["expirationDateTime"]))
+            except (KeyError, ValueError, TypeError) as exc:
+                raise GraphHttpError(400, "InvalidRequest", f"Invalid renewal: {exc}") from None
+            self._check_expiration(expiration)
+            with self._lock:
+                sub.expiration = expiration
+            return 200, {"@odata.context": f"{CONTEXT}#subscriptions/$entity"} | sub.to_json(
+                self.client_id, with_client_state=True), {}
+        raise GraphHttpError(405, "BadRequest", "Method not allowed")
+
+
+def _post(url: str, body: bytes, content_type: str, timeout: float) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - loopback subscriber
+            return int(response.status), bytes(response.read())
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read() if exc.fp else b""
+
+
+def _handler_for(sim: GraphSimulator) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("%s " + format, self.address_string(), *args)
+
+        def _serve(self) -> None:
+            parsed = urllib.parse.urlsplit(self.path)
+            params = dict(urllib.parse.parse_qsl(parsed.query, keep_blank_values=True))
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            try:
+                status, payload, headers = sim.handle(self.command, parsed.path, params, self.headers, body)
+            except GraphHttpError as exc:
+                status, payload, headers = exc.status, exc.body(), exc.headers
+            except Exception as exc:  # a bug in the simulator must show as a 500, like a Graph outage
+                log.exception("graphsim failed")
+                err = GraphHttpError(500, "generalException", str(exc))
+                status, payload, headers = 500, err.body(), {}
+            data = b"" if payload is None else json.dumps(payload).encode()
+            self.send_response(status)
+            if payload is not None:
+                self.send_header("Content-Type", "application/json;odata.metadata=minimal;charset=utf-8")
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("request-id", str(uuid.uuid4()))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = do_PATCH = do_DELETE = _serve
+
+    return Handler

@@ -1,0 +1,251 @@
+"""Microsoft Graph adapter: the real msgraph-sdk client, configured from settings.
+
+Reads users with an explicit ``$select`` of every property the rules need, pages ``users/delta`` by hand
+(the SDK's PageIterator drops the deltaLink), and manages the change-notification subscription. Throttling
+(429/503 with Retry-After) is retried by the SDK's retry middleware; what is still throttled after that
+surfaces as ``GraphThrottledError`` so the queue retries the message later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+from kiota_abstractions.base_request_configuration import RequestConfiguration
+from kiota_authentication_azure.azure_identity_authentication_provider import AzureIdentityAuthenticationProvider
+from msgraph import GraphRequestAdapter, GraphServiceClient
+from msgraph.generated.models.o_data_errors.o_data_error import ODataError
+from msgraph.generated.models.subscription import Subscription as GraphSubscription
+from msgraph.generated.models.user import User
+from msgraph.generated.users.delta.delta_request_builder import DeltaRequestBuilder
+from msgraph.generated.users.item.user_item_request_builder import UserItemRequestBuilder
+from msgraph.generated.users.users_request_builder import UsersRequestBuilder
+
+from shared.domain import GRAPH_USER_SELECT, GraphUser, GuestsyncError
+from shared.settings import GraphSettings
+
+MICROSOFT_LOGIN_HOSTS = (
+    "login.microsoftonline.com",
+    "login.microsoftonline.us",
+    "login.chinacloudapi.cn",
+    "login.partner.microsoftonline.cn",
+)
+
+
+class GraphError(GuestsyncError):
+    def __init__(self, status: int | None, code: str | None, message: str) -> None:
+        super().__init__(f"Graph answered {status} {code or ''}: {message}".strip())
+        self.status, self.code = status, code
+
+
+class GraphThrottledError(GraphError):
+    """Still throttled after the SDK's retries: let the queue try again later."""
+
+
+class DeltaExpiredError(GraphError):
+    """410 Gone on a deltaLink: the sync state expired; start a full round again."""
+
+
+class SubscriptionConflictError(GraphError):
+    """409: a subscription for this resource and URL exists already."""
+
+
+@dataclass(frozen=True)
+class Subscription:
+    id: str
+    resource: str
+    change_type: str
+    notification_url: str
+    lifecycle_url: str | None
+    expiration: datetime
+
+
+@dataclass
+class DeltaPage:
+    users: list[GraphUser] = field(default_factory=list)
+    removed: list[tuple[str, str]] = field(default_factory=list)  # (id, reason: changed | deleted)
+    next_link: str | None = None
+    delta_link: str | None = None
+
+
+def _to_graph_user(user: User) -> GraphUser:
+    return GraphUser(
+        id=str(user.id),
+        user_type=user.user_type,
+        display_name=user.display_name,
+        given_name=user.given_name,
+        surname=user.surname,
+        user_principal_name=user.user_principal_name,
+        mail=user.mail,
+        mobile_phone=user.mobile_phone,
+        account_enabled=user.account_enabled,
+    )
+
+
+def _to_subscription(sub: GraphSubscription) -> Subscription:
+    if sub.id is None or sub.expiration_date_time is None:
+        raise GraphError(None, None, "subscription without id or expirationDateTime")
+    return Subscription(
+        id=sub.id,
+        resource=sub.resource or "",
+        change_type=sub.change_type or "",
+        notification_url=sub.notification_url or "",
+        lifecycle_url=sub.lifecycle_notification_url,
+        expiration=sub.expiration_date_time,
+    )
+
+
+def _error(exc: ODataError) -> GraphError:
+    status = exc.response_status_code
+    code = exc.error.code if exc.error else None
+    message = (exc.error.message if exc.error else None) or str(exc)
+    if status == 410:
+        return DeltaExpiredError(status, code, message)
+    if status == 409:
+        return SubscriptionConflictError(status, code, message)
+    if status in (429, 503):
+        return GraphThrottledError(status, code, message)
+    return GraphError(status, code, message)
+
+
+def _credential(settings: GraphSettings) -> Any:
+    from azure.identity.aio import ClientSecretCredential, ManagedIdentityCredential
+
+    if settings.auth == "client_secret":
+        host = urlsplit(settings.authority_host).hostname or ""
+        return ClientSecretCredential(
+            str(settings.tenant_id),
+            str(settings.client_id),
+            str(settings.client_secret),
+            authority=settings.authority_host,
+            disable_instance_discovery=host not in MICROSOFT_LOGIN_HOSTS,
+        )
+    return ManagedIdentityCredential(client_id=settings.client_id) if settings.client_id else ManagedIdentityCredential()
+
+
+class GraphClient:
+    """What guestsync asks of Graph, over msgraph-sdk."""
+
+    def __init__(self, settings: GraphSettings) -> None:
+        self._credential = _credential(settings)
+        host = urlsplit(settings.endpoint).hostname or ""
+        auth = AzureIdentityAuthenticationProvider(
+            self._credential, scopes=list(settings.scopes), allowed_hosts=[host]
+        )
+        adapter = GraphRequestAdapter(auth)
+        adapter.base_url = settings.endpoint
+        self._client = GraphServiceClient(request_adapter=adapter)
+
+    async def __aenter__(self) -> GraphClient:
+        return self
+
+    async def __aexit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
+                        ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._credential.close()
+
+    async def get_user(self, user_id: str) -> GraphUser | None:
+        """The user with every property the flow rules read; None when Graph has no such user."""
+        query = UserItemRequestBuilder.UserItemRequestBuilderGetQueryParameters(select=list(GRAPH_USER_SELECT))
+        try:
+            user = await self._client.users.by_user_id(user_id).get(RequestConfiguration(query_parameters=query))
+        except ODataError as exc:
+            if exc.response_status_code == 404:
+                return None
+            raise _error(exc) from None
+        return _to_graph_user(user) if user is not None else None
+
+    async def list_guests(self, page_size: int = 999) -> AsyncIterator[GraphUser]:
+        """All guests, page by page (userType is filterable on /users, not on delta)."""
+        query = UsersRequestBuilder.UsersRequestBuilderGetQueryParameters(
+            select=list(GRAPH_USER_SELECT), filter="userType eq 'Guest'", top=page_size
+        )
+        try:
+            page = await self._client.users.get(RequestConfiguration(query_parameters=query))
+            while page is not None:
+                for user in page.value or []:
+                    yield _to_graph_user(user)
+                if not page.odata_next_link:
+                    return
+                page = await self._client.users.with_url(page.odata_next_link).get()
+        except ODataError as exc:
+            raise _error(exc) from None
+
+    async def delta(self, delta_link: str | None = None) -> AsyncIterator[DeltaPage]:
+        """users/delta, paged by hand so the final @odata.deltaLink is kept."""
+        try:
+            if delta_link:
+                response = await self._client.users.delta.with_url(delta_link).get()
+            else:
+                query = DeltaRequestBuilder.DeltaRequestBuilderGetQueryParameters(select=list(GRAPH_USER_SELECT))
+                response = await self._client.users.delta.get(RequestConfiguration(query_parameters=query))
+            while response is not None:
+                page = DeltaPage(next_link=response.odata_next_link, delta_link=response.odata_delta_link)
+                for user in response.value or []:
+                    removed = (user.additional_data or {}).get("@removed")
+                    if removed is not None:
+                        page.removed.append((str(user.id), str(dict(removed).get("reason", "changed"))))
+                    else:
+                        page.users.append(_to_graph_user(user))
+                yield page
+                if not response.odata_next_link:
+                    return
+                response = await self._client.users.delta.with_url(response.odata_next_link).get()
+        except ODataError as exc:
+            raise _error(exc) from None
+
+    async def list_subscriptions(self) -> list[Subscription]:
+        try:
+            result: list[Subscription] = []
+            page = await self._client.subscriptions.get()
+            while page is not None:
+                result.extend(_to_subscription(s) for s in page.value or [])
+                if not page.odata_next_link:
+                    break
+                page = await self._client.subscriptions.with_url(page.odata_next_link).get()
+            return result
+        except ODataError as exc:
+            raise _error(exc) from None
+
+    async def create_subscription(
+        self, notification_url: str, lifecycle_url: str | None, client_state: str, expiration: datetime
+    ) -> Subscription:
+        body = GraphSubscription(
+            change_type="updated,deleted",
+            notification_url=notification_url,
+            lifecycle_notification_url=lifecycle_url,
+            resource="users",
+            expiration_date_time=expiration,
+            client_state=client_state,
+            latest_supported_tls_version="v1_2",
+        )
+        try:
+            created = await self._client.subscriptions.post(body)
+        except ODataError as exc:
+            raise _error(exc) from None
+        if created is None:
+            raise GraphError(None, None, "subscription create returned no body")
+        return _to_subscription(created)
+
+    async def renew_subscription(self, subscription_id: str, expiration: datetime) -> Subscription:
+        try:
+            renewed = await self._client.subscriptions.by_subscription_id(subscription_id).patch(
+                GraphSubscription(expiration_date_time=expiration)
+            )
+        except ODataError as exc:
+            raise _error(exc) from None
+        if renewed is None:
+            raise GraphError(None, None, "subscription renewal returned no body")
+        return _to_subscription(renewed)
+
+    async def delete_subscription(self, subscription_id: str) -> None:
+        try:
+            await self._client.subscriptions.by_subscription_id(subscription_id).delete()
+        except ODataError as exc:
+            raise _error(exc) from None
