@@ -36,6 +36,7 @@ class GraphSettings:
     client_secret: str | None = field(default=None, repr=False)
     authority_host: str = "https://login.microsoftonline.com"
     scopes: tuple[str, ...] = ("https://graph.microsoft.com/.default",)
+    ca_file: str | None = None  # extra CA bundle for Graph and sign-in (TLS-inspecting proxy, simulator)
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, need_directory: bool 
         client_secret=_get(env, "GRAPH_CLIENT_SECRET"),
         authority_host=_get(env, "GRAPH_AUTHORITY_HOST", GraphSettings.authority_host) or "",
         scopes=(_get(env, "GRAPH_SCOPE", GraphSettings.scopes[0]) or GraphSettings.scopes[0],),
+        ca_file=_get(env, "GRAPH_CA_FILE"),
     )
     if graph_auth == "client_secret":
         for name, value in (

@@ -8,6 +8,7 @@ surfaces as ``GraphThrottledError`` so the queue retries the message later.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -15,6 +16,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 from kiota_abstractions.base_request_configuration import RequestConfiguration
 from kiota_authentication_azure.azure_identity_authentication_provider import AzureIdentityAuthenticationProvider
 from msgraph import GraphRequestAdapter, GraphServiceClient
@@ -24,6 +26,7 @@ from msgraph.generated.models.user import User
 from msgraph.generated.users.delta.delta_request_builder import DeltaRequestBuilder
 from msgraph.generated.users.item.user_item_request_builder import UserItemRequestBuilder
 from msgraph.generated.users.users_request_builder import UsersRequestBuilder
+from msgraph_core import GraphClientFactory
 
 from shared.domain import GRAPH_USER_SELECT, GraphUser, GuestsyncError
 from shared.settings import GraphSettings
@@ -115,6 +118,7 @@ def _error(exc: ODataError) -> GraphError:
 def _credential(settings: GraphSettings) -> Any:
     from azure.identity.aio import ClientSecretCredential, ManagedIdentityCredential
 
+    extra: dict[str, Any] = {"connection_verify": settings.ca_file} if settings.ca_file else {}
     if settings.auth == "client_secret":
         host = urlsplit(settings.authority_host).hostname or ""
         return ClientSecretCredential(
@@ -123,8 +127,11 @@ def _credential(settings: GraphSettings) -> Any:
             str(settings.client_secret),
             authority=settings.authority_host,
             disable_instance_discovery=host not in MICROSOFT_LOGIN_HOSTS,
+            **extra,
         )
-    return ManagedIdentityCredential(client_id=settings.client_id) if settings.client_id else ManagedIdentityCredential()
+    if settings.client_id:
+        return ManagedIdentityCredential(client_id=settings.client_id, **extra)
+    return ManagedIdentityCredential(**extra)
 
 
 class GraphClient:
@@ -136,7 +143,11 @@ class GraphClient:
         auth = AzureIdentityAuthenticationProvider(
             self._credential, scopes=list(settings.scopes), allowed_hosts=[host]
         )
-        adapter = GraphRequestAdapter(auth)
+        http_client = None
+        if settings.ca_file:
+            verify = ssl.create_default_context(cafile=settings.ca_file)
+            http_client = GraphClientFactory.create_with_default_middleware(client=httpx.AsyncClient(verify=verify))
+        adapter = GraphRequestAdapter(auth, client=http_client)
         adapter.base_url = settings.endpoint
         self._client = GraphServiceClient(request_adapter=adapter)
 

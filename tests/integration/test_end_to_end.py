@@ -123,7 +123,7 @@ def test_guests_get_exactly_one_account_each_members_none(stack: Stack) -> None:
         assert ad["sn"] == [guest["surname"]]
         assert ad["mail"] == [guest["mail"]]
         assert ad["displayName"] == [guest["displayName"]]
-        assert ad["userAccountControl"] == [262656]
+        assert int(ad["userAccountControl"][0]) == 262656
         record = stack.state.get(guest["id"])
         assert record is not None and record.status is GuestStatus.PROVISIONED
         assert record.object_sid and record.object_sid.startswith("S-1-5-21-")
@@ -153,7 +153,7 @@ def test_given_name_change_flows_and_initial_only_attributes_are_not_reapplied(s
     ad = stack.ad_accounts()[uid]
     assert ad["givenName"] == ["Alicia"]
     assert ad["displayName"] == ["Alicia Smith"]
-    assert ad["userAccountControl"] == [512]  # initial-only: not re-applied
+    assert int(ad["userAccountControl"][0]) == 512  # initial-only: not re-applied
     assert len(stack.ad_accounts()) == 1
 
 

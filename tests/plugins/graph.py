@@ -36,7 +36,7 @@ def graph(graph_sim: GraphSimulator) -> Iterator[GraphSimulator]:
 def graph_settings(graph: GraphSimulator) -> GraphSettings:
     return GraphSettings(endpoint=graph.graph_url, auth="client_secret", tenant_id=graph.tenant_id,
                          client_id=graph.client_id, client_secret=graph.client_secret,
-                         authority_host=graph.base_url)
+                         authority_host=graph.base_url, ca_file=os.environ["SSL_CERT_FILE"])
 
 
 @pytest.fixture
@@ -48,4 +48,5 @@ def graph_env(graph: GraphSimulator) -> dict[str, str]:
         "GRAPH_CLIENT_ID": graph.client_id,
         "GRAPH_CLIENT_SECRET": graph.client_secret,
         "GRAPH_AUTHORITY_HOST": graph.base_url,
+        "GRAPH_CA_FILE": os.environ["SSL_CERT_FILE"],
     }
