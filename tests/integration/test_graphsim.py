@@ -1,0 +1,271 @@
+"""The Graph simulator speaks Graph's documented shapes, through the real msgraph-sdk client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from graphsim.server import GraphSimulator
+from shared.adapters.graph import DeltaExpiredError, GraphClient, GraphThrottledError, SubscriptionConflictError
+from shared.settings import GraphSettings
+
+pytestmark = pytest.mark.integration
+REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "graph-examples"
+
+
+def reference(name: str) -> dict[str, Any]:
+    return json.loads((REFERENCE / name).read_text())
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+class Receiver:
+    """A subscriber endpoint: answers the validation handshake and records notifications."""
+
+    def __init__(self, answer_validation: bool = True) -> None:
+        self.received: list[dict[str, Any]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                if "validationToken" in query:
+                    token = query["validationToken"].encode() if answer_validation else b"wrong"
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/plain")
+                    self.send_header("Content-Length", str(len(token)))
+                    self.end_headers()
+                    self.wfile.write(token)
+                    return
+                outer.received.append(json.loads(body))
+                self.send_response(202)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/api/graph/notifications"
+        self.lifecycle_url = self.url.replace("notifications", "lifecycle")
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def soon(minutes: int = 60) -> datetime:
+    return datetime.now(UTC) + timedelta(minutes=minutes)
+
+
+def test_get_user_selects_and_404(graph: GraphSimulator, graph_settings: GraphSettings) -> None:
+    guest = graph.invite_guest("alice@fabrikam.com", "Alice Smith", "Alice", "Smith")
+
+    async def go() -> tuple[Any, Any]:
+        async with GraphClient(graph_settings) as client:
+            return await client.get_user(guest["id"]), await client.get_user("00000000-0000-4000-8000-000000000000")
+
+    user, missing = run(go())
+    assert missing is None
+    assert user.user_type == "Guest"
+    assert user.user_principal_name == "alice_fabrikam.com#EXT#@contoso.onmicrosoft.com"
+    assert (user.given_name, user.surname, user.mail) == ("Alice", "Smith", "alice@fabrikam.com")
+
+
+def test_list_guests_pages_and_filters(graph: GraphSimulator, graph_settings: GraphSettings) -> None:
+    graph.seed(guests=230, members=7)
+
+    async def go() -> list[Any]:
+        async with GraphClient(graph_settings) as client:
+            return [u async for u in client.list_guests(page_size=100)]
+
+    users = run(go())
+    assert len(users) == 230 and {u.user_type for u in users} == {"Guest"}
+    assert graph.request_count["GET /users"] == 3
+
+
+def test_delta_rounds_removed_and_410(graph: GraphSimulator, graph_settings: GraphSettings) -> None:
+    graph.seed(guests=150)
+    first, second = graph.users[0]["id"], graph.users[1]["id"]
+
+    async def rounds() -> tuple[list[Any], list[Any]]:
+        async with GraphClient(graph_settings) as client:
+            initial = [p async for p in client.delta()]
+            graph.update_user(first, givenName="Changed")
+            graph.delete_user(second)
+            later = [p async for p in client.delta(initial[-1].delta_link)]
+            graph.expire_delta_tokens()
+            with pytest.raises(DeltaExpiredError):
+                _ = [p async for p in client.delta(later[-1].delta_link)]
+            return initial, later
+
+    initial, later = run(rounds())
+    assert sum(len(p.users) for p in initial) == 150 and len(initial) == 2
+    assert initial[0].next_link and not initial[0].delta_link and initial[-1].delta_link
+    assert [u.given_name for p in later for u in p.users] == ["Changed"]
+    assert [r for p in later for r in p.removed] == [(second, "changed")]
+
+
+def test_throttling_is_retried_then_surfaces(graph: GraphSimulator, graph_settings: GraphSettings) -> None:
+    guest = graph.invite_guest("t@fabrikam.com", "T")
+
+    async def go() -> Any:
+        async with GraphClient(graph_settings) as client:
+            graph.throttle(2, retry_after=0)
+            user = await client.get_user(guest["id"])
+            graph.throttle(10, retry_after=0)
+            with pytest.raises(GraphThrottledError):
+                await client.get_user(guest["id"])
+            return user
+
+    assert run(go()).id == guest["id"]
+
+
+def test_unauthenticated_requests_get_401(graph: GraphSimulator) -> None:
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    context = ssl.create_default_context(cafile=__import__("os").environ["SSL_CERT_FILE"])
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(f"{graph.graph_url}/users", context=context)  # noqa: S310
+    assert info.value.code == 401
+    assert json.loads(info.value.read())["error"]["code"] == "InvalidAuthenticationToken"
+
+
+def test_subscription_lifecycle_and_notifications(graph: GraphSimulator, graph_settings: GraphSettings,
+                                                  receiver: Receiver) -> None:
+    async def go() -> Any:
+        async with GraphClient(graph_settings) as client:
+            sub = await client.create_subscription(receiver.url, receiver.lifecycle_url, "secret", soon())
+            with pytest.raises(SubscriptionConflictError):
+                await client.create_subscription(receiver.url, None, "secret", soon())
+            renewed = await client.renew_subscription(sub.id, soon(600))
+            listed = await client.list_subscriptions()
+            return sub, renewed, listed
+
+    sub, renewed, listed = run(go())
+    assert renewed.expiration > sub.expiration and [s.id for s in listed] == [sub.id]
+    guest = graph.invite_guest("n@fabrikam.com", "N")
+    graph.update_user(guest["id"], givenName="X")
+    graph.hard_delete_user(guest["id"])
+    graph.send_lifecycle(sub.id, "reauthorizationRequired")
+    graph.wait_for_deliveries()
+    changes = [r["value"][0] for r in receiver.received if "changeType" in r["value"][0]]
+    assert [c["changeType"] for c in changes] == ["updated", "updated", "deleted"]
+    assert all(c["clientState"] == "secret" and c["resource"] == f"Users/{guest['id']}" for c in changes)
+    lifecycle = [r["value"][0] for r in receiver.received if "lifecycleEvent" in r["value"][0]]
+    assert lifecycle[0]["lifecycleEvent"] == "reauthorizationRequired"
+
+
+def test_subscription_refused_without_handshake_and_beyond_max(graph: GraphSimulator,
+                                                               graph_settings: GraphSettings) -> None:
+    silent = Receiver(answer_validation=False)
+    try:
+        async def go() -> None:
+            async with GraphClient(graph_settings) as client:
+                with pytest.raises(Exception, match="validation"):
+                    await client.create_subscription(silent.url, None, "s", soon())
+                with pytest.raises(Exception, match="41760"):
+                    await client.create_subscription(silent.url, None, "s", soon(41_760 + 10))
+        run(go())
+    finally:
+        silent.close()
+    assert graph.subscriptions == {}
+
+
+def test_expired_subscription_gets_nothing_and_drops_are_counted(graph: GraphSimulator, receiver: Receiver,
+                                                                graph_settings: GraphSettings) -> None:
+    async def go() -> Any:
+        async with GraphClient(graph_settings) as client:
+            return await client.create_subscription(receiver.url, None, "s", soon())
+
+    sub = run(go())
+    graph.drop_next_notifications(1)
+    graph.invite_guest("dropped@fabrikam.com", "Dropped")
+    graph.subscriptions[sub.id].expiration = datetime.now(UTC) - timedelta(seconds=1)
+    graph.invite_guest("late@fabrikam.com", "Late")
+    graph.wait_for_deliveries()
+    assert receiver.received == [] and graph.deliveries.dropped == 1
+
+
+# -- shapes compared with the examples from Microsoft's Graph documentation --------------------------
+
+def raw_get(graph: GraphSimulator, path: str) -> dict[str, Any]:
+    status, body, _ = graph.handle("POST", f"/{graph.tenant_id}/oauth2/v2.0/token", {}, {},
+                                   urllib.parse.urlencode({"grant_type": "client_credentials",
+                                                           "client_id": graph.client_id,
+                                                           "client_secret": graph.client_secret}).encode())
+    assert status == 200 and body is not None
+    split = urllib.parse.urlsplit(path)
+    _, payload, _ = graph.handle("GET", split.path, dict(urllib.parse.parse_qsl(split.query)),
+                                 {"Authorization": f"Bearer {body['access_token']}"}, b"")
+    assert payload is not None
+    return payload
+
+
+def test_delta_pages_have_the_documented_keys(graph: GraphSimulator) -> None:
+    graph.seed(guests=120)
+    page = raw_get(graph, "/v1.0/users/delta?$select=displayName,givenName,surname")
+    assert set(page) == set(reference("delta-page.json"))
+    assert page["@odata.context"] == reference("delta-page.json")["@odata.context"]
+    item_keys = {k for k in reference("delta-page.json")["value"][0]}
+    assert set(page["value"][0]) == item_keys
+    final = raw_get(graph, urllib.parse.urlsplit(page["@odata.nextLink"]).path + "?" +
+                    urllib.parse.urlsplit(page["@odata.nextLink"]).query)
+    assert set(final) == set(reference("delta-final.json")) | {"@odata.context"}
+    first_id = graph.users[0]["id"]
+    graph.hard_delete_user(first_id)
+    link = urllib.parse.urlsplit(final["@odata.deltaLink"])
+    changes = raw_get(graph, f"{link.path}?{link.query}")
+    assert set(changes) == set(reference("delta-final-with-removed.json"))
+    removed = changes["value"][0]
+    assert set(removed) == set(reference("delta-page.json")["value"][2])
+    assert removed["@removed"] == {"reason": "deleted"}
+
+
+def test_subscription_and_notification_shapes(graph: GraphSimulator, graph_settings: GraphSettings,
+                                              receiver: Receiver) -> None:
+    async def go() -> Any:
+        async with GraphClient(graph_settings) as client:
+            return await client.create_subscription(receiver.url, receiver.lifecycle_url, "s", soon())
+
+    sub = run(go())
+    created = graph.subscriptions[sub.id].to_json(graph.client_id, with_client_state=True)
+    assert set(reference("subscription-create-response.json")) - {"@odata.context"} <= set(created)
+    listed = raw_get(graph, "/v1.0/subscriptions")
+    ref_list = reference("subscription-list-users-response.json")
+    assert set(listed) == set(ref_list)
+    assert listed["value"][0]["clientState"] is None  # not returned by List, as documented
+    assert set(listed["value"][0]) <= set(ref_list["value"][0])
+    graph.invite_guest("shape@fabrikam.com", "Shape")
+    graph.send_lifecycle(sub.id, "missed")
+    graph.wait_for_deliveries()
+    change = next(r for r in receiver.received if "changeType" in r["value"][0])["value"][0]
+    doc_item = reference("change-notification.json")["value"][0]
+    assert set(change) == set(doc_item) - {"id"}  # Graph's own item id is optional; we do not rely on it
+    user_doc = reference("change-notification-user-updated-eventgrid.json")["data"]
+    assert set(change["resourceData"]) == set(user_doc["resourceData"]) - {"eventTime", "sequenceNumber"}
+    life = next(r for r in receiver.received if "lifecycleEvent" in r["value"][0])["value"][0]
+    assert set(life) == set(reference("lifecycle-missed.json")["value"][0])
