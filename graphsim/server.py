@@ -165,7 +165,7 @@ class GraphSimulator:
     @property
     def base_url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"https://{host}:{port}"
+        return f"https://{host!s}:{port}"
 
     @property
     def graph_url(self) -> str:
@@ -417,7 +417,8 @@ class GraphSimulator:
         if form.get("client_id") != self.client_id or not secrets.compare_digest(
             form.get("client_secret", ""), self.client_secret
         ):
-            return 401, {"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided."}, {}
+            error = {"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided."}
+            return 401, error, {}
         token = secrets.token_urlsafe(32)
         with self._lock:
             self._tokens.add(token)
@@ -474,6 +475,7 @@ class GraphSimulator:
     def _delta(self, params: dict[str, str]) -> dict[str, Any]:
         if "$filter" in params:
             raise GraphHttpError(400, "Request_UnsupportedQuery", "Unsupported query: $filter on delta for users")
+        state: dict[str, Any]
         with self._lock:
             if "$deltatoken" in params:
                 epoch, _, since = params["$deltatoken"].partition(".")
@@ -605,9 +607,13 @@ class GraphSimulator:
 
 
 def _post(url: str, body: bytes, content_type: str, timeout: float) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": content_type})
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise ValueError(f"notification URL must be http(s): {url}")
+    request = urllib.request.Request(  # noqa: S310 - scheme checked above
+        url, data=body, method="POST", headers={"Content-Type": content_type}
+    )
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - loopback subscriber
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - scheme checked above
             return int(response.status), bytes(response.read())
     except urllib.error.HTTPError as exc:
         return int(exc.code), exc.read() if exc.fp else b""

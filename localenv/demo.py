@@ -8,21 +8,25 @@ invite-to-account latency. Everything it starts is stopped at the end.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import ldap3
 
+from graphsim.server import GraphSimulator
 from localenv.azurite import Azurite
 from localenv.certs import create_local_pki
-from localenv.samba import SambaDC
+from localenv.samba import SambaDC, random_loopback_ip
+from shared.adapters.state import StateStore
 from shared.domain import GuestStatus
 from shared.settings import BINDING_DEFAULTS
 
@@ -46,18 +50,24 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
-@contextmanager
-def local_stack(workdir: Path) -> Iterator[dict[str, object]]:
-    """Start the real components and yield the settings (environment) that point guestsync at them."""
-    from graphsim.server import GraphSimulator
+@dataclass
+class LocalStack:
+    env: dict[str, str]
+    sim: GraphSimulator
+    dc: SambaDC
+    guest_ou: str
 
+
+@contextmanager
+def local_stack(workdir: Path) -> Iterator[LocalStack]:
+    """Start the real components and yield the settings (environment) that point guestsync at them."""
     with ExitStack() as stack:
         pki = create_local_pki(workdir / "pki", ("localhost", "dc1.contoso.com"))
         say("- starting Azurite (queues, tables)")
         azurite = Azurite(workdir / "azurite").start()
         stack.callback(azurite.stop)
         say("- starting Samba AD DC for CONTOSO.COM (LDAPS with certificate validation)")
-        dc = SambaDC(workdir / "samba")
+        dc = SambaDC(workdir / "samba", listen_ip=random_loopback_ip())
         dc.provision()
         dc.start()
         stack.callback(dc.stop)
@@ -93,11 +103,10 @@ def local_stack(workdir: Path) -> Iterator[dict[str, object]]:
             "AD_BIND_PASSWORD": service_password,
             "AD_GUEST_OU": guest_ou,
             "AD_CA_FILE": str(dc.ca_file),
-            "SSL_CERT_FILE": str(pki.ca_file),
-            "REQUESTS_CA_BUNDLE": str(pki.ca_file),
+            "GRAPH_CA_FILE": str(pki.ca_file),
             **BINDING_DEFAULTS,
         }
-        yield {"env": env, "sim": sim, "dc": dc, "guest_ou": guest_ou}
+        yield LocalStack(env, sim, dc, guest_ou)
 
 
 def read_accounts(dc: SambaDC, guest_ou: str) -> list[dict[str, object]]:
@@ -127,16 +136,20 @@ def read_accounts(dc: SambaDC, guest_ou: str) -> list[dict[str, object]]:
 
 
 def run_demo(guests: int = 10, members: int = 5) -> int:
-    from shared.runner import LocalFunctionsHost
-
     from shared import bootstrap
     from shared.functions import create_app
+    from shared.runner import LocalFunctionsHost
 
     repo = Path(__file__).resolve().parent.parent
+    # Keep the demo's output to what it shows; the runner's per-invocation lines are for `guestsync serve`.
+    for name in ("guestsync", "graphsim"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # The Graph client lives on the runner's event loop for the life of the process, like in the Functions
+    # worker; aiohttp complains about its session at interpreter exit, which says nothing about the demo.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     with tempfile.TemporaryDirectory(prefix="guestsync-demo-") as tmp, local_stack(Path(tmp)) as stack:
-        env: dict[str, str] = stack["env"]  # type: ignore[assignment]
-        sim = stack["sim"]
-        os.environ.update(env)
+        sim = stack.sim
+        os.environ.update(stack.env)
         bootstrap.reset()
         say("- starting the function app through the local runner (webhook, apply, subscription upkeep)")
         with ExitStack() as hosts:
@@ -173,13 +186,14 @@ def run_demo(guests: int = 10, members: int = 5) -> int:
             _wait(lambda: _provisioned(state, invited), 120, "all guest accounts")
             first = invited[0]
             say("- renaming one guest in Entra (givenName 'Alice' -> 'Alicia')")
-            version = state.get(first).version  # type: ignore[union-attr]
+            before = state.get(first)
+            version = before.version if before else 0
             sim.update_user(first, givenName="Alicia", displayName="Alicia Smith")
             _wait(lambda: _exported_after(state, first, version), 60, "the update")
-            accounts = read_accounts(stack["dc"], stack["guest_ou"])  # type: ignore[arg-type]
+            accounts = read_accounts(stack.dc, stack.guest_ou)
             latencies = [r.latency_ms for r in state if r.latency_ms is not None]
         say("")
-        say(f"AD accounts in {stack['guest_ou']} (read back over LDAPS):")
+        say(f"AD accounts in {stack.guest_ou} (read back over LDAPS):")
         say(f"  {'sAMAccountName':<21} {'UAC':>6}  {'givenName':<10} {'displayName':<18} userPrincipalName")
         for a in sorted(accounts, key=lambda a: str(a["userPrincipalName"])):
             say(f"  {a['sAMAccountName']!s:<21} {a['userAccountControl']:>6}  {a['givenName']!s:<10} "
@@ -195,21 +209,21 @@ def run_demo(guests: int = 10, members: int = 5) -> int:
         return 0 if ok else 1
 
 
-def _provisioned(state: object, uids: list[str]) -> bool:
-    records = [state.get(u) for u in uids]  # type: ignore[attr-defined]
+def _provisioned(state: StateStore, uids: list[str]) -> bool:
+    records = [state.get(u) for u in uids]
     done = [r for r in records if r is not None and r.status in (GuestStatus.PROVISIONED, GuestStatus.ERROR)]
     return len(done) == len(uids)
 
 
-def _exported_after(state: object, uid: str, version: int) -> bool:
-    record = state.get(uid)  # type: ignore[attr-defined]
+def _exported_after(state: StateStore, uid: str, version: int) -> bool:
+    record = state.get(uid)
     return bool(record and record.version > version and record.exported_version == record.version)
 
 
-def _wait(check: object, timeout: float, what: str) -> None:
+def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
+        if check():
             return
         time.sleep(0.2)
     print(f"timed out waiting for {what}", file=sys.stderr)

@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import json
 import os
+import random
 import signal
 import socket
 import ssl
@@ -425,3 +426,9 @@ class SambaDC:
         for ou in [ou_dn] if isinstance(ou_dn, str) else list(ou_dn):
             self.delegate_user_admin(sid, ou)
         return dn
+
+
+def random_loopback_ip() -> str:
+    """A 127.x.y.z that is neither 127.0.0.0/16 (127.0.0.1, Debian's 127.0.1.1) nor a network/broadcast."""
+    rng = random.SystemRandom()
+    return f"127.{rng.randint(1, 254)}.{rng.randint(0, 255)}.{rng.randint(2, 254)}"

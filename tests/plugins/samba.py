@@ -7,7 +7,6 @@ in production; tests that need to look behind its back use ``admin_ldap``.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import ldap3
 import pytest
 
-from localenv.samba import SambaDC
+from localenv.samba import SambaDC, random_loopback_ip
 from shared.ad_rules import new_password
 from shared.settings import DirectorySettings
 
@@ -35,18 +34,12 @@ class GuestsyncDC(SambaDC):
     service_password: str = field(default="", repr=False)
 
 
-def _random_loopback_ip() -> str:
-    """A 127.x.y.z that is neither 127.0.0.0/16 (127.0.0.1, Debian's 127.0.1.1) nor a network/broadcast."""
-    rng = random.SystemRandom()
-    return f"127.{rng.randint(1, 254)}.{rng.randint(0, 255)}.{rng.randint(2, 254)}"
-
-
 @pytest.fixture(scope="session")
 def samba_dc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuestsyncDC]:
     workdir = Path(tmp_path_factory.mktemp("samba"))
     dc: GuestsyncDC | None = None
     for attempt in range(5):
-        candidate = GuestsyncDC(workdir / f"dc{attempt}", listen_ip=_random_loopback_ip())
+        candidate = GuestsyncDC(workdir / f"dc{attempt}", listen_ip=random_loopback_ip())
         candidate.provision()
         try:
             candidate.start()
