@@ -23,7 +23,7 @@ GUEST_USER_ACCOUNT_CONTROL = UAC_NORMAL_ACCOUNT | UAC_SMARTCARD_REQUIRED  # 2626
 
 
 def is_guid(value: str) -> bool:
-    return bool(GUID_RE.match(value))
+    return bool(GUID_RE.fullmatch(value))
 
 
 @dataclass(frozen=True)

@@ -138,3 +138,10 @@ def test_plan_returning_guest_exports() -> None:
     entry = inbound(guest())
     plan = plan_apply(guest(), entry, status=GuestStatus.OUT_OF_SCOPE, has_account=True)
     assert plan.decision is Decision.EXPORT
+
+
+def test_guid_check_refuses_trailing_newline() -> None:
+    from shared.domain import is_guid
+
+    assert is_guid(GUEST_ID)
+    assert not is_guid(GUEST_ID + "\n")
