@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,6 +126,21 @@ def _check_trust(
     return None
 
 
+def _trusted_items(
+    body: bytes, client_states: tuple[str, ...], tenant_id: str | None, rejected: list[Rejection]
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The items of a notification collection that are objects and ours; the rest go to ``rejected``."""
+    for index, item in enumerate(_load_collection(body)):
+        if not isinstance(item, dict):
+            rejected.append(Rejection(index, "item is not a JSON object"))
+            continue
+        distrust = _check_trust(item, index, client_states, tenant_id)
+        if distrust:
+            rejected.append(distrust)
+            continue
+        yield index, item
+
+
 def _user_id(item: dict[str, Any]) -> str | None:
     resource_data = item.get("resourceData")
     if isinstance(resource_data, dict) and isinstance(resource_data.get("id"), str):
@@ -141,16 +157,8 @@ def parse_change_notifications(
     body: bytes, *, client_states: tuple[str, ...], tenant_id: str | None
 ) -> ChangeBatch:
     """Split a notification POST into accepted user changes and per-item rejections."""
-    items = _load_collection(body)
     batch = ChangeBatch()
-    for index, item in enumerate(items):
-        if not isinstance(item, dict):
-            batch.rejected.append(Rejection(index, "item is not a JSON object"))
-            continue
-        distrust = _check_trust(item, index, client_states, tenant_id)
-        if distrust:
-            batch.rejected.append(distrust)
-            continue
+    for index, item in _trusted_items(body, client_states, tenant_id, batch.rejected):
         change_type = item.get("changeType")
         if not isinstance(change_type, str) or not set(change_type.split(",")) <= CHANGE_TYPES:
             batch.rejected.append(Rejection(index, f"unknown changeType {change_type!r}"))
@@ -169,16 +177,8 @@ def parse_lifecycle_notifications(
     body: bytes, *, client_states: tuple[str, ...], tenant_id: str | None
 ) -> LifecycleBatch:
     """Split a lifecycle POST into accepted events (reauthorizationRequired, subscriptionRemoved, missed)."""
-    items = _load_collection(body)
     batch = LifecycleBatch()
-    for index, item in enumerate(items):
-        if not isinstance(item, dict):
-            batch.rejected.append(Rejection(index, "item is not a JSON object"))
-            continue
-        distrust = _check_trust(item, index, client_states, tenant_id)
-        if distrust:
-            batch.rejected.append(distrust)
-            continue
+    for index, item in _trusted_items(body, client_states, tenant_id, batch.rejected):
         event = item.get("lifecycleEvent")
         subscription_id = item.get("subscriptionId")
         if event not in LIFECYCLE_EVENTS or not isinstance(subscription_id, str):
