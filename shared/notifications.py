@@ -48,9 +48,14 @@ class Rejection:
 
 
 @dataclass(frozen=True)
-class ChangeBatch:
-    accepted: list[UserChange] = field(default_factory=list)
+class _Batch:
+    """What one POST held: per-item rejections, and the status code that reports them to Graph."""
+
     rejected: list[Rejection] = field(default_factory=list)
+
+    @property
+    def accepted_count(self) -> int:
+        raise NotImplementedError
 
     @property
     def malformed(self) -> list[Rejection]:
@@ -62,12 +67,21 @@ class ChangeBatch:
 
     def status_code(self) -> int:
         """202 when every item was ours and well formed; 400 if any was malformed (the valid ones are
-        still enqueued, so nothing valid is lost); 403 when nothing was accepted and something was forged."""
+        still handled, so nothing valid is lost); 403 when nothing was accepted and something was forged."""
         if self.malformed:
             return 400
-        if not self.accepted and self.forged:
+        if not self.accepted_count and self.forged:
             return 403
         return 202
+
+
+@dataclass(frozen=True)
+class ChangeBatch(_Batch):
+    accepted: list[UserChange] = field(default_factory=list)
+
+    @property
+    def accepted_count(self) -> int:
+        return len(self.accepted)
 
 
 @dataclass(frozen=True)
@@ -77,9 +91,12 @@ class LifecycleEvent:
 
 
 @dataclass(frozen=True)
-class LifecycleBatch:
+class LifecycleBatch(_Batch):
     accepted: list[LifecycleEvent] = field(default_factory=list)
-    rejected: list[Rejection] = field(default_factory=list)
+
+    @property
+    def accepted_count(self) -> int:
+        return len(self.accepted)
 
 
 def validation_token(params: dict[str, str]) -> str | None:

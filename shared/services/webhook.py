@@ -80,14 +80,18 @@ def receive_changes(
             continue
         seen.add(change.user_id)
         enqueue(ChangeMessage(change.user_id, change.change_type, received_at).to_json())
+    return _batch_reply(batch, "notification")
+
+
+def _batch_reply(batch: ChangeBatch | LifecycleBatch, noun: str) -> Reply:
+    """Log each refused item and answer with the batch's status code (details list the refused items)."""
     for rejection in batch.rejected:
-        level = logging.WARNING
-        log.log(level, "notification item %d refused: %s", rejection.index, rejection.reason)
+        log.warning("%s item %d refused: %s", noun, rejection.index, rejection.reason)
     status = batch.status_code()
     if status == 202:
         return Reply(202, "")
     details = [f"item {r.index}: {r.reason}" for r in batch.rejected]
-    message = "some notifications were refused" if batch.accepted else "no notification was accepted"
+    message = f"some {noun}s were refused" if batch.accepted else f"no {noun} was accepted"
     return _problem(status, message, details)
 
 
@@ -109,12 +113,6 @@ def receive_lifecycle(
         )
     except MalformedNotificationError as exc:
         return _problem(400, str(exc))
-    for rejection in batch.rejected:
-        log.warning("lifecycle item %d refused: %s", rejection.index, rejection.reason)
     if batch.accepted:
         handle(batch)
-    if any(not r.forged for r in batch.rejected):
-        return _problem(400, "some lifecycle notifications were refused")
-    if not batch.accepted and batch.rejected:
-        return _problem(403, "no lifecycle notification was accepted")
-    return Reply(202, "")
+    return _batch_reply(batch, "lifecycle notification")
