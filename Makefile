@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 AZURITE_VERSION := 3.37.0
-APT_PACKAGES := samba samba-ad-dc winbind ldb-tools openssl
+APT_PACKAGES := samba samba-ad-dc samba-ad-provision winbind ldb-tools openssl
 
 .PHONY: deps deps-python deps-azurite deps-samba test lint demo clean
 
@@ -25,7 +25,7 @@ deps-azurite: .tools/node_modules/.bin/azurite
 	npm install --silent --no-audit --no-fund --prefix .tools azurite@$(AZURITE_VERSION)
 
 deps-samba:
-	@if ! command -v samba >/dev/null || ! command -v samba-tool >/dev/null; then \
+	@if ! command -v samba >/dev/null || ! command -v samba-tool >/dev/null || [ ! -d /usr/share/samba/setup ]; then \
 	  echo "installing Samba AD DC packages (apt)"; \
 	  if [ "$$(id -u)" != 0 ]; then echo "run as root, or: sudo apt-get install $(APT_PACKAGES)"; exit 1; fi; \
 	  export DEBIAN_FRONTEND=noninteractive; \

@@ -400,6 +400,11 @@ class SambaDC:
         """Grant ``trustee_sid``, on ``ou_dn`` only, what the guest worker needs and nothing more: create and
         delete user objects in the OU, and on the users below it read/write all properties, delete and
         reset the password. (The delegation an AD admin would set up with the Delegation of Control wizard.)
+
+        Delegated on both the guest and the archive OU, this is also all that archiving and restoring need:
+        disabling writes userAccountControl (write property), and moving an account from one OU to the other
+        needs Delete on the account (SD) or Delete Child on its OU, Create Child user on the other OU, and
+        write property on its name/cn, all of them granted here and nowhere else.
         """
         sddl = (
             f"(OA;;CCDC;{USER_CLASS_GUID};;{trustee_sid})"

@@ -46,7 +46,7 @@ class Services:
 
         if self.settings.directory is None:
             raise ConfigurationError("setting AD_SERVER is required where the AD worker runs")
-        return Directory(self.settings.directory)
+        return Directory(self.settings.directory, archive_ou=self.settings.lifecycle.archive_ou)
 
 
 _lock = threading.Lock()

@@ -3,7 +3,11 @@
 serve      run the function app locally (HTTP, queue and timer triggers through the app's registrations)
 worker     the on-premises AD worker agent: polls the export queue, writes to AD over LDAPS
 subscribe  create or renew the Graph subscription on /users now
-status     counts by state, pending exports, per-guest errors, poison messages (``--json``)
+status     counts by state, pending exports, errors, held changes, poison messages, subscription expiry,
+           last reconcile (``--json``)
+reconcile  compare Entra ID (users/delta), state and the managed OUs now; repair drift
+plan       the same comparison as a dry run: what reconcile would do, with reasons (``--json``)
+approve    list, release or reject deprovisionings held by the mass-change breaker
 demo       the whole job on this machine: Azurite, Samba AD DC, Graph simulator, runner
 """
 
@@ -16,6 +20,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -84,46 +89,210 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
     return 0
 
 
-def collect_status() -> dict[str, Any]:
+def _subscription_status(s: Any) -> list[dict[str, Any]] | dict[str, str]:
+    """Our users subscription(s) and when they expire; an error text instead when Graph is unreachable."""
+    from shared.services.subscriptions import RENEW_WHEN_LEFT
+
+    async def run() -> list[dict[str, Any]]:
+        try:
+            subs = await s.graph.list_subscriptions()
+        finally:
+            await s.graph.close()
+        now = datetime.now(UTC)
+        return [
+            {"id": x.id, "resource": x.resource, "expirationDateTime": x.expiration.isoformat(),
+             "hoursLeft": round((x.expiration - now).total_seconds() / 3600, 1),
+             "renewDue": x.expiration - now < RENEW_WHEN_LEFT}
+            for x in subs
+            if not s.settings.webhook.notification_url or x.notification_url == s.settings.webhook.notification_url
+        ]
+
+    try:
+        return asyncio.run(run())
+    except GuestsyncError as exc:
+        return {"error": str(exc)}
+
+
+def collect_status(*, graph: bool = True) -> dict[str, Any]:
+    """Everything an operator checks first, read-only: state counts, queues, errors, held changes,
+    poison messages, subscription expiry and the last reconcile."""
     from shared.adapters.queues import MessageQueue
     from shared.bootstrap import services
+    from shared.services.reconcile import delta_status, last_report
 
     s = services()
     counts = s.state.counts()
     errors = [
         {"uid": r.uid, "userPrincipalName": r.entry.user_principal_name, "error": r.error}
-        for r in s.state
-        if r.status is GuestStatus.ERROR
+        for r in s.state.with_status(GuestStatus.ERROR)
+    ]
+    held = [
+        {"uid": r.uid, "userPrincipalName": r.entry.user_principal_name, "reason": r.reason, "held": r.error}
+        for r in s.state.with_status(GuestStatus.HELD)
     ]
     conn = s.settings.storage_connection
-    queues = {
-        name: MessageQueue.from_connection_string(conn, name).approximate_count()
-        for name in (
-            s.settings.change_queue,
-            s.settings.export_queue,
-            s.settings.change_poison_queue,
-            s.settings.export_poison_queue,
-        )
+    names = (s.settings.change_queue, s.settings.export_queue, s.settings.change_poison_queue,
+             s.settings.export_poison_queue)
+    queues = {name: MessageQueue.from_connection_string(conn, name) for name in names}
+    poison = {
+        name: queues[name].peek(10)
+        for name in (s.settings.change_poison_queue, s.settings.export_poison_queue)
     }
-    return {"guests": dict(sorted(counts.items())), "queues": queues, "errors": errors}
+    return {
+        "guests": {status.value: counts.get(status.value, 0) for status in GuestStatus},
+        "pendingExports": queues[s.settings.export_queue].approximate_count(),
+        "queues": {name: q.approximate_count() for name, q in queues.items()},
+        "errors": errors,
+        "held": held,
+        "poisonMessages": {name: bodies for name, bodies in poison.items() if bodies},
+        "subscriptions": _subscription_status(s) if graph else {"error": "not checked (--no-graph)"},
+        "lastReconcile": _reconcile_summary(last_report(s.state)),
+        "delta": delta_status(s.state),
+    }
+
+
+def _reconcile_summary(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not report:
+        return None
+    return {k: report.get(k) for k in ("startedAt", "finishedAt", "deltaMode", "graphUsers", "adAccounts",
+                                       "guestsInState", "actions")}
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    status = collect_status()
+    status = collect_status(graph=not args.no_graph)
     if args.json:
-        print(json.dumps(status, indent=2))
+        print(json.dumps(status, indent=2, default=str))
         return 0
     print("Guests by state:")
-    for name in GuestStatus:
-        print(f"  {name.value:<14} {status['guests'].get(name.value, 0)}")
+    for name, count in status["guests"].items():
+        print(f"  {name:<14} {count}")
+    print(f"Pending exports: {status['pendingExports']}")
     print("Queues (approximate messages):")
     for name, count in status["queues"].items():
         print(f"  {name:<32} {count}")
+    subs = status["subscriptions"]
+    if isinstance(subs, dict):
+        print(f"Graph subscription: unknown ({subs['error']})")
+    elif not subs:
+        print("Graph subscription: NONE (run `guestsync subscribe`)")
+    for sub in subs if isinstance(subs, list) else []:
+        due = "  renewal due" if sub["renewDue"] else ""
+        print(f"Graph subscription {sub['id']}: expires {sub['expirationDateTime']} ({sub['hoursLeft']} h){due}")
+    rec = status["lastReconcile"]
+    if rec:
+        actions = ", ".join(f"{k} {v}" for k, v in (rec["actions"] or {}).items()) or "no drift"
+        print(f"Last reconcile: {rec['finishedAt']} ({rec['deltaMode']}): {actions}")
+    else:
+        print("Last reconcile: never")
+    if status["held"]:
+        print("Held by the mass-change breaker (`guestsync approve --all` or `--reject`):")
+        for item in status["held"]:
+            print(f"  {item['uid']}  {item['userPrincipalName']}: {item['reason']}")
     if status["errors"]:
         print("Guests with errors:")
         for err in status["errors"]:
             print(f"  {err['uid']}  {err['userPrincipalName']}: {err['error']}")
+    for name, bodies in status["poisonMessages"].items():
+        print(f"Poison messages in {name} (first {len(bodies)}):")
+        for body in bodies:
+            print(f"  {body}")
     return 0
+
+
+class _Progress:
+    """A one-line progress display on a terminal (stderr); silent when redirected."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.counts: dict[str, int] = {}
+
+    def __call__(self, phase: str, count: int) -> None:
+        if not self.enabled:
+            return
+        self.counts[phase] = count
+        text = " | ".join(f"{name} {value:,}" for name, value in self.counts.items())
+        sys.stderr.write(f"\rreconcile: {text} ")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled and self.counts:
+            sys.stderr.write("\n")
+
+
+def _run_reconcile(args: argparse.Namespace, *, dry_run: bool) -> int:
+    from shared.bootstrap import services
+    from shared.services.reconcile import Finding, reconcile
+
+    s = services()
+    findings: list[Finding] = []
+    progress = _Progress(sys.stderr.isatty() and not args.json)
+
+    def found(finding: Finding) -> None:
+        findings.append(finding)
+
+    async def run() -> Any:
+        try:
+            return await reconcile(s.graph, s.state, s.export_queue.send, s.settings.lifecycle,
+                                   directory=None if args.no_ad else s.directory, dry_run=dry_run,
+                                   full=args.full, on_finding=found, progress=progress)
+        finally:
+            await s.graph.close()
+
+    report = asyncio.run(run())
+    progress.done()
+    if args.json:
+        body = report.as_dict()
+        body["findings"] = [f.as_dict() for f in findings]
+        print(json.dumps(body, indent=2, default=str))
+        return 0
+    verb = "would do" if dry_run else "queued"
+    print(f"{'Plan' if dry_run else 'Reconcile'} ({report.delta_mode} delta): {report.graph_users} Graph users, "
+          f"{report.ad_accounts} AD accounts, {report.guests_in_state} guests in state")
+    if not findings:
+        print("Nothing to do: Entra ID, state and AD agree.")
+    for f in findings:
+        who = f.user_principal_name or f.dn or ""
+        print(f"  {f.action:<9} {f.uid}  {who}: {f.reason}")
+    if findings:
+        summary = ", ".join(f"{k} {v}" for k, v in sorted(report.actions.items()))
+        print(f"{verb}: {summary}")
+    return 0
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    return _run_reconcile(args, dry_run=False)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    return _run_reconcile(args, dry_run=True)
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    from shared.bootstrap import services
+    from shared.services import approvals
+
+    s = services()
+    uids = [r.uid for r in approvals.held(s.state)] if args.all else list(args.uid)
+    if not uids:
+        held = list(approvals.held(s.state))
+        if args.json:
+            print(json.dumps({"held": [{"uid": r.uid, "userPrincipalName": r.entry.user_principal_name,
+                                        "reason": r.reason, "held": r.error} for r in held]}, indent=2))
+            return 0
+        if not held:
+            print("Nothing is held by the mass-change breaker.")
+            return 0
+        print("Held deprovisionings (approve: guestsync approve --all | UID...; reject: add --reject):")
+        for r in held:
+            print(f"  {r.uid}  {r.entry.user_principal_name}: {r.reason}\n      {r.error}")
+        return 0
+    answers = approvals.answer(s.state, uids, s.export_queue.send, approve=not args.reject)
+    if args.json:
+        print(json.dumps([a.__dict__ for a in answers], indent=2))
+    else:
+        for a in answers:
+            print(f"  {a.outcome:<9} {a.uid}  {a.detail}")
+    return 0 if all(a.outcome in ("approved", "rejected") for a in answers) else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -142,9 +311,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
     sub.add_parser("worker", help="run the on-premises AD worker agent").set_defaults(func=cmd_worker)
     sub.add_parser("subscribe", help="create or renew the Graph subscription now").set_defaults(func=cmd_subscribe)
-    status = sub.add_parser("status", help="counts, queues and per-guest errors")
+    status = sub.add_parser("status", help="counts, queues, errors, held changes, subscription, last reconcile")
     status.add_argument("--json", action="store_true")
+    status.add_argument("--no-graph", action="store_true", help="do not ask Graph for the subscription expiry")
     status.set_defaults(func=cmd_status)
+    for name, handler, text in (
+        ("reconcile", cmd_reconcile, "compare Entra ID, state and AD now and repair drift"),
+        ("plan", cmd_plan, "dry run of reconcile: what it would create, update, disable, delete, restore"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--json", action="store_true")
+        cmd.add_argument("--full", action="store_true", help="ignore the stored deltaLink: read every user")
+        cmd.add_argument("--no-ad", action="store_true", help="Graph side only (where AD is out of reach)")
+        cmd.set_defaults(func=handler)
+    approve = sub.add_parser("approve", help="list, release or reject deprovisionings held by the breaker")
+    approve.add_argument("uid", nargs="*", help="guest object ids (Graph id); none: list what is held")
+    approve.add_argument("--all", action="store_true", help="every held guest")
+    approve.add_argument("--reject", action="store_true", help="keep the accounts instead of deprovisioning")
+    approve.add_argument("--json", action="store_true")
+    approve.set_defaults(func=cmd_approve)
     demo = sub.add_parser("demo", help="run the whole job locally")
     demo.add_argument("--guests", type=int, default=10)
     demo.add_argument("--members", type=int, default=5)

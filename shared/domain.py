@@ -110,6 +110,11 @@ class AdAccount:
     user_account_control: int | None
     attributes: dict[str, str | None] = field(default_factory=dict)
 
+    @property
+    def disabled(self) -> bool:
+        """ACCOUNTDISABLE is set (False if userAccountControl was not read: unknown is not disabled)."""
+        return bool((self.user_account_control or 0) & UAC_ACCOUNTDISABLE)
+
 
 class ExportKind(StrEnum):
     CREATE = "create"
@@ -122,7 +127,20 @@ class GuestStatus(StrEnum):
     PENDING = "pending"  # export queued, not yet applied
     PROVISIONED = "provisioned"  # AD account matches the metaverse entry
     ERROR = "error"  # the last export failed for a reason an admin must fix (see ``error``)
-    OUT_OF_SCOPE = "out_of_scope"  # not a guest any more (or deleted) in Entra; lifecycle policy applies
+    OUT_OF_SCOPE = "out_of_scope"  # left scope in Entra (deleted, disabled, member, group); deprovision due
+    HELD = "held"  # deprovisioning held by the mass-change breaker until `guestsync approve`
+    ARCHIVED = "archived"  # account disabled and moved to the archive OU; restored if the guest returns
+
+
+#: Statuses of a guest that has left scope (its account is, or is about to be, deprovisioned).
+DEPROVISION_STATUSES = frozenset({GuestStatus.OUT_OF_SCOPE, GuestStatus.HELD, GuestStatus.ARCHIVED})
+
+
+class Approval(StrEnum):
+    """An operator's answer to a held deprovisioning (``guestsync approve``)."""
+
+    APPROVED = "approved"
+    REJECTED = "rejected"
 
 
 class GuestsyncError(Exception):

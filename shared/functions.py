@@ -14,7 +14,7 @@ import azure.functions as func
 from shared.adapters.queues import ChangeMessage, ExportMessage
 from shared.bootstrap import services
 from shared.notifications import LifecycleBatch
-from shared.services import apply, export, subscriptions, webhook
+from shared.services import apply, export, reconcile, subscriptions, webhook
 
 log = logging.getLogger("guestsync.functions")
 
@@ -59,9 +59,11 @@ def make_ingest_blueprint() -> func.Blueprint:
         s = services()
         change = ChangeMessage.from_json(msg.get_body())
         if change.source == "lifecycle":
-            await subscriptions.handle_lifecycle(s.graph, s.settings, change.user_id, change.change_type)
+            if await subscriptions.handle_lifecycle(s.graph, s.settings, change.user_id, change.change_type):
+                await reconcile.reconcile(s.graph, s.state, s.export_queue.send, s.settings.lifecycle)
             return
-        await apply.apply_change(change, s.graph, s.state, s.export_queue.send)
+        await apply.apply_change(change, s.graph, s.state, s.export_queue.send,
+                                 scope_group_id=s.settings.lifecycle.scope_group_id)
 
     @bp.function_name("maintain_subscription")
     @bp.timer_trigger(arg_name="timer", schedule="%GUESTSYNC_SUBSCRIPTION_SCHEDULE%", run_on_startup=False)
@@ -82,13 +84,22 @@ def create_app(worker_mode: str = "agent") -> func.FunctionApp:
 
 
 def make_worker_blueprint() -> func.Blueprint:
-    """The AD worker: one export message -> one guest's shadow account brought in line."""
+    """The AD worker: one export message -> one guest's shadow account brought in line; and the reconcile
+    timer, which needs AD too (in agent mode it runs on-premises with the worker)."""
     bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
     @bp.function_name("export_to_ad")
     @bp.queue_trigger(arg_name="msg", queue_name=EXPORT_QUEUE, connection=STORAGE)
     def export_to_ad(msg: func.QueueMessage) -> None:
         s = services()
-        export.export_guest(ExportMessage.from_json(msg.get_body()), s.state, s.directory)
+        export.export_guest(ExportMessage.from_json(msg.get_body()), s.state, s.directory, s.settings.lifecycle)
+
+    @bp.function_name("reconcile")
+    @bp.timer_trigger(arg_name="timer", schedule="%GUESTSYNC_RECONCILE_SCHEDULE%", run_on_startup=False)
+    async def reconcile_timer(timer: func.TimerRequest) -> None:
+        s = services()
+        report = await reconcile.reconcile(s.graph, s.state, s.export_queue.send, s.settings.lifecycle,
+                                           directory=s.directory)
+        log.info("reconcile done: %s", dict(report.actions) or "no drift")
 
     return bp

@@ -15,7 +15,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from shared.domain import GUEST_USER_ACCOUNT_CONTROL, GraphUser, GuestStatus, MetaverseEntry, is_guid
+from shared.domain import (
+    DEPROVISION_STATUSES,
+    GUEST_USER_ACCOUNT_CONTROL,
+    GraphUser,
+    GuestStatus,
+    MetaverseEntry,
+    is_guid,
+)
 
 GUEST_USER_TYPE = "Guest"
 ACCOUNT_NAME_LENGTH = 20
@@ -96,7 +103,7 @@ class Decision(StrEnum):
     EXPORT = "export"  # metaverse entry new or changed in an outbound attribute: save and export
     SAVE = "save"  # changed, but only in metaverse-only attributes (mobilePhone...): save, no export
     UNCHANGED = "unchanged"  # nothing to do (duplicate or stale notification)
-    OUT_OF_SCOPE = "out_of_scope"  # ours, but deleted in Entra or no longer a guest: lifecycle applies
+    OUT_OF_SCOPE = "out_of_scope"  # ours, but left scope (deleted, disabled, member, group): deprovision
 
 
 @dataclass(frozen=True)
@@ -106,33 +113,54 @@ class ApplyPlan:
     reason: str
 
 
+def scope_exit(user: GraphUser | None, *, in_group: bool | None = None, removed: str | None = None) -> str | None:
+    """Why a user is not (or no longer) in scope, or None when it is: the deprovisioning triggers.
+
+    ``in_group`` is None when no scoping group is configured; ``removed`` is the users/delta ``@removed``
+    reason when known ("changed": soft-deleted, restorable for 30 days; "deleted": hard-deleted).
+    """
+    if user is None:
+        if removed == "deleted":
+            return "user was permanently deleted in Entra ID"
+        if removed == "changed":
+            return "user was deleted in Entra ID (restorable for 30 days)"
+        return "user no longer exists in Entra ID"
+    if not in_scope(user):
+        return f"userType changed to {user.user_type!r}"
+    if user.account_enabled is False:
+        return "user is disabled in Entra ID (accountEnabled false)"
+    if in_group is False:
+        return "user is not a member of the scoping group (GUESTSYNC_SCOPE_GROUP_ID)"
+    return None
+
+
 def plan_apply(
     user: GraphUser | None,
     known: MetaverseEntry | None,
     *,
     status: GuestStatus | None = None,
     has_account: bool = False,
+    in_group: bool | None = None,
+    removed: str | None = None,
 ) -> ApplyPlan:
     """Join a Graph read (``user``; None = not found) against the metaverse entry we hold (``known``).
 
     Pure: the caller reads Graph and state, calls this, then writes what it says. Running it twice on the
     same inputs gives the same plan, which is what makes duplicate and out-of-order messages harmless.
     """
-    if user is None:
+    exit_reason = scope_exit(user, in_group=in_group, removed=removed)
+    if exit_reason is not None:
         if known is None:
-            return ApplyPlan(Decision.IGNORE, None, "user not found in Entra ID and unknown to guestsync")
-        return ApplyPlan(Decision.OUT_OF_SCOPE, known, "user no longer exists in Entra ID")
-    if not in_scope(user):
-        if known is None:
-            return ApplyPlan(Decision.IGNORE, None, f"userType is {user.user_type!r}, not Guest")
-        return ApplyPlan(Decision.OUT_OF_SCOPE, known, f"userType changed to {user.user_type!r}")
+            return ApplyPlan(Decision.IGNORE, None, f"not in scope and unknown to guestsync: {exit_reason}")
+        return ApplyPlan(Decision.OUT_OF_SCOPE, known, exit_reason)
+    assert user is not None
     entry = inbound(user)
     if known is None:
         return ApplyPlan(Decision.EXPORT, entry, "new guest")
+    if status in DEPROVISION_STATUSES:
+        return ApplyPlan(Decision.EXPORT, entry, "guest is back in scope")
     if outbound_persistent(entry) != outbound_persistent(known):
         return ApplyPlan(Decision.EXPORT, entry, "guest attributes changed")
-    if status is GuestStatus.OUT_OF_SCOPE:
-        return ApplyPlan(Decision.EXPORT, entry, "guest is back in scope")
     if status is GuestStatus.PENDING:
         # An export is outstanding; sending it again is harmless (the worker converges) and covers a
         # message lost between saving the state and enqueueing the export.

@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from shared.domain import ConfigurationError
+from shared.domain import ConfigurationError, is_guid
 
 DEFAULT_CHANGE_QUEUE = "guestsync-changes"
 DEFAULT_EXPORT_QUEUE = "guestsync-exports"
@@ -22,7 +22,10 @@ BINDING_DEFAULTS: dict[str, str] = {
     "GUESTSYNC_CHANGE_QUEUE": DEFAULT_CHANGE_QUEUE,
     "GUESTSYNC_EXPORT_QUEUE": DEFAULT_EXPORT_QUEUE,
     "GUESTSYNC_SUBSCRIPTION_SCHEDULE": "0 0 */6 * * *",
+    "GUESTSYNC_RECONCILE_SCHEDULE": "0 30 * * * *",
 }
+
+DEPROVISION_ACTIONS = ("archive", "none")
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,18 @@ class WebhookSettings:
 
 
 @dataclass(frozen=True)
+class LifecycleSettings:
+    """What happens to a guest's account when the guest leaves scope, and the mass-change breaker."""
+
+    deprovision: str = "archive"  # archive (disable + move to archive_ou) | none
+    archive_ou: str | None = None  # OU=B2BGuestArchive,DC=contoso,DC=com
+    delete_after_days: int | None = None  # delete archived accounts after this many days; None = never
+    scope_group_id: str | None = None  # only transitive members of this Entra group are in scope
+    breaker_threshold: int = 25  # disables + deletes allowed in one rolling window before holding
+    breaker_window_minutes: int = 60
+
+
+@dataclass(frozen=True)
 class Settings:
     storage_connection: str = field(repr=False)
     change_queue: str = DEFAULT_CHANGE_QUEUE
@@ -71,6 +86,7 @@ class Settings:
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
     directory: DirectorySettings | None = None
     subscription_minutes: int = 41_760 - 60  # Graph allows at most 41,760 minutes for users
+    lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
 
     @property
     def export_poison_queue(self) -> str:
@@ -111,6 +127,44 @@ def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str,
     if value not in allowed:
         raise ConfigurationError(f"setting {name} must be one of {', '.join(allowed)}, not {value!r}")
     return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int | None, minimum: int) -> int | None:
+    value = _get(env, name)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigurationError(f"setting {name} must be a whole number, not {value!r}") from None
+    if number < minimum:
+        raise ConfigurationError(f"setting {name} must be at least {minimum}, not {number}")
+    return number
+
+
+def load_lifecycle_settings(env: Mapping[str, str], *, need_archive: bool) -> LifecycleSettings:
+    """Deprovisioning policy, scoping group and breaker; ``need_archive`` where the AD worker runs."""
+    deprovision = _choice(env, "GUESTSYNC_DEPROVISION", "archive", DEPROVISION_ACTIONS)
+    archive_ou = _get(env, "AD_ARCHIVE_OU")
+    if deprovision == "archive" and need_archive and archive_ou is None:
+        raise ConfigurationError(
+            "setting AD_ARCHIVE_OU is required when GUESTSYNC_DEPROVISION=archive (the default): the OU that "
+            "disabled guest accounts are moved to, e.g. OU=B2BGuestArchive,DC=contoso,DC=com"
+        )
+    delete_after = _int(env, "GUESTSYNC_DELETE_AFTER_DAYS", None, 0)
+    if delete_after is not None and deprovision != "archive":
+        raise ConfigurationError("setting GUESTSYNC_DELETE_AFTER_DAYS needs GUESTSYNC_DEPROVISION=archive")
+    group = _get(env, "GUESTSYNC_SCOPE_GROUP_ID")
+    if group is not None and not is_guid(group):
+        raise ConfigurationError(f"setting GUESTSYNC_SCOPE_GROUP_ID must be an Entra group object id, not {group!r}")
+    return LifecycleSettings(
+        deprovision=deprovision,
+        archive_ou=archive_ou,
+        delete_after_days=delete_after,
+        scope_group_id=group.lower() if group else None,
+        breaker_threshold=_int(env, "GUESTSYNC_BREAKER_THRESHOLD", 25, 1) or 25,
+        breaker_window_minutes=_int(env, "GUESTSYNC_BREAKER_WINDOW_MINUTES", 60, 1) or 60,
+    )
 
 
 def load_directory_settings(env: Mapping[str, str]) -> DirectorySettings:
@@ -172,6 +226,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, need_directory: bool 
     directory = None
     if need_directory or worker_mode == "function" or _get(env, "AD_SERVER"):
         directory = load_directory_settings(env)
+    lifecycle = load_lifecycle_settings(env, need_archive=directory is not None)
     return Settings(
         storage_connection=storage,
         change_queue=_get(env, "GUESTSYNC_CHANGE_QUEUE", DEFAULT_CHANGE_QUEUE) or DEFAULT_CHANGE_QUEUE,
@@ -181,4 +236,5 @@ def load_settings(env: Mapping[str, str] | None = None, *, need_directory: bool 
         graph=graph,
         webhook=webhook,
         directory=directory,
+        lifecycle=lifecycle,
     )

@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.plugins.azurite",
     "tests.plugins.samba",
     "tests.plugins.graph",
+    "tests.plugins.stack",
 ]

@@ -12,6 +12,10 @@ Design points:
   contains a password.
 * One connection per instance, guarded by a lock (ldap3's sync strategy is not thread-safe); a dropped
   connection is re-opened once per operation.
+* Lifecycle (disable and archive, restore, delete) only ever moves an account between the guest OU and
+  the archive OU, and each operation is idempotent: a retry after a lost answer finds the work done.
+  Disabling comes before the move out, enabling after the move back, so a half-done step leaves the
+  account disabled, never enabled in the wrong place.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from shared.ad_rules import (
     sid_filter_value,
     validate_export,
 )
-from shared.domain import AdAccount, ConfigurationError, GuestsyncError
+from shared.domain import UAC_ACCOUNTDISABLE, AdAccount, ConfigurationError, GuestsyncError
 from shared.rules import PERSISTENT_ATTRIBUTES
 from shared.settings import DirectorySettings
 
@@ -56,6 +60,8 @@ T = TypeVar("T")
 USER_OBJECT_CLASSES = ["top", "person", "organizationalPerson", "user"]
 READ_ATTRIBUTES = [*PERSISTENT_ATTRIBUTES, "objectSid", "userAccountControl"]
 PAGED_RESULTS_OID = "1.2.840.113556.1.4.319"
+#: What lifecycle operations act on: people only (a computer object is objectClass=user as well).
+PERSON_FILTER = "(&(objectCategory=person)(objectClass=user))"
 #: Windows error codes in the diagnostic message that identify the cause.
 _WIN_PASSWORD_RESTRICTION = "0000052d"  # noqa: S105 (ERROR_PASSWORD_RESTRICTION, an error code)
 _WIN_USER_EXISTS = "00000524"  # ERROR_USER_EXISTS (duplicate sAMAccountName on Windows)
@@ -105,13 +111,38 @@ def _valid_dn(dn: str, setting: str) -> str:
     return dn
 
 
+def _split_dn(dn: str) -> tuple[str, str] | None:
+    """(first RDN, parent DN) as written, escaping kept; None if ``dn`` does not parse or has no parent."""
+    try:
+        avas = parse_dn(dn)
+    except (LDAPInvalidDnError, ValueError, IndexError):
+        return None
+    end = 0
+    while end < len(avas) and avas[end][2] == "+":  # a multi-valued RDN (a+b=...) is one RDN
+        end += 1
+    if end + 1 >= len(avas):
+        return None
+
+    def join(part: list[tuple[str, str, str]]) -> str:
+        text = "".join(f"{kind}={value}{separator}" for kind, value, separator in part)
+        return text[: len(text) - len(part[-1][2])]  # without the separator after the last one
+
+    return join(avas[: end + 1]), join(avas[end + 1 :])
+
+
 class Directory:
     """Guest shadow accounts in the guest OU (and, if given, the archive OU) of one AD domain."""
 
     def __init__(self, settings: DirectorySettings, *, archive_ou: str | None = None) -> None:
         self._settings = settings
         self.guest_ou = _valid_dn(settings.guest_ou, "AD_GUEST_OU")
-        self.archive_ou = _valid_dn(archive_ou, "archive OU") if archive_ou else None
+        self.archive_ou = _valid_dn(archive_ou, "AD_ARCHIVE_OU") if archive_ou else None
+        if self.archive_ou and (same_dn(self.archive_ou, self.guest_ou) or is_within(self.archive_ou, self.guest_ou)
+                                or is_within(self.guest_ou, self.archive_ou)):
+            raise ConfigurationError(
+                f"setting AD_ARCHIVE_OU ({self.archive_ou}) must be an OU of its own, neither AD_GUEST_OU "
+                f"({self.guest_ou}) nor inside it or around it: archiving moves accounts between the two"
+            )
         self.managed_ous: tuple[str, ...] = (self.guest_ou,) + ((self.archive_ou,) if self.archive_ou else ())
         url = urlsplit(settings.server)
         if url.scheme.lower() != "ldaps" or not url.hostname:
@@ -467,6 +498,197 @@ class Directory:
         if result.get("description") != "success":
             _raise_for(result, f"updating {dn}", dn, values=changes)
         log.info("updated %s: %s", dn, ", ".join(sorted(changes)))
+
+    # --- lifecycle ----------------------------------------------------------------------------------------
+    def _read_person(self, dn: str) -> AdAccount | None:
+        """The user object (a person, not a computer) at exactly ``dn``, or None."""
+        what = f"reading {dn}"
+        entries = self._run(
+            what, lambda c: self._search(c, dn, PERSON_FILTER, ldap3.BASE, READ_ATTRIBUTES, what)
+        )
+        return _account(entries[0]) if entries else None
+
+    def _exists(self, dn: str) -> bool:
+        """Whether any object at all is at ``dn`` (a clash is a clash, whatever its class)."""
+        what = f"reading {dn}"
+        return bool(self._run(
+            what, lambda c: self._search(c, dn, "(objectClass=*)", ldap3.BASE, ["objectClass"], what)
+        ))
+
+    def _require_archive(self, action: str) -> str:
+        if not self.archive_ou:
+            raise ConfigurationError(
+                f"cannot {action}: setting AD_ARCHIVE_OU is not set (the OU that disabled guest accounts are "
+                "moved to, e.g. OU=B2BGuestArchive,DC=contoso,DC=com)"
+            )
+        return self.archive_ou
+
+    def _placement(self, dn: str, action: str) -> tuple[str, str]:
+        """(RDN, OU) of an account to move: it must sit directly in the guest or the archive OU, so that a
+        move can only ever go from one of them to the other. Refused before anything is sent."""
+        self._require_managed(dn)
+        split = _split_dn(dn)
+        if split is not None:
+            rdn, parent = split
+            for ou in (self.guest_ou, self.archive_ou):
+                if ou and same_dn(parent, ou):
+                    return rdn, ou
+        raise OutsideManagedOuError(
+            f"refusing to {action} {dn}: only accounts directly in {self.guest_ou} or {self.archive_ou} are moved"
+        )
+
+    def _locate(self, dn: str, rdn: str, target_ou: str, action: str) -> AdAccount:
+        """The account at ``dn``; if it is gone but its RDN is already in ``target_ou``, that one (a retry
+        after a move whose answer was lost: CN=<uid> names the same guest in either OU)."""
+        account = self._read_person(dn)
+        target = f"{rdn},{target_ou}"
+        if account is None and not same_dn(dn, target):
+            account = self._read_person(target)
+        if account is None:
+            where = dn if same_dn(dn, target) else f"{dn} nor at {target}"
+            if self._exists(dn):
+                raise DirectoryError(f"refusing to {action} {dn}: it is not a user account")
+            raise AccountNotFoundError(f"cannot {action} {dn}: there is no user account at {where}")
+        return account
+
+    def _set_disabled(self, account: AdAccount, disabled: bool) -> None:
+        """Set or clear ACCOUNTDISABLE in userAccountControl, keeping every other bit as read; no-op if it is
+        already so. (The read and the write are not atomic: AD offers no compare-and-set for it.)"""
+        current = account.user_account_control
+        if current is None:
+            raise DirectoryError(f"cannot read userAccountControl of {account.dn}: is the read right delegated?")
+        wanted = current | UAC_ACCOUNTDISABLE if disabled else current & ~UAC_ACCOUNTDISABLE
+        if wanted == current:
+            return
+        what = f"{'disabling' if disabled else 'enabling'} {account.dn}"
+
+        def modify(conn: ldap3.Connection) -> dict[str, Any]:
+            conn.modify(account.dn, {"userAccountControl": [(ldap3.MODIFY_REPLACE, [str(wanted)])]})
+            return dict(conn.result or {})
+
+        result = self._run(what, modify)
+        description = result.get("description")
+        if description in ("constraintViolation", "unwillingToPerform"):
+            said = str(result.get("message", "")).strip()
+            raise ConstraintError(f"{what}: AD refused userAccountControl {wanted} ({description}"
+                                  + (f"; DC said: {said})" if said else ")"))
+        if description != "success":
+            _raise_for(result, what, account.dn)
+        log.info("%s %s (userAccountControl %d -> %d)", "disabled" if disabled else "enabled", account.dn,
+                 current, wanted)
+
+    def _move(self, dn: str, rdn: str, target_ou: str, action: str) -> str:
+        """Move ``dn`` into ``target_ou`` under the same RDN (objectSid and objectGUID stay); the new DN."""
+        target = f"{rdn},{target_ou}"
+        what = f"moving {dn} to {target_ou}"
+
+        def move(conn: ldap3.Connection) -> dict[str, Any]:
+            conn.modify_dn(dn, rdn, new_superior=target_ou)
+            return dict(conn.result or {})
+
+        result = self._run(what, move)
+        description = result.get("description")
+        if description == "entryAlreadyExists":
+            raise AccountExistsError(
+                f"cannot {action} {dn}: {target} already exists (another object with the same name is in "
+                f"{target_ou}; remove or rename one of them)"
+            )
+        if description == "noSuchObject" and self._read_person(target) is not None:
+            return target  # the move was done by an attempt whose answer was lost (reconnect and retry)
+        if description != "success":
+            _raise_for(result, what, dn)
+        log.info("moved %s to %s", dn, target_ou)
+        return target
+
+    def _read_back(self, dn: str, action: str) -> AdAccount:
+        account = self._read_person(dn)
+        if account is None:
+            raise DirectoryError(f"{action}: {dn} cannot be read back")
+        return account
+
+    def disable_and_archive(self, dn: str) -> AdAccount:
+        """Disable the guest's account and move it into the archive OU, where it keeps its objectSid (so a
+        returning guest gets the same account back) but cannot sign in. Idempotent: a step already done is
+        skipped, and if ``dn`` is gone but its RDN is already in the archive OU, that account is the one.
+        Disabling comes first, so a failed move leaves a disabled account, never an enabled one.
+
+        Returns the account as read back at its archive DN. Raises ConfigurationError without an archive
+        OU, OutsideManagedOuError (nothing sent) unless ``dn`` sits directly in the guest or archive OU,
+        AccountExistsError if the archive OU already has an object of that RDN (checked before any write),
+        AccountNotFoundError if there is no such account.
+        """
+        archive_ou = self._require_archive("archive a guest account")
+        rdn, _ = self._placement(dn, "archive")
+        target = f"{rdn},{archive_ou}"
+        with self._lock:  # one thread's steps are not interleaved with another's on this instance
+            account = self._locate(dn, rdn, archive_ou, "archive")
+            archived = same_dn(account.dn, target)
+            if not archived and self._exists(target):
+                raise AccountExistsError(
+                    f"cannot archive {account.dn}: {target} already exists (another object with the same name is "
+                    f"in {archive_ou}; remove or rename one of them)"
+                )
+            self._set_disabled(account, True)
+            final = account.dn if archived else self._move(account.dn, rdn, archive_ou, "archive")
+            return self._read_back(final, f"archiving {dn}")
+
+    def restore_guest(self, dn: str) -> AdAccount:
+        """The reverse of ``disable_and_archive``, for a guest who is back in scope: move the account from the
+        archive OU to the guest OU (same RDN, same objectSid) and clear ACCOUNTDISABLE, keeping the other
+        userAccountControl bits. Idempotent in the same way (an account already in the guest OU is only
+        enabled). The move comes first, so a failure never leaves an enabled account in the archive OU.
+
+        Returns the account as read back at its guest DN. Raises as ``disable_and_archive`` does
+        (AccountExistsError if the guest OU already has an object of that RDN, e.g. a new account).
+        """
+        self._require_archive("restore a guest account")
+        rdn, _ = self._placement(dn, "restore")
+        target = f"{rdn},{self.guest_ou}"
+        with self._lock:
+            account = self._locate(dn, rdn, self.guest_ou, "restore")
+            final = account.dn
+            if not same_dn(account.dn, target):
+                if self._exists(target):
+                    raise AccountExistsError(
+                        f"cannot restore {account.dn}: {target} already exists (another object with the same name "
+                        f"is in {self.guest_ou}; remove or rename one of them)"
+                    )
+                final = self._move(account.dn, rdn, self.guest_ou, "restore")
+            self._set_disabled(account if final == account.dn else self._read_back(final, f"restoring {dn}"), False)
+            return self._read_back(final, f"restoring {dn}")
+
+    def delete_guest(self, dn: str) -> None:
+        """Delete the user object at ``dn`` (a leaf: no tree delete) for good; its objectSid is never reused.
+        Idempotent: if nothing is at ``dn`` any more, that is success (a retry, or an admin was quicker).
+        Only ``dn`` is looked at: an account moved elsewhere meanwhile is not followed.
+
+        Raises OutsideManagedOuError (nothing sent) for a DN outside the managed OUs, DirectoryError if the
+        object there is not a user account or has child objects.
+        """
+        self._require_managed(dn)
+        what = f"deleting {dn}"
+        with self._lock:
+            account = self._read_person(dn)
+            if account is None:
+                if self._exists(dn):
+                    raise DirectoryError(f"refusing to delete {dn}: it is not a user account")
+                log.info("%s is already gone; nothing to delete", dn)
+                return
+
+            def delete(conn: ldap3.Connection) -> dict[str, Any]:
+                conn.delete(dn)
+                return dict(conn.result or {})
+
+            result = self._run(what, delete)
+            description = result.get("description")
+            if description == "noSuchObject":
+                log.info("%s is already gone; nothing to delete", dn)
+                return
+            if description == "notAllowedOnNonLeaf":
+                raise DirectoryError(f"refusing to delete {dn}: it has child objects (only leaf accounts are deleted)")
+            if description != "success":
+                _raise_for(result, what, dn)
+            log.info("deleted %s (objectSid %s)", dn, account.object_sid)
 
 
 def _close_quietly(conn: ldap3.Connection) -> None:

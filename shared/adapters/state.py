@@ -18,9 +18,10 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
-from shared.domain import GuestStatus, MetaverseEntry
+from shared.domain import Approval, GuestStatus, MetaverseEntry
 
 PARTITION = "guest"
+META_PARTITION = "meta"  # small singletons: the users deltaLink, the breaker window, the last reconcile
 
 
 class ConcurrencyError(Exception):
@@ -51,6 +52,8 @@ class GuestRecord:
     notified_at: datetime | None = None  # earliest notification not yet exported (latency metric)
     exported_at: datetime | None = None
     latency_ms: int | None = None  # last invite/change-to-account latency
+    archived_at: datetime | None = None  # when the account was disabled and moved to the archive OU
+    approval: Approval | None = None  # operator's answer to a held deprovisioning
     etag: str | None = field(default=None, compare=False)
 
     @property
@@ -78,6 +81,8 @@ class GuestRecord:
             "NotifiedAt": self.notified_at,
             "ExportedAt": self.exported_at,
             "LatencyMs": self.latency_ms,
+            "ArchivedAt": self.archived_at,
+            "Approval": self.approval.value if self.approval else None,
         }
         # Table Storage has no null: an absent property is how "None" is stored (REPLACE drops it).
         entity.update({k: v for k, v in optional.items() if v is not None})
@@ -106,6 +111,8 @@ class GuestRecord:
             notified_at=when("NotifiedAt"),
             exported_at=when("ExportedAt"),
             latency_ms=entity.get("LatencyMs"),
+            archived_at=when("ArchivedAt"),
+            approval=Approval(entity["Approval"]) if entity.get("Approval") else None,
             etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
         )
 
@@ -151,8 +158,43 @@ class StateStore:
     def delete(self, uid: str) -> None:
         self._table.delete_entity(PARTITION, uid)
 
+    def get_meta(self, name: str) -> tuple[dict[str, Any], str | None]:
+        """A singleton document and its ETag (``({}, None)`` when it does not exist yet)."""
+        try:
+            entity = self._table.get_entity(META_PARTITION, name)
+        except ResourceNotFoundError:
+            return {}, None
+        return json.loads(entity.get("Body") or "{}"), entity.metadata.get("etag")
+
+    def save_meta(self, name: str, body: dict[str, Any], etag: str | None) -> str:
+        """Write a singleton guarded by its ETag (None = must not exist yet); ConcurrencyError on a race."""
+        entity = {"PartitionKey": META_PARTITION, "RowKey": name,
+                  "Body": json.dumps(body, ensure_ascii=False, default=str)}
+        try:
+            if etag is None:
+                meta = self._table.create_entity(entity)
+            else:
+                meta = self._table.update_entity(entity, mode=UpdateMode.REPLACE, etag=etag,
+                                                 match_condition=MatchConditions.IfNotModified)
+        except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError) as exc:
+            raise ConcurrencyError(name) from exc
+        return str(meta.get("etag"))
+
+    def put_meta(self, name: str, body: dict[str, Any]) -> None:
+        """Write a singleton whatever its current version (last writer wins: reports, not counters)."""
+        self._table.upsert_entity({"PartitionKey": META_PARTITION, "RowKey": name,
+                                   "Body": json.dumps(body, ensure_ascii=False, default=str)},
+                                  mode=UpdateMode.REPLACE)
+
     def __iter__(self) -> Iterator[GuestRecord]:
         for entity in self._table.query_entities(f"PartitionKey eq '{PARTITION}'", results_per_page=1000):
+            yield GuestRecord.from_entity(entity)
+
+    def with_status(self, *statuses: GuestStatus) -> Iterator[GuestRecord]:
+        """Guests in any of ``statuses`` (a server-side filter: only those entities cross the wire)."""
+        wanted = " or ".join(f"Status eq '{s.value}'" for s in statuses)
+        for entity in self._table.query_entities(f"PartitionKey eq '{PARTITION}' and ({wanted})",
+                                                 results_per_page=1000):
             yield GuestRecord.from_entity(entity)
 
     def counts(self) -> Counter[str]:

@@ -14,8 +14,8 @@ from typing import Protocol
 
 from shared.adapters.queues import ChangeMessage, ExportMessage
 from shared.adapters.state import ConcurrencyError, GuestRecord, StateStore, utcnow
-from shared.domain import GraphUser, GuestStatus
-from shared.rules import ApplyPlan, Decision, plan_apply
+from shared.domain import DEPROVISION_STATUSES, GraphUser, GuestStatus
+from shared.rules import ApplyPlan, Decision, plan_apply, scope_exit
 
 log = logging.getLogger("guestsync.apply")
 MAX_ATTEMPTS = 8
@@ -23,6 +23,18 @@ MAX_ATTEMPTS = 8
 
 class GuestReader(Protocol):
     async def get_user(self, user_id: str) -> GraphUser | None: ...
+    async def is_group_member(self, user_id: str, group_id: str) -> bool | None: ...
+
+
+async def read_scope(
+    graph: GuestReader, user_id: str, scope_group_id: str | None
+) -> tuple[GraphUser | None, bool | None]:
+    """Read the user and, when a scoping group is set and the user is an enabled guest, its membership."""
+    user = await graph.get_user(user_id)
+    if scope_group_id is None or user is None or scope_exit(user) is not None:
+        return user, None
+    member = await graph.is_group_member(user_id, scope_group_id)
+    return user, bool(member)
 
 
 def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
@@ -40,9 +52,12 @@ def next_record(
     if plan.decision in (Decision.IGNORE, Decision.UNCHANGED) or plan.entry is None:
         return None
     if plan.decision is Decision.OUT_OF_SCOPE:
-        if record is None or (record.status is GuestStatus.OUT_OF_SCOPE and record.reason == plan.reason):
+        if record is None or (record.status in DEPROVISION_STATUSES and record.reason == plan.reason):
             return None
-        return record.evolve(status=GuestStatus.OUT_OF_SCOPE, reason=plan.reason, graph_read_at=read_at)
+        if record.status in DEPROVISION_STATUSES:  # still out, for another reason: keep where it stands
+            return record.evolve(reason=plan.reason, graph_read_at=read_at)
+        return record.evolve(status=GuestStatus.OUT_OF_SCOPE, reason=plan.reason, approval=None,
+                             graph_read_at=read_at, notified_at=None)
     if record is None:
         return GuestRecord(
             uid=plan.entry.uid,
@@ -62,6 +77,7 @@ def next_record(
         status=GuestStatus.PENDING,
         reason=plan.reason,
         error=None,
+        approval=None,
         graph_read_at=read_at,
         notified_at=_earliest(record.notified_at, notified_at),
     )
@@ -73,28 +89,47 @@ async def apply_change(
     state: StateStore,
     send_export: Callable[[str], None],
     now: Callable[[], datetime] = utcnow,
+    scope_group_id: str | None = None,
 ) -> ApplyPlan:
     """Run the inbound rules for one user and queue an export when AD must change."""
-    user = await graph.get_user(message.user_id)
-    read_at = now()
+    user, in_group = await read_scope(graph, message.user_id, scope_group_id)
+    removed = message.change_type.removeprefix("removed:") if message.change_type.startswith("removed:") else None
+    return apply_user(message.user_id, user, state, send_export, in_group=in_group, removed=removed,
+                      read_at=now(), notified_at=message.received)
+
+
+def apply_user(
+    user_id: str,
+    user: GraphUser | None,
+    state: StateStore,
+    send_export: Callable[[str], None],
+    *,
+    in_group: bool | None,
+    removed: str | None,
+    read_at: datetime,
+    notified_at: datetime | None = None,
+) -> ApplyPlan:
+    """Join a user already read from Graph (None: gone) with its state, save, and queue the export."""
     for _ in range(MAX_ATTEMPTS):
-        record = state.get(message.user_id)
+        record = state.get(user_id)
         plan = plan_apply(
             user,
             record.entry if record else None,
             status=record.status if record else None,
             has_account=record.has_account if record else False,
+            in_group=in_group,
+            removed=removed if user is None else None,
         )
-        new = next_record(record, plan, read_at=read_at, notified_at=message.received)
+        new = next_record(record, plan, read_at=read_at, notified_at=notified_at)
         if new is None:
-            log.info("user %s: %s (%s)", message.user_id, plan.decision.value, plan.reason)
+            log.info("user %s: %s (%s)", user_id, plan.decision.value, plan.reason)
             return plan
         try:
             saved = state.save(new)
         except ConcurrencyError:
             continue  # someone else wrote this guest: plan again from fresh state
-        if plan.decision is Decision.EXPORT:
+        if plan.decision is Decision.EXPORT or saved.status is GuestStatus.OUT_OF_SCOPE:
             send_export(ExportMessage(saved.uid, saved.version, plan.reason).to_json())
-        log.info("guest %s: %s (%s)", message.user_id, plan.decision.value, plan.reason)
+        log.info("guest %s: %s (%s)", user_id, plan.decision.value, plan.reason)
         return plan
-    raise ConcurrencyError(f"guest {message.user_id}: state kept changing under {MAX_ATTEMPTS} attempts")
+    raise ConcurrencyError(f"guest {user_id}: state kept changing under {MAX_ATTEMPTS} attempts")

@@ -23,11 +23,22 @@ from shared.adapters.directory import (
 )
 from shared.adapters.queues import ExportMessage
 from shared.adapters.state import ConcurrencyError, GuestRecord, StateStore, utcnow
-from shared.domain import AdAccount, GuestStatus
+from shared.domain import DEPROVISION_STATUSES, AdAccount, Approval, GuestStatus
+from shared.lifecycle import (
+    BreakerVerdict,
+    ExportAction,
+    ExportPlan,
+    breaker_admit,
+    is_archived,
+    is_disabled,
+    plan_export,
+)
 from shared.rules import attribute_changes, initial_user_account_control, outbound_persistent
+from shared.settings import LifecycleSettings
 
 log = logging.getLogger("guestsync.export")
 MAX_ATTEMPTS = 8
+BREAKER_META = "breaker"
 
 
 class GuestDirectory(Protocol):
@@ -38,12 +49,15 @@ class GuestDirectory(Protocol):
     ) -> AdAccount: ...
     def update_guest(self, dn: str, changes: dict[str, str | None]) -> None: ...
     def netbios_domain(self) -> str: ...
+    def disable_and_archive(self, dn: str) -> AdAccount: ...
+    def restore_guest(self, dn: str) -> AdAccount: ...
+    def delete_guest(self, dn: str) -> None: ...
 
 
 @dataclass(frozen=True)
 class ExportOutcome:
     uid: str
-    action: str  # created | adopted | updated | unchanged | error | skipped
+    action: str  # created | adopted | updated | unchanged | restored | disabled | deleted | held | error | skipped
     detail: str = ""
 
 
@@ -56,79 +70,154 @@ def _locate(directory: GuestDirectory, record: GuestRecord) -> AdAccount | None:
     return directory.find_guest(record.uid)
 
 
-def _write(directory: GuestDirectory, record: GuestRecord, desired: dict[str, str | None]) -> tuple[str, AdAccount]:
-    account = _locate(directory, record)
-    if account is None:
-        avoid = tuple(v for v in (desired.get("sAMAccountName"), desired.get("displayName")) if v)
-        password = new_password(avoid=avoid)
-        try:
-            return "created", directory.create_guest(
-                record.uid, desired, password, initial_user_account_control()
-            )
-        except AccountExistsError:
-            account = directory.find_guest(record.uid)  # created meanwhile by another worker: adopt it
-            if account is None:
-                raise
-    action = "updated" if record.object_sid == account.object_sid else "adopted"
+def _create(directory: GuestDirectory, record: GuestRecord, desired: dict[str, str | None]) -> tuple[str, AdAccount]:
+    avoid = tuple(v for v in (desired.get("sAMAccountName"), desired.get("displayName")) if v)
+    try:
+        return "created", directory.create_guest(record.uid, desired, new_password(avoid=avoid),
+                                                 initial_user_account_control())
+    except AccountExistsError:
+        account = directory.find_guest(record.uid)  # created meanwhile by another worker: adopt it
+        if account is None:
+            raise
     changes = attribute_changes(desired, account.attributes)
     if changes:
         directory.update_guest(account.dn, changes)
-    elif action == "updated":
-        action = "unchanged"
-    return action, account
+    return "adopted", account
+
+
+def admit_destructive(state: StateStore, policy: LifecycleSettings, now: datetime) -> BreakerVerdict:
+    """Reserve one disable/delete in the breaker window (shared by every worker through an ETag)."""
+    for _ in range(MAX_ATTEMPTS * 4):
+        body, etag = state.get_meta(BREAKER_META)
+        window = [datetime.fromisoformat(t) for t in body.get("applied", [])]
+        verdict = breaker_admit(window, now, threshold=policy.breaker_threshold,
+                                window_minutes=policy.breaker_window_minutes)
+        if not verdict.allowed:
+            return verdict
+        try:
+            state.save_meta(BREAKER_META, {"applied": [t.isoformat() for t in verdict.window]}, etag)
+        except ConcurrencyError:
+            continue
+        return verdict
+    raise ConcurrencyError("the breaker window kept changing; retrying the export later")
+
+
+def _execute(
+    directory: GuestDirectory, record: GuestRecord, plan: ExportPlan, account: AdAccount | None,
+    desired: dict[str, str | None],
+) -> tuple[str, AdAccount | None]:
+    """Carry out one planned AD write; returns (outcome action, the account afterwards)."""
+    if plan.action is ExportAction.CREATE or account is None:
+        return _create(directory, record, desired)
+    if plan.action is ExportAction.RESTORE:
+        account = directory.restore_guest(account.dn)
+        changes = attribute_changes(desired, account.attributes)
+        if changes:
+            directory.update_guest(account.dn, changes)
+        return "restored", account
+    if plan.action is ExportAction.DISABLE:
+        return "disabled", directory.disable_and_archive(account.dn)
+    if plan.action is ExportAction.DELETE:
+        directory.delete_guest(account.dn)
+        return "deleted", None
+    if plan.action is ExportAction.UPDATE:
+        directory.update_guest(account.dn, plan.changes)
+        return ("updated" if record.object_sid == account.object_sid else "adopted"), account
+    return ("unchanged" if record.object_sid == account.object_sid else "adopted"), account
+
+
+def _after(
+    record: GuestRecord, action: str, account: AdAccount | None, desired: dict[str, str | None],
+    warnings: list[str], directory: GuestDirectory, policy: LifecycleSettings, now: datetime,
+) -> GuestRecord | None:
+    """The record to save after a successful AD write (None: delete the record with the account)."""
+    if action == "deleted":
+        return None
+    joined = {} if account is None else {"object_sid": account.object_sid, "dn": account.dn}
+    if record.status in DEPROVISION_STATUSES:
+        archived = account is not None and is_archived(account, policy) and is_disabled(account)
+        return record.evolve(
+            status=GuestStatus.ARCHIVED if archived else GuestStatus.OUT_OF_SCOPE,
+            archived_at=(record.archived_at or now) if archived else record.archived_at,
+            approval=None if action == "disabled" else record.approval,
+            error=None,
+            **joined,
+        )
+    assert account is not None
+    latency = int((now - record.notified_at).total_seconds() * 1000) if record.notified_at else None
+    return record.evolve(
+        status=GuestStatus.PROVISIONED,
+        exported_version=record.version,
+        error=None,
+        warnings="; ".join(warnings) or None,
+        sam_account_name=desired.get("sAMAccountName"),
+        domain=directory.netbios_domain(),
+        exported_at=now if action != "unchanged" or record.exported_at is None else record.exported_at,
+        latency_ms=latency if latency is not None else record.latency_ms,
+        notified_at=None,
+        archived_at=None,
+        approval=None,
+        **joined,
+    )
 
 
 def export_guest(
     message: ExportMessage,
     state: StateStore,
     directory: GuestDirectory,
+    policy: LifecycleSettings | None = None,
     now: Callable[[], datetime] = utcnow,
 ) -> ExportOutcome:
     """Apply one export. AD constraint errors end as a readable error on the guest (not a retry loop);
     an unreachable DC raises so the queue retries and, after 5 tries, parks the message as poison."""
+    policy = policy or LifecycleSettings()
     for _ in range(MAX_ATTEMPTS):
         record = state.get(message.uid)
         if record is None:
             return ExportOutcome(message.uid, "skipped", "guest unknown to state")
-        if record.status is GuestStatus.OUT_OF_SCOPE:
-            return ExportOutcome(message.uid, "skipped", f"guest out of scope: {record.reason}")
+        if record.status is GuestStatus.HELD and record.approval is None:
+            return ExportOutcome(record.uid, "held", record.error or "awaiting `guestsync approve`")
         desired, warnings = fit_cosmetic(outbound_persistent(record.entry))
-        problems = validate_export(desired)
+        leaving = record.status in DEPROVISION_STATUSES
+        problems = [] if leaving else validate_export(desired)
         error: str | None = "; ".join(problems) if problems else None
-        account: AdAccount | None = None
-        action = "error"
+        new: GuestRecord | None = record
+        outcome = ExportOutcome(record.uid, "error", error or "")
         if error is None:
             try:
-                action, account = _write(directory, record, desired)
+                at = now()
+                account = _locate(directory, record)
+                plan = plan_export(status=record.status, reason=record.reason, approval=record.approval,
+                                   archived_at=record.archived_at, account=account, desired=desired,
+                                   policy=policy, now=at)
+                verdict = None
+                if plan.destructive and record.approval is not Approval.APPROVED:
+                    verdict = admit_destructive(state, policy, at)
+                if verdict is not None and not verdict.allowed:
+                    new = record.evolve(status=GuestStatus.HELD, error=verdict.reason)
+                    outcome = ExportOutcome(record.uid, "held", verdict.reason)
+                else:
+                    action, after = _execute(directory, record, plan, account, desired)
+                    new = _after(record, action, after, desired, warnings, directory, policy, at)
+                    outcome = ExportOutcome(record.uid, action, plan.reason)
             except (ConstraintError, AccessDeniedError, OutsideManagedOuError, AccountExistsError) as exc:
                 error = str(exc)
-        if error is not None or account is None:
-            new = record.evolve(status=GuestStatus.ERROR, error=error, warnings="; ".join(warnings) or None)
-            outcome = ExportOutcome(record.uid, "error", error or "")
-        else:
-            done = now()
-            latency = int((done - record.notified_at).total_seconds() * 1000) if record.notified_at else None
-            new = record.evolve(
-                status=GuestStatus.PROVISIONED,
-                exported_version=record.version,
-                error=None,
-                warnings="; ".join(warnings) or None,
-                object_sid=account.object_sid,
-                dn=account.dn,
-                sam_account_name=desired.get("sAMAccountName"),
-                domain=directory.netbios_domain(),
-                exported_at=done if action != "unchanged" or record.exported_at is None else record.exported_at,
-                latency_ms=latency if latency is not None else record.latency_ms,
-                notified_at=None,
-            )
-            outcome = ExportOutcome(record.uid, action)
+                outcome = ExportOutcome(record.uid, "error", error)
+        if outcome.action == "error":
+            status = record.status if leaving else GuestStatus.ERROR
+            new = record.evolve(status=status, error=error, warnings="; ".join(warnings) or None)
         try:
-            state.save(new)
+            if new is None:
+                state.delete(record.uid)
+            else:
+                state.save(new)
         except ConcurrencyError:
             continue  # the record changed while we exported: run again on the fresh record (idempotent)
         if outcome.action == "error":
             log.warning("guest %s: export failed: %s", record.uid, outcome.detail)
+        elif outcome.action == "held":
+            log.warning("guest %s: %s", record.uid, outcome.detail)
         else:
-            log.info("guest %s: %s", record.uid, outcome.action)
+            log.info("guest %s: %s (%s)", record.uid, outcome.action, outcome.detail)
         return outcome
     raise ConcurrencyError(f"guest {message.uid}: state kept changing under {MAX_ATTEMPTS} attempts")

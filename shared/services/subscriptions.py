@@ -74,18 +74,18 @@ async def reauthorize(graph: SubscriptionApi, settings: Settings, subscription_i
 
 async def handle_lifecycle(
     graph: SubscriptionApi, settings: Settings, subscription_id: str, change_type: str
-) -> None:
-    """Act on a queued lifecycle event (``change_type`` is ``lifecycle:<event>``)."""
+) -> bool:
+    """Act on a queued lifecycle event (``change_type`` is ``lifecycle:<event>``); True when notifications
+    may have been lost, so the caller must catch up with users/delta."""
     event = change_type.removeprefix("lifecycle:")
     if event == "reauthorizationRequired":
         renewed = await reauthorize(graph, settings, subscription_id)
         log.info("reauthorized Graph subscription %s until %s", renewed.id, renewed.expiration.isoformat())
-    elif event == "subscriptionRemoved":
+        return False
+    if event == "subscriptionRemoved":
         created = await ensure_subscription(graph, settings)
-        log.warning("Graph removed subscription %s; now subscribed as %s", subscription_id, created.id)
-    else:
-        log.warning(
-            "Graph reports missed notifications on subscription %s (%s); the next reconcile catches up",
-            subscription_id,
-            event,
-        )
+        log.warning("Graph removed subscription %s; now subscribed as %s; catching up with users/delta",
+                    subscription_id, created.id)
+        return True
+    log.warning("Graph reports %s on subscription %s; catching up with users/delta", event, subscription_id)
+    return True

@@ -7,100 +7,13 @@ registrations dispatched with the host's queue semantics.
 
 from __future__ import annotations
 
-import json
-import os
-import secrets
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-
 import ldap3
 import pytest
 
-from shared import bootstrap
-from shared.adapters.state import StateStore
 from shared.domain import GuestStatus
-from shared.functions import create_app
-from shared.runner import LocalFunctionsHost
+from tests.plugins.stack import Stack
 
 pytestmark = pytest.mark.integration
-
-GUEST_ATTRIBUTES = ["sAMAccountName", "givenName", "sn", "mail", "userPrincipalName", "displayName",
-                    "userAccountControl", "objectSid", "cn"]
-
-
-@dataclass
-class Stack:
-    host: LocalFunctionsHost
-    sim: object
-    state: StateStore
-    admin: ldap3.Connection
-    guest_ou: str
-
-    def wait(self, check: Callable[[], bool], what: str, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if check():
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"timed out waiting for {what}; status: {self.summary()}")
-
-    def summary(self) -> dict[str, int]:
-        return dict(self.state.counts())
-
-    def settled(self, uids: list[str]) -> bool:
-        """Every guest either provisioned at its current version or parked with an error."""
-        for uid in uids:
-            record = self.state.get(uid)
-            if record is None:
-                return False
-            if record.status is GuestStatus.ERROR:
-                continue
-            if record.status is not GuestStatus.PROVISIONED or record.exported_version != record.version:
-                return False
-        return True
-
-    def ad_accounts(self) -> dict[str, dict[str, object]]:
-        self.admin.search(self.guest_ou, "(objectClass=user)", attributes=GUEST_ATTRIBUTES)
-        return {str(e.cn): e.entry_attributes_as_dict for e in self.admin.entries}
-
-
-@pytest.fixture
-def stack(tmp_path: Path, azurite, storage_names, graph, graph_env, directory_env, clean_guest_ou,
-          admin_ldap, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
-    env = {
-        "AzureWebJobsStorage": azurite.connection_string,
-        **storage_names,
-        **graph_env,
-        **directory_env,
-        "GRAPH_CLIENT_STATE": secrets.token_urlsafe(24),
-        "GUESTSYNC_WORKER_MODE": "function",
-        "GUESTSYNC_SUBSCRIPTION_SCHEDULE": "0 0 0 1 1 *",
-    }
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    host_json = tmp_path / "host.json"
-    host_json.write_text(json.dumps({
-        "version": "2.0",
-        "extensions": {"queues": {"maxPollingInterval": "00:00:00.200", "visibilityTimeout": "00:00:01",
-                                  "batchSize": 16, "maxDequeueCount": 5}},
-    }))
-    bootstrap.reset()
-    host = LocalFunctionsHost(create_app("function"), env=os.environ, host_json=host_json)
-    host.start()
-    try:
-        monkeypatch.setenv("GUESTSYNC_NOTIFICATION_URL", f"{host.base_url}/api/graph/notifications")
-        monkeypatch.setenv("GUESTSYNC_LIFECYCLE_URL", f"{host.base_url}/api/graph/lifecycle")
-        bootstrap.reset()
-        host.trigger_timer("maintain_subscription")
-        s = Stack(host, graph, bootstrap.services().state, admin_ldap, env["AD_GUEST_OU"])
-        s.wait(lambda: len(graph.subscriptions) == 1, "the Graph subscription", 20)
-        yield s
-    finally:
-        host.stop()
-        bootstrap.reset()
-
 
 def test_guests_get_exactly_one_account_each_members_none(stack: Stack) -> None:
     sim = stack.sim

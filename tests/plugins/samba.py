@@ -16,6 +16,7 @@ import pytest
 
 from localenv.samba import SambaDC, random_loopback_ip
 from shared.ad_rules import new_password
+from shared.adapters.directory import Directory
 from shared.settings import DirectorySettings
 
 GUEST_OU_RDN = "OU=B2BGuest"
@@ -74,15 +75,24 @@ def directory_settings(samba_dc: GuestsyncDC) -> DirectorySettings:
 
 
 @pytest.fixture(scope="session")
-def directory_env(directory_settings: DirectorySettings) -> dict[str, str]:
+def directory_env(directory_settings: DirectorySettings, samba_dc: GuestsyncDC) -> dict[str, str]:
     """The same settings as environment variables (names from shared/settings.py)."""
     return {
         "AD_SERVER": directory_settings.server,
         "AD_BIND_USER": directory_settings.bind_user,
         "AD_BIND_PASSWORD": directory_settings.bind_password,
         "AD_GUEST_OU": directory_settings.guest_ou,
+        "AD_ARCHIVE_OU": samba_dc.archive_ou,
         "AD_CA_FILE": str(directory_settings.ca_file),
     }
+
+
+@pytest.fixture(scope="module")
+def archiving_directory(directory_settings: DirectorySettings, samba_dc: GuestsyncDC) -> Iterator[Directory]:
+    """The adapter as the worker runs it with a lifecycle policy: bound as the delegated service account,
+    managing the guest OU and the archive OU. One connection per test module (it reconnects by itself)."""
+    with Directory(directory_settings, archive_ou=samba_dc.archive_ou) as directory:
+        yield directory
 
 
 @pytest.fixture

@@ -1,0 +1,62 @@
+"""Held deprovisionings: the operator's side of the mass-change breaker (``guestsync approve``).
+
+A held guest keeps its account as it is until an operator answers. *Approve* queues the disable/delete
+again, now exempt from the breaker; *reject* keeps the account and records the answer, so later exports
+and reconciles leave it alone until the guest's scope changes again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from shared.adapters.queues import ExportMessage
+from shared.adapters.state import ConcurrencyError, GuestRecord, StateStore
+from shared.domain import Approval, GuestStatus
+
+log = logging.getLogger("guestsync.approvals")
+
+
+@dataclass(frozen=True)
+class Answer:
+    uid: str
+    outcome: str  # approved | rejected | not-held | unknown
+    detail: str = ""
+
+
+def held(state: StateStore) -> Iterator[GuestRecord]:
+    return state.with_status(GuestStatus.HELD)
+
+
+def answer(
+    state: StateStore,
+    uids: Iterable[str],
+    send_export: Callable[[str], None],
+    *,
+    approve: bool,
+) -> list[Answer]:
+    """Release (``approve``) or reject the held deprovisioning of each guest in ``uids``."""
+    answers: list[Answer] = []
+    for uid in uids:
+        answers.append(_answer_one(state, uid.strip().lower(), send_export, approve=approve))
+    return answers
+
+
+def _answer_one(state: StateStore, uid: str, send_export: Callable[[str], None], *, approve: bool) -> Answer:
+    for _ in range(8):
+        record = state.get(uid)
+        if record is None:
+            return Answer(uid, "unknown", "no such guest in state")
+        if record.status is not GuestStatus.HELD:
+            return Answer(uid, "not-held", f"status is {record.status.value}")
+        decision = Approval.APPROVED if approve else Approval.REJECTED
+        try:
+            saved = state.save(record.evolve(status=GuestStatus.OUT_OF_SCOPE, approval=decision, error=None))
+        except ConcurrencyError:
+            continue
+        if approve:
+            send_export(ExportMessage(saved.uid, saved.version, "deprovisioning approved by an operator").to_json())
+        log.warning("guest %s: held deprovisioning %s by an operator", uid, decision.value)
+        return Answer(uid, decision.value, record.reason or "")
+    raise ConcurrencyError(f"guest {uid}: state kept changing")

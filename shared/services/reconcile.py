@@ -1,0 +1,434 @@
+"""Reconcile: compare Entra ID (users/delta), the state table and the managed OUs, and repair drift.
+
+Notifications are fast but not guaranteed (Graph may drop them, a subscription may lapse), and admins edit
+AD by hand. The reconcile catches all of it:
+
+1. Graph: users/delta from the stored deltaLink (first run, or 410 Gone: a full pass); every changed,
+   new or ``@removed`` user goes through the same apply rules as a notification. After a full pass, guests
+   that Graph no longer returns are re-read (and deprovisioned when gone). With a scoping group, its
+   transitive members are compared with state too (membership changes send no user notification).
+2. AD: a paged scan of the managed OUs joined to state on objectSid. Persistent attributes that drifted
+   are repaired, accounts deleted by hand are recreated, archived accounts past the grace period are
+   deleted; objects guestsync does not own are reported and left alone. Initial-only attributes
+   (userAccountControl, password) are never compared.
+
+AD writes are not made here: they are queued as exports, so the worker's breaker and ETag rules apply.
+State is copied once into an on-disk SQLite index for the run, so memory stays flat however large the
+tenant is. ``dry_run`` (``guestsync plan``) computes the same findings and writes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import sqlite3
+import tempfile
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from shared.ad_rules import fit_cosmetic
+from shared.adapters.graph import DeltaExpiredError, DeltaPage
+from shared.adapters.queues import ExportMessage
+from shared.adapters.state import GuestRecord, StateStore, utcnow
+from shared.domain import DEPROVISION_STATUSES, AdAccount, GraphUser, GuestStatus, is_guid
+from shared.lifecycle import ExportAction, plan_export
+from shared.rules import GUEST_USER_TYPE, Decision, outbound_persistent, plan_apply
+from shared.services.apply import apply_user, next_record, read_scope
+from shared.settings import LifecycleSettings
+
+log = logging.getLogger("guestsync.reconcile")
+DELTA_META = "delta"
+REPORT_META = "reconcile"
+MAX_FINDINGS_KEPT = 200  # in the stored report (status); the full list goes to the caller as it is found
+
+
+class ReconcileGraph(Protocol):
+    def delta(self, delta_link: str | None = None) -> AsyncIterator[DeltaPage]: ...
+    def iter_group_member_ids(self, group_id: str, page_size: int = 999) -> AsyncIterator[str]: ...
+    async def get_user(self, user_id: str) -> GraphUser | None: ...
+    async def is_group_member(self, user_id: str, group_id: str) -> bool | None: ...
+
+
+class ReconcileDirectory(Protocol):
+    def iter_managed_accounts(self, page_size: int = 500) -> Iterator[AdAccount]: ...
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing the reconcile found: ``action`` is what is (or, in a plan, would be) done about it."""
+
+    uid: str
+    action: str  # create | update | restore | disable | delete | save | foreign
+    reason: str
+    user_principal_name: str | None = None
+    dn: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass
+class ReconcileReport:
+    started_at: datetime
+    dry_run: bool
+    delta_mode: str = "incremental"  # incremental | full
+    finished_at: datetime | None = None
+    graph_users: int = 0
+    ad_accounts: int = 0
+    guests_in_state: int = 0
+    actions: Counter[str] = field(default_factory=Counter)
+    findings: list[Finding] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "startedAt": self.started_at.isoformat(),
+            "finishedAt": self.finished_at.isoformat() if self.finished_at else None,
+            "dryRun": self.dry_run,
+            "deltaMode": self.delta_mode,
+            "graphUsers": self.graph_users,
+            "adAccounts": self.ad_accounts,
+            "guestsInState": self.guests_in_state,
+            "actions": dict(sorted(self.actions.items())),
+            "findings": [f.as_dict() for f in self.findings[:MAX_FINDINGS_KEPT]],
+        }
+
+
+class _Index:
+    """This run's copy of state on disk (SQLite in a temporary directory): lookups by uid and objectSid,
+    and marks for what Graph and AD returned, without holding the tenant in memory."""
+
+    def __init__(self, folder: str) -> None:
+        self._db = sqlite3.connect(str(Path(folder) / "reconcile.sqlite"))
+        self._db.executescript(
+            """
+            PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA cache_size = -16000;
+            CREATE TABLE guest (uid TEXT PRIMARY KEY, sid TEXT, record BLOB,
+                                graph_seen INTEGER DEFAULT 0, ad_seen INTEGER DEFAULT 0, handled INTEGER DEFAULT 0);
+            CREATE INDEX guest_sid ON guest (sid);
+            CREATE TABLE member (uid TEXT PRIMARY KEY);
+            """
+        )
+
+    def close(self) -> None:
+        self._db.close()
+
+    def load(self, records: Iterable[GuestRecord], progress: Callable[[int], None]) -> int:
+        count = 0
+        batch: list[tuple[str, str | None, bytes]] = []
+        for record in records:
+            batch.append((record.uid, record.object_sid, pickle.dumps(record.evolve(etag=None))))
+            count += 1
+            if len(batch) >= 1000:
+                self._db.executemany("INSERT OR REPLACE INTO guest (uid, sid, record) VALUES (?, ?, ?)", batch)
+                batch.clear()
+                progress(count)
+        self._db.executemany("INSERT OR REPLACE INTO guest (uid, sid, record) VALUES (?, ?, ?)", batch)
+        self._db.commit()
+        progress(count)
+        return count
+
+    def add_members(self, uids: list[str]) -> None:
+        self._db.executemany("INSERT OR IGNORE INTO member (uid) VALUES (?)", [(u.lower(),) for u in uids])
+
+    def is_member(self, uid: str) -> bool:
+        return self._db.execute("SELECT 1 FROM member WHERE uid = ?", (uid.lower(),)).fetchone() is not None
+
+    def get(self, uid: str) -> GuestRecord | None:
+        row = self._db.execute("SELECT record FROM guest WHERE uid = ?", (uid,)).fetchone()
+        return _unpickle(row[0]) if row else None
+
+    def by_sid(self, sid: str) -> GuestRecord | None:
+        row = self._db.execute("SELECT record FROM guest WHERE sid = ?", (sid,)).fetchone()
+        return _unpickle(row[0]) if row else None
+
+    def mark(self, uid: str, column: str) -> None:
+        assert column in ("graph_seen", "ad_seen", "handled")
+        self._db.execute(f"UPDATE guest SET {column} = 1 WHERE uid = ?", (uid,))  # noqa: S608 (fixed names)
+
+    def is_handled(self, uid: str) -> bool:
+        row = self._db.execute("SELECT handled FROM guest WHERE uid = ?", (uid,)).fetchone()
+        return bool(row and row[0])
+
+    def records(self, where: str) -> Iterator[GuestRecord]:
+        """Records matching a fixed condition, read in pages so the cursor never spans our own updates."""
+        last = ""
+        while True:
+            rows = self._db.execute(
+                f"SELECT uid, record FROM guest WHERE uid > ? AND ({where}) ORDER BY uid LIMIT 500",  # noqa: S608
+                (last,),
+            ).fetchall()
+            if not rows:
+                return
+            for uid, blob in rows:
+                last = uid
+                yield _unpickle(blob)
+
+    def new_members(self) -> Iterator[str]:
+        last = ""
+        while True:
+            rows = self._db.execute(
+                "SELECT m.uid FROM member m LEFT JOIN guest g ON g.uid = m.uid "
+                "WHERE g.uid IS NULL AND m.uid > ? ORDER BY m.uid LIMIT 500", (last,)
+            ).fetchall()
+            if not rows:
+                return
+            for (uid,) in rows:
+                last = uid
+                yield uid
+
+
+def _unpickle(blob: bytes) -> GuestRecord:
+    record = pickle.loads(blob)  # noqa: S301 (our own temporary file, written in this run)
+    assert isinstance(record, GuestRecord)
+    return record
+
+
+def _predicted(plan_decision: Decision, record: GuestRecord | None, policy: LifecycleSettings) -> str:
+    """The AD action an apply decision leads to, for findings (the worker decides for real)."""
+    if plan_decision is Decision.OUT_OF_SCOPE:
+        return "disable" if policy.deprovision == "archive" and record and record.has_account else "deprovision"
+    if plan_decision is Decision.SAVE:
+        return "save"
+    if record is None or not record.has_account:
+        return "create"
+    if record.status in DEPROVISION_STATUSES:
+        return "restore"
+    return "update"
+
+
+def _uid_from_dn(dn: str) -> str | None:
+    first = dn.split(",", 1)[0]
+    if first[:3].upper() != "CN=":
+        return None
+    value = first[3:]
+    return value.lower() if is_guid(value) else None
+
+
+class Reconciler:
+    """One reconcile run. ``send_export`` queues AD work; Graph-side changes are applied to state directly
+    (the same rules as the apply function), except in a dry run, which only reports."""
+
+    def __init__(
+        self,
+        graph: ReconcileGraph,
+        state: StateStore,
+        send_export: Callable[[str], None],
+        policy: LifecycleSettings,
+        *,
+        directory: ReconcileDirectory | None = None,
+        dry_run: bool = False,
+        on_finding: Callable[[Finding], None] | None = None,
+        progress: Callable[[str, int], None] | None = None,
+        now: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.graph = graph
+        self.state = state
+        self.send_export = send_export
+        self.policy = policy
+        self.directory = directory
+        self.dry_run = dry_run
+        self.on_finding = on_finding
+        self.progress = progress or (lambda _phase, _count: None)
+        self.now = now
+        self.report = ReconcileReport(started_at=now(), dry_run=dry_run)
+        self._index: _Index | None = None
+
+    # --- plumbing -------------------------------------------------------------------------------------------
+    @property
+    def index(self) -> _Index:
+        assert self._index is not None
+        return self._index
+
+    def _found(self, finding: Finding) -> None:
+        self.report.actions[finding.action] += 1
+        if len(self.report.findings) < MAX_FINDINGS_KEPT:
+            self.report.findings.append(finding)
+        if self.on_finding:
+            self.on_finding(finding)
+        log.info("reconcile: %s %s (%s)", finding.action, finding.uid, finding.reason)
+
+    async def _settle(self, uid: str, user: GraphUser | None, *, in_group: bool | None,
+                      removed: str | None = None) -> None:
+        """Plan one Graph user against the index; report and (unless dry run) apply what changes."""
+        record = self.index.get(uid)
+        plan = plan_apply(user, record.entry if record else None, status=record.status if record else None,
+                          has_account=record.has_account if record else False, in_group=in_group,
+                          removed=removed if user is None else None)
+        if next_record(record, plan, read_at=self.now(), notified_at=None) is None:
+            return
+        if record is not None:
+            self.index.mark(uid, "handled")
+        quiet = record is not None and record.status in DEPROVISION_STATUSES and plan.decision is Decision.OUT_OF_SCOPE
+        if quiet:  # already deprovisioned; only the recorded reason changes
+            if not self.dry_run:
+                apply_user(uid, user, self.state, self.send_export, in_group=in_group, removed=removed,
+                           read_at=self.now())
+            return
+        upn = (user.user_principal_name if user else None) or (record.entry.user_principal_name if record else None)
+        self._found(Finding(uid, _predicted(plan.decision, record, self.policy), plan.reason, upn,
+                            record.dn if record else None))
+        if not self.dry_run:
+            apply_user(uid, user, self.state, self.send_export, in_group=in_group, removed=removed,
+                       read_at=self.now())
+
+    async def _reread(self, uid: str, removed: str | None = None) -> None:
+        """Read one user (and its group membership) from Graph, then settle it."""
+        user, in_group = await read_scope(self.graph, uid, self.policy.scope_group_id)
+        await self._settle(uid, user, in_group=in_group, removed=removed)
+
+    # --- phases -----------------------------------------------------------------------------------------------
+    async def run(self, *, full: bool = False) -> ReconcileReport:
+        with tempfile.TemporaryDirectory(prefix="guestsync-reconcile-") as folder:
+            self._index = _Index(folder)
+            try:
+                self.report.guests_in_state = self.index.load(iter(self.state), lambda n: self.progress("state", n))
+                if self.policy.scope_group_id:
+                    await self._load_group(self.policy.scope_group_id)
+                await self._graph_phase(full=full)
+                if self.policy.scope_group_id:
+                    await self._group_phase()
+                if self.directory is not None:
+                    self._ad_phase(self.directory)
+            finally:
+                self.index.close()
+                self._index = None
+        self.report.finished_at = self.now()
+        if not self.dry_run:
+            self.state.put_meta(REPORT_META, self.report.as_dict())
+        return self.report
+
+    async def _load_group(self, group_id: str) -> None:
+        batch: list[str] = []
+        async for uid in self.graph.iter_group_member_ids(group_id):
+            batch.append(uid)
+            if len(batch) >= 1000:
+                self.index.add_members(batch)
+                batch.clear()
+        self.index.add_members(batch)
+
+    def _in_group(self, uid: str) -> bool | None:
+        return self.index.is_member(uid) if self.policy.scope_group_id else None
+
+    async def _graph_phase(self, *, full: bool) -> None:
+        link = None if full else self.state.get_meta(DELTA_META)[0].get("link")
+        try:
+            new_link = await self._delta_pass(link)
+        except DeltaExpiredError:
+            log.warning("reconcile: the stored deltaLink expired (410); running a full pass")
+            new_link = await self._delta_pass(None)
+        if link is None:
+            # Guests that a full pass did not return are gone (or unreadable): re-read each one.
+            for record in self.index.records("graph_seen = 0 AND handled = 0"):
+                if record.status not in DEPROVISION_STATUSES or record.has_account:
+                    await self._reread(record.uid)
+        if new_link and not self.dry_run:
+            self.state.put_meta(DELTA_META, {"link": new_link, "at": self.now().isoformat()})
+
+    async def _delta_pass(self, link: str | None) -> str | None:
+        self.report.delta_mode = "incremental" if link else "full"
+        last: str | None = None
+        page: DeltaPage
+        async for page in self.graph.delta(link):
+            for user in page.users:
+                self.report.graph_users += 1
+                uid = user.id.lower()
+                self.index.mark(uid, "graph_seen")
+                if link is None:
+                    await self._settle(uid, user, in_group=self._in_group(uid))
+                elif self.index.get(uid) is not None or user.user_type == GUEST_USER_TYPE:
+                    # incremental items carry only what changed: read the whole user before deciding
+                    await self._reread(uid)
+            for uid, reason in page.removed:
+                self.report.graph_users += 1
+                if self.index.get(uid.lower()) is not None:
+                    await self._settle(uid.lower(), None, in_group=None, removed=reason)
+            self.progress("graph", self.report.graph_users)
+            last = page.delta_link or last
+        return last
+
+    async def _group_phase(self) -> None:
+        """Membership is not in users/delta: compare the group with state both ways."""
+        for record in self.index.records("handled = 0"):
+            member = self.index.is_member(record.uid)
+            left = record.status not in DEPROVISION_STATUSES and not member
+            back = record.status in DEPROVISION_STATUSES and member and "scoping group" in (record.reason or "")
+            if left or back:
+                await self._reread(record.uid)
+        for uid in self.index.new_members():
+            await self._reread(uid)
+
+    def _ad_phase(self, directory: ReconcileDirectory) -> None:
+        now = self.now()
+        for account in directory.iter_managed_accounts():
+            self.report.ad_accounts += 1
+            if self.report.ad_accounts % 500 == 0:
+                self.progress("ad", self.report.ad_accounts)
+            record = self.index.by_sid(account.object_sid) if account.object_sid else None
+            if record is None:
+                uid = _uid_from_dn(account.dn)
+                candidate = self.index.get(uid) if uid else None
+                if candidate is not None and candidate.object_sid is None:
+                    record = candidate  # created, but the worker had not saved the join yet: adopt it
+                else:
+                    self._found(Finding(uid or "-", "foreign", "object in a managed OU that guestsync does "
+                                        "not own (no guest with its objectSid); left alone", dn=account.dn))
+                    continue
+            self.index.mark(record.uid, "ad_seen")
+            if self.index.is_handled(record.uid):
+                continue  # the Graph phase already queued this guest's export
+            desired, _ = fit_cosmetic(outbound_persistent(record.entry))
+            plan = plan_export(status=record.status, reason=record.reason, approval=record.approval,
+                               archived_at=record.archived_at, account=account, desired=desired,
+                               policy=self.policy, now=now)
+            if plan.action is ExportAction.NONE:
+                continue
+            self._export(record, plan.action.value, plan.reason, account.dn)
+        self.progress("ad", self.report.ad_accounts)
+        # Guests whose account was not in the OUs: deleted by hand (recreate), or never exported (retry).
+        for record in self.index.records("ad_seen = 0 AND handled = 0"):
+            if record.status in DEPROVISION_STATUSES:
+                continue
+            if record.has_account:
+                self._export(record, "create", "AD account was deleted outside guestsync; recreating it",
+                             record.dn)
+            elif record.status in (GuestStatus.PENDING, GuestStatus.ERROR):
+                why = "export still outstanding" if record.status is GuestStatus.PENDING else (
+                    f"retrying after error: {record.error}")
+                self._export(record, "create", why, None)
+
+    def _export(self, record: GuestRecord, action: str, reason: str, dn: str | None) -> None:
+        self._found(Finding(record.uid, action, reason, record.entry.user_principal_name, dn))
+        if not self.dry_run:
+            self.send_export(ExportMessage(record.uid, record.version, f"reconcile: {reason}").to_json())
+
+
+async def reconcile(
+    graph: ReconcileGraph,
+    state: StateStore,
+    send_export: Callable[[str], None],
+    policy: LifecycleSettings,
+    *,
+    directory: ReconcileDirectory | None = None,
+    dry_run: bool = False,
+    full: bool = False,
+    on_finding: Callable[[Finding], None] | None = None,
+    progress: Callable[[str, int], None] | None = None,
+) -> ReconcileReport:
+    """Run one reconcile (``directory`` None: the Graph side only, e.g. a catch-up after missed
+    notifications in the cloud half, where AD is out of reach)."""
+    return await Reconciler(graph, state, send_export, policy, directory=directory, dry_run=dry_run,
+                            on_finding=on_finding, progress=progress).run(full=full)
+
+
+def last_report(state: StateStore) -> dict[str, Any] | None:
+    body, _ = state.get_meta(REPORT_META)
+    return body or None
+
+
+def delta_status(state: StateStore) -> dict[str, Any] | None:
+    body, _ = state.get_meta(DELTA_META)
+    return {"at": body.get("at")} if body else None
