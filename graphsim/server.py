@@ -2,8 +2,12 @@
 
 Serves HTTPS (so azure-identity and msgraph-sdk run unmodified), issues OAuth2 client-credential tokens,
 and implements ``/users`` (``$select``, ``$filter`` on userType, ``$top`` paging), ``/users/{id}``,
-``/users/delta`` (nextLink/deltaLink, ``@removed``, 410 on an unknown token), and ``/subscriptions`` with
-the validation handshake, 409 on duplicates and change/lifecycle notifications POSTed to the subscriber.
+``/users/delta`` (nextLink/deltaLink, ``@removed``, 410 on an unknown token), ``/subscriptions`` with
+the validation handshake, 409 on duplicates and change/lifecycle notifications POSTed to the subscriber, and
+groups: ``/groups/{id}``, ``/groups/{id}/transitiveMembers`` (optionally cast to ``microsoft.graph.user`` or
+``microsoft.graph.group``; nested groups expanded, cycles safe; ``$select``, ``$top`` paging) and
+``POST /users/{id}/checkMemberGroups`` (transitive). Group membership changes send no change notifications,
+as in Graph.
 Throttling (429/503 with Retry-After) can be switched on for the next requests.
 
 The JSON follows the examples in Microsoft's Graph documentation (see tests that compare the keys with
@@ -23,7 +27,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -40,6 +44,16 @@ USER_PROPERTIES = (
 DEFAULT_SELECT = ("businessPhones", "displayName", "givenName", "jobTitle", "mail", "mobilePhone",
                   "officeLocation", "preferredLanguage", "surname", "userPrincipalName", "id")
 MAX_USER_SUBSCRIPTION_MINUTES = 41_760
+GROUP_PROPERTIES = (
+    "id", "createdDateTime", "description", "displayName", "groupTypes", "mail", "mailEnabled", "mailNickname",
+    "securityEnabled", "visibility",
+)
+DIRECTORY_OBJECT_PROPERTIES = tuple(dict.fromkeys(USER_PROPERTIES + GROUP_PROPERTIES))
+MAX_CHECK_MEMBER_GROUPS = 20
+# OData casts on transitiveMembers: Graph accepts the namespace and its alias ("graph", which msgraph-sdk sends)
+_MEMBER_CASTS = {"microsoft.graph.user": "user", "graph.user": "user",
+                 "microsoft.graph.group": "group", "graph.group": "group"}
+_UNSUPPORTED_MEMBER_QUERY = ("$filter", "$search", "$orderby", "$count", "$expand", "$skip")
 _FILTER_USER_TYPE = re.compile(r"^\s*userType\s+eq\s+'(?P<value>[^']*)'\s*$", re.IGNORECASE)
 
 
@@ -147,6 +161,8 @@ class GraphSimulator:
         self._changes: list[_Change] = []
         self._seq = 0
         self._delta_epoch = 0
+        self._groups: dict[str, dict[str, Any]] = {}
+        self._members: dict[str, dict[str, None]] = {}  # group id -> member ids (users or groups), in order
         self._tokens: set[str] = set()
         self.subscriptions: dict[str, Subscription] = {}
         self.request_count: Counter[str] = Counter()
@@ -186,11 +202,13 @@ class GraphSimulator:
             thread.join(timeout=5)
 
     def reset(self) -> None:
-        """Forget users, subscriptions, counters and fault injection (between tests)."""
+        """Forget users, groups, subscriptions, counters and fault injection (between tests)."""
         self.wait_for_deliveries()
         with self._lock:
             self._users.clear()
             self._deleted.clear()
+            self._groups.clear()
+            self._members.clear()
             self._changes.clear()
             self.subscriptions.clear()
             self.request_count.clear()
@@ -246,7 +264,74 @@ class GraphSimulator:
         with self._lock:
             self._users.pop(user_id, None)
             self._deleted.pop(user_id, None)
+            for members in self._members.values():
+                members.pop(user_id, None)
             self._record(user_id, "deleted", "deleted")
+
+    # A soft-deleted user keeps its memberships (a restore brings them back, as in Entra) but is neither
+    # listed by transitiveMembers nor found by checkMemberGroups while deleted.
+
+    def add_group(self, display_name: str, group_id: str | None = None) -> dict[str, Any]:
+        """A security group (no change notification: guestsync subscribes to users only)."""
+        with self._lock:
+            gid = group_id or str(uuid.uuid4())
+            if gid in self._groups or gid in self._users or gid in self._deleted:
+                raise ValueError(f"object {gid} exists already")
+            nickname = re.sub(r"[^A-Za-z0-9]", "", display_name) or "group"
+            group: dict[str, Any] = {
+                "id": gid,
+                "createdDateTime": _now().strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "description": None,
+                "displayName": display_name,
+                "groupTypes": [],
+                "mail": None,
+                "mailEnabled": False,
+                "mailNickname": nickname,
+                "securityEnabled": True,
+                "visibility": None,
+            }
+            self._groups[gid] = group
+            self._members[gid] = {}
+            return dict(group)
+
+    def add_group_member(self, group_id: str, member_id: str) -> None:
+        """Add a user or a group (nesting) as a direct member; adding an existing member is a no-op.
+
+        KeyError for an unknown group or member, ValueError for a group added to itself (Graph refuses both).
+        Cycles through several groups are accepted; the transitive queries stay finite.
+        """
+        with self._lock:
+            if group_id not in self._groups:
+                raise KeyError(f"no group {group_id}")
+            if member_id not in self._users and member_id not in self._groups:
+                raise KeyError(f"no user or group {member_id}")
+            if member_id == group_id:
+                raise ValueError("a group cannot be a member of itself")
+            self._members[group_id][member_id] = None
+
+    def remove_group_member(self, group_id: str, member_id: str) -> None:
+        """KeyError when the group is unknown or the object is not a direct member."""
+        with self._lock:
+            if group_id not in self._groups:
+                raise KeyError(f"no group {group_id}")
+            del self._members[group_id][member_id]
+
+    def delete_group(self, group_id: str) -> None:
+        with self._lock:
+            del self._groups[group_id]
+            self._members.pop(group_id, None)
+            for members in self._members.values():
+                members.pop(group_id, None)
+
+    @property
+    def groups(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(g) for g in self._groups.values()]
+
+    def transitive_user_ids(self, group_id: str) -> list[str]:
+        """The ids transitiveMembers/microsoft.graph.user returns, in its order (for tests)."""
+        with self._lock:
+            return [obj["id"] for kind, obj in self._transitive_members(group_id) if kind == "user"]
 
     @property
     def users(self) -> list[dict[str, Any]]:
@@ -339,6 +424,27 @@ class GraphSimulator:
                 with self._lock:
                     self.deliveries.failed.append(f"{url}: {exc}")
 
+    def _transitive_members(self, group_id: str) -> list[tuple[str, dict[str, Any]]]:
+        """(kind, object) for every member of the group, nested groups expanded breadth first, each once.
+
+        Direct members come first, in the order they were added. Call with the lock held.
+        """
+        result: list[tuple[str, dict[str, Any]]] = []
+        seen = {group_id}
+        pending = deque([group_id])
+        while pending:
+            for member_id in self._members.get(pending.popleft(), {}):
+                if member_id in seen:
+                    continue
+                if member_id in self._groups:
+                    seen.add(member_id)
+                    result.append(("group", self._groups[member_id]))
+                    pending.append(member_id)
+                elif member_id in self._users:  # soft-deleted users drop out until restored
+                    seen.add(member_id)
+                    result.append(("user", self._users[member_id]))
+        return result
+
     def _authorize(self, headers: Any) -> None:
         auth = headers.get("Authorization", "")
         token = auth[7:] if auth.startswith("Bearer ") else ""
@@ -355,16 +461,39 @@ class GraphSimulator:
                                      {"Retry-After": str(retry_after)})
 
     @staticmethod
-    def _select(params: dict[str, str]) -> tuple[str, ...]:
+    def _select(params: dict[str, str], known: tuple[str, ...] = USER_PROPERTIES,
+                default: tuple[str, ...] = DEFAULT_SELECT, type_name: str = "microsoft.graph.user"
+                ) -> tuple[str, ...]:
         raw = params.get("$select")
         if not raw:
-            return DEFAULT_SELECT
+            return default
         names = tuple(n.strip() for n in raw.split(",") if n.strip())
-        unknown = [n for n in names if n not in USER_PROPERTIES]
+        unknown = [n for n in names if n not in known]
         if unknown:
             raise GraphHttpError(400, "Request_BadRequest",
-                                 f"Could not find a property named '{unknown[0]}' on type 'microsoft.graph.user'.")
+                                 f"Could not find a property named '{unknown[0]}' on type '{type_name}'.")
         return names
+
+    def _page_window(self, params: dict[str, str]) -> tuple[int, int]:
+        """($top, offset from our $skiptoken): Graph's default page is ours (page_size), its maximum 999."""
+        try:
+            top = min(int(params.get("$top", self.page_size)), 999)
+            skip = int(params.get("$skiptoken", "0"))
+        except ValueError:
+            raise GraphHttpError(400, "Request_BadRequest", "Invalid $top or $skiptoken") from None
+        if top < 1 or skip < 0:
+            raise GraphHttpError(400, "Request_BadRequest", "Invalid $top or $skiptoken")
+        return top, skip
+
+    def _paged(self, path: str, params: dict[str, str], context: str, items: list[Any]) -> dict[str, Any]:
+        """One page of a collection, with @odata.nextLink (before value, as Graph writes it) when more follow."""
+        top, skip = self._page_window(params)
+        body: dict[str, Any] = {"@odata.context": context}
+        if skip + top < len(items):
+            query = {k: v for k, v in params.items() if k != "$skiptoken"} | {"$skiptoken": str(skip + top)}
+            body["@odata.nextLink"] = f"{self.graph_url}{path}?{urllib.parse.urlencode(query)}"
+        body["value"] = items[skip : skip + top]
+        return body
 
     @staticmethod
     def _project(user: dict[str, Any], select: tuple[str, ...]) -> dict[str, Any]:
@@ -372,8 +501,9 @@ class GraphSimulator:
         body["id"] = user["id"]
         return body
 
-    def _context(self, select: tuple[str, ...], what: str = "users") -> str:
-        if select == DEFAULT_SELECT:
+    def _context(self, select: tuple[str, ...], what: str = "users", default: tuple[str, ...] = DEFAULT_SELECT
+                 ) -> str:
+        if select == default:
             return f"{CONTEXT}#{what}"
         return f"{CONTEXT}#{what}({','.join(select)})"
 
@@ -398,6 +528,19 @@ class GraphSimulator:
         match = re.match(r"^/users/([^/]+)$", route, re.IGNORECASE)
         if match and method == "GET":
             return 200, self._get_user(urllib.parse.unquote(match.group(1)), params), {}
+        match = re.match(r"^/users/([^/]+)/checkMemberGroups$", route, re.IGNORECASE)
+        if match:
+            if method != "POST":
+                raise GraphHttpError(405, "Request_BadRequest", "checkMemberGroups is a POST action.")
+            return 200, self._check_member_groups(urllib.parse.unquote(match.group(1)), body), {}
+        match = re.match(r"^/groups/([^/]+)(?:/(transitiveMembers)(?:/([^/]+))?)?$", route, re.IGNORECASE)
+        if match:
+            if method != "GET":
+                raise GraphHttpError(405, "Request_BadRequest", "Method not allowed")
+            group_id = urllib.parse.unquote(match.group(1))
+            if match.group(2) is None:
+                return 200, self._get_group(group_id, params), {}
+            return 200, self._transitive_members_page(route, group_id, match.group(3), params), {}
         if route.lower() == "/subscriptions":
             if method == "POST":
                 return 201, self._create_subscription(body), {}
@@ -445,32 +588,95 @@ class GraphSimulator:
             if not match:
                 raise GraphHttpError(400, "Request_UnsupportedQuery", f"Unsupported query: {flt}")
             users = [u for u in users if u.get("userType") == match.group("value")]
-        try:
-            top = min(int(params.get("$top", self.page_size)), 999)
-            skip = int(params.get("$skiptoken", "0"))
-        except ValueError:
-            raise GraphHttpError(400, "Request_BadRequest", "Invalid $top or $skiptoken") from None
-        page = users[skip : skip + top]
-        body: dict[str, Any] = {"@odata.context": self._context(select),
-                                "value": [self._project(u, select) for u in page]}
-        if skip + top < len(users):
-            query = {k: v for k, v in params.items() if k != "$skiptoken"} | {"$skiptoken": str(skip + top)}
-            body["@odata.nextLink"] = f"{self.graph_url}/users?{urllib.parse.urlencode(query)}"
-        # Graph puts @odata.nextLink before value; keep that order for readers who look
-        return {k: body[k] for k in ("@odata.context", "@odata.nextLink", "value") if k in body}
+        return self._paged("/users", params, self._context(select), [self._project(u, select) for u in users])
 
-    def _get_user(self, user_id: str, params: dict[str, str]) -> dict[str, Any]:
-        select = self._select(params)
+    @staticmethod
+    def _not_found(object_id: str) -> GraphHttpError:
+        return GraphHttpError(404, "Request_ResourceNotFound",
+                              f"Resource '{object_id}' does not exist or one of its queried reference-property "
+                              "objects are not present.")
+
+    def _find_user(self, user_id: str) -> dict[str, Any]:
+        """By id or userPrincipalName, as /users/{id | userPrincipalName} does; 404 otherwise."""
         with self._lock:
             user = self._users.get(user_id) or next(
                 (u for u in self._users.values() if str(u.get("userPrincipalName", "")).lower() == user_id.lower()),
                 None,
             )
         if user is None:
-            raise GraphHttpError(404, "Request_ResourceNotFound",
-                                 f"Resource '{user_id}' does not exist or one of its queried reference-property "
-                                 "objects are not present.")
+            raise self._not_found(user_id)
+        return user
+
+    def _get_user(self, user_id: str, params: dict[str, str]) -> dict[str, Any]:
+        select = self._select(params)
+        user = self._find_user(user_id)
         return {"@odata.context": f"{self._context(select)}/$entity"} | self._project(user, select)
+
+    def _check_member_groups(self, user_id: str, body: bytes) -> dict[str, Any]:
+        """The groupIds (from the request, in its order) the user is a direct or transitive member of."""
+        try:
+            group_ids = json.loads(body or b"null")["groupIds"]
+        except (KeyError, TypeError, ValueError):
+            raise GraphHttpError(400, "Request_BadRequest",
+                                 "The request body must be a JSON object with a groupIds collection.") from None
+        if not isinstance(group_ids, list) or not all(isinstance(g, str) for g in group_ids):
+            raise GraphHttpError(400, "Request_BadRequest", "groupIds must be a collection of strings.")
+        if len(group_ids) > MAX_CHECK_MEMBER_GROUPS:
+            raise GraphHttpError(400, "Request_BadRequest",
+                                 f"Up to {MAX_CHECK_MEMBER_GROUPS} groups may be specified in groupIds.")
+        user = self._find_user(user_id)
+        with self._lock:
+            found = [gid for gid in dict.fromkeys(group_ids) if gid in self._groups and any(
+                kind == "user" and obj["id"] == user["id"] for kind, obj in self._transitive_members(gid))]
+        return {"@odata.context": f"{CONTEXT}#Collection(Edm.String)", "value": found}
+
+    def _find_group(self, group_id: str) -> dict[str, Any]:
+        with self._lock:
+            group = self._groups.get(group_id)
+        if group is None:
+            raise self._not_found(group_id)
+        return group
+
+    def _get_group(self, group_id: str, params: dict[str, str]) -> dict[str, Any]:
+        select = self._select(params, GROUP_PROPERTIES, GROUP_PROPERTIES, "microsoft.graph.group")
+        group = self._find_group(group_id)
+        context = self._context(select, "groups", GROUP_PROPERTIES)
+        return {"@odata.context": f"{context}/$entity"} | self._project(group, select)
+
+    def _transitive_members_page(self, route: str, group_id: str, cast: str | None,
+                                 params: dict[str, str]) -> dict[str, Any]:
+        """groups/{id}/transitiveMembers[/microsoft.graph.user|group]: a flat, paged list of nested members."""
+        kind = None
+        if cast is not None:
+            kind = _MEMBER_CASTS.get(cast.lower())
+            if kind is None:
+                raise GraphHttpError(400, "Request_UnsupportedQuery",
+                                     f"The OData cast '{cast}' is not supported by the simulator.")
+        unsupported = [p for p in _UNSUPPORTED_MEMBER_QUERY if p in params]
+        if unsupported:
+            raise GraphHttpError(400, "Request_UnsupportedQuery",
+                                 f"Query option '{unsupported[0]}' on transitiveMembers is not supported by the "
+                                 "simulator.")
+        if kind == "user":
+            select = self._select(params)
+            context = self._context(select)
+        elif kind == "group":
+            select = self._select(params, GROUP_PROPERTIES, GROUP_PROPERTIES, "microsoft.graph.group")
+            context = self._context(select, "groups", GROUP_PROPERTIES)
+        else:
+            select = self._select(params, DIRECTORY_OBJECT_PROPERTIES, (), "microsoft.graph.directoryObject")
+            context = f"{CONTEXT}#directoryObjects"
+        self._find_group(group_id)
+        with self._lock:
+            members = [(k, dict(o)) for k, o in self._transitive_members(group_id) if kind in (None, k)]
+        items: list[dict[str, Any]] = []
+        for member_kind, obj in members:
+            if kind is not None:
+                items.append(self._project(obj, select))
+                continue
+            own = select or (DEFAULT_SELECT if member_kind == "user" else GROUP_PROPERTIES)
+            items.append({"@odata.type": f"#microsoft.graph.{member_kind}"} | self._project(obj, own))
+        return self._paged(route, params, context, items)
 
     def _delta(self, params: dict[str, str]) -> dict[str, Any]:
         if "$filter" in params:

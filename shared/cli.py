@@ -24,8 +24,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from shared.bootstrap import Services
 from shared.domain import GuestStatus, GuestsyncError
-from shared.settings import BINDING_DEFAULTS
+from shared.settings import BINDING_DEFAULTS, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("guestsync.cli")
@@ -39,6 +40,11 @@ def _apply_binding_defaults(env: dict[str, str]) -> dict[str, str]:
 
 def _host_json() -> Path:
     return REPO_ROOT / "host.json"
+
+
+def _services(*, need_directory: bool = False) -> Services:
+    """Clients of this command's own (not the process-wide ones: a command runs its own event loop)."""
+    return Services(load_settings(need_directory=need_directory))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -59,7 +65,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from shared.functions import make_worker_blueprint
     from shared.runner import LocalFunctionsHost
-    from shared.settings import load_settings
 
     load_settings(need_directory=True)  # fail fast, naming the missing setting
     env = _apply_binding_defaults(os.environ)  # type: ignore[arg-type]
@@ -73,11 +78,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_subscribe(args: argparse.Namespace) -> int:
-    from shared.bootstrap import services
     from shared.services.subscriptions import ensure_subscription
 
     async def run() -> dict[str, Any]:
-        s = services()
+        s = _services()
         try:
             sub = await ensure_subscription(s.graph, s.settings)
         finally:
@@ -117,10 +121,9 @@ def collect_status(*, graph: bool = True) -> dict[str, Any]:
     """Everything an operator checks first, read-only: state counts, queues, errors, held changes,
     poison messages, subscription expiry and the last reconcile."""
     from shared.adapters.queues import MessageQueue
-    from shared.bootstrap import services
     from shared.services.reconcile import delta_status, last_report
 
-    s = services()
+    s = _services()
     counts = s.state.counts()
     errors = [
         {"uid": r.uid, "userPrincipalName": r.entry.user_principal_name, "error": r.error}
@@ -220,10 +223,9 @@ class _Progress:
 
 
 def _run_reconcile(args: argparse.Namespace, *, dry_run: bool) -> int:
-    from shared.bootstrap import services
     from shared.services.reconcile import Finding, reconcile
 
-    s = services()
+    s = _services(need_directory=not args.no_ad)
     findings: list[Finding] = []
     progress = _Progress(sys.stderr.isatty() and not args.json)
 
@@ -268,10 +270,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
-    from shared.bootstrap import services
     from shared.services import approvals
 
-    s = services()
+    s = _services()
     uids = [r.uid for r in approvals.held(s.state)] if args.all else list(args.uid)
     if not uids:
         held = list(approvals.held(s.state))

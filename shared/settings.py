@@ -129,7 +129,7 @@ def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str,
     return value
 
 
-def _int(env: Mapping[str, str], name: str, default: int | None, minimum: int) -> int | None:
+def _int(env: Mapping[str, str], name: str, default: int | None, minimum: int, maximum: int) -> int | None:
     value = _get(env, name)
     if value is None:
         return default
@@ -137,8 +137,8 @@ def _int(env: Mapping[str, str], name: str, default: int | None, minimum: int) -
         number = int(value)
     except ValueError:
         raise ConfigurationError(f"setting {name} must be a whole number, not {value!r}") from None
-    if number < minimum:
-        raise ConfigurationError(f"setting {name} must be at least {minimum}, not {number}")
+    if not minimum <= number <= maximum:
+        raise ConfigurationError(f"setting {name} must be between {minimum} and {maximum}, not {number}")
     return number
 
 
@@ -151,7 +151,7 @@ def load_lifecycle_settings(env: Mapping[str, str], *, need_archive: bool) -> Li
             "setting AD_ARCHIVE_OU is required when GUESTSYNC_DEPROVISION=archive (the default): the OU that "
             "disabled guest accounts are moved to, e.g. OU=B2BGuestArchive,DC=contoso,DC=com"
         )
-    delete_after = _int(env, "GUESTSYNC_DELETE_AFTER_DAYS", None, 0)
+    delete_after = _int(env, "GUESTSYNC_DELETE_AFTER_DAYS", None, 0, 36_500)
     if delete_after is not None and deprovision != "archive":
         raise ConfigurationError("setting GUESTSYNC_DELETE_AFTER_DAYS needs GUESTSYNC_DEPROVISION=archive")
     group = _get(env, "GUESTSYNC_SCOPE_GROUP_ID")
@@ -162,8 +162,8 @@ def load_lifecycle_settings(env: Mapping[str, str], *, need_archive: bool) -> Li
         archive_ou=archive_ou,
         delete_after_days=delete_after,
         scope_group_id=group.lower() if group else None,
-        breaker_threshold=_int(env, "GUESTSYNC_BREAKER_THRESHOLD", 25, 1) or 25,
-        breaker_window_minutes=_int(env, "GUESTSYNC_BREAKER_WINDOW_MINUTES", 60, 1) or 60,
+        breaker_threshold=_int(env, "GUESTSYNC_BREAKER_THRESHOLD", 25, 1, 1_000_000) or 25,
+        breaker_window_minutes=_int(env, "GUESTSYNC_BREAKER_WINDOW_MINUTES", 60, 1, 525_600) or 60,
     )
 
 

@@ -1,7 +1,8 @@
 """Microsoft Graph adapter: the real msgraph-sdk client, configured from settings.
 
 Reads users with an explicit ``$select`` of every property the rules need, pages ``users/delta`` by hand
-(the SDK's PageIterator drops the deltaLink), and manages the change-notification subscription. Throttling
+(the SDK's PageIterator drops the deltaLink), manages the change-notification subscription, and answers
+scoping-group questions (transitive membership of one user; the transitive user members of a group). Throttling
 (429/503 with Retry-After) is retried by the SDK's retry middleware; what is still throttled after that
 surfaces as ``GraphThrottledError`` so the queue retries the message later.
 """
@@ -19,10 +20,16 @@ from urllib.parse import urlsplit
 import httpx
 from kiota_abstractions.base_request_configuration import RequestConfiguration
 from kiota_authentication_azure.azure_identity_authentication_provider import AzureIdentityAuthenticationProvider
+from msgraph.generated.groups.item.transitive_members.graph_user.graph_user_request_builder import (
+    GraphUserRequestBuilder,
+)
 from msgraph.generated.models.o_data_errors.o_data_error import ODataError
 from msgraph.generated.models.subscription import Subscription as GraphSubscription
 from msgraph.generated.models.user import User
 from msgraph.generated.users.delta.delta_request_builder import DeltaRequestBuilder
+from msgraph.generated.users.item.check_member_groups.check_member_groups_post_request_body import (
+    CheckMemberGroupsPostRequestBody,
+)
 from msgraph.generated.users.item.user_item_request_builder import UserItemRequestBuilder
 from msgraph.generated.users.users_request_builder import UsersRequestBuilder
 from msgraph.graph_request_adapter import GraphRequestAdapter
@@ -56,6 +63,10 @@ class DeltaExpiredError(GraphError):
 
 class SubscriptionConflictError(GraphError):
     """409: a subscription for this resource and URL exists already."""
+
+
+class GraphNotFoundError(GraphError):
+    """404 where a missing object is an error, e.g. the scoping group does not exist (or is not visible)."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +122,8 @@ def _error(exc: ODataError) -> GraphError:
         return DeltaExpiredError(status, code, message)
     if status == 409:
         return SubscriptionConflictError(status, code, message)
+    if status == 404:
+        return GraphNotFoundError(status, code, message)
     if status in (429, 503):
         return GraphThrottledError(status, code, message)
     return GraphError(status, code, message)
@@ -209,6 +222,42 @@ class GraphClient:
                 if not response.odata_next_link:
                     return
                 response = await self._client.users.delta.with_url(response.odata_next_link).get()
+        except ODataError as exc:
+            raise _error(exc) from None
+
+    async def is_group_member(self, user_id: str, group_id: str) -> bool | None:
+        """Whether the user is a direct or transitive member of the group (POST users/{id}/checkMemberGroups).
+
+        None when Graph has no such user. A group id Graph does not know is simply not a match (False), as
+        checkMemberGroups answers it; use ``iter_group_member_ids`` to find out whether the group exists.
+        """
+        body = CheckMemberGroupsPostRequestBody(group_ids=[group_id])
+        try:
+            result = await self._client.users.by_user_id(user_id).check_member_groups.post(body)
+        except ODataError as exc:
+            if exc.response_status_code == 404:
+                return None
+            raise _error(exc) from None
+        wanted = group_id.lower()
+        return any(str(found).lower() == wanted for found in (result.value or [] if result else []))
+
+    async def iter_group_member_ids(self, group_id: str, page_size: int = 999) -> AsyncIterator[str]:
+        """Ids of the group's transitive user members (groups/{id}/transitiveMembers/microsoft.graph.user).
+
+        Nested groups are expanded by Graph; only users are yielded. Pages are fetched one at a time, following
+        @odata.nextLink by hand. An unknown group raises GraphNotFoundError (404), throttling GraphThrottledError.
+        """
+        builder = self._client.groups.by_group_id(group_id).transitive_members.graph_user
+        query = GraphUserRequestBuilder.GraphUserRequestBuilderGetQueryParameters(select=["id"], top=page_size)
+        try:
+            page = await builder.get(RequestConfiguration(query_parameters=query))
+            while page is not None:
+                for user in page.value or []:
+                    if user.id:
+                        yield str(user.id)
+                if not page.odata_next_link:
+                    return
+                page = await builder.with_url(page.odata_next_link).get()
         except ODataError as exc:
             raise _error(exc) from None
 

@@ -107,8 +107,10 @@ def _execute(
     desired: dict[str, str | None],
 ) -> tuple[str, AdAccount | None]:
     """Carry out one planned AD write; returns (outcome action, the account afterwards)."""
-    if plan.action is ExportAction.CREATE or account is None:
+    if plan.action is ExportAction.CREATE:
         return _create(directory, record, desired)
+    if account is None:  # nothing to deprovision (a guest that left before its first export)
+        return "unchanged", None
     if plan.action is ExportAction.RESTORE:
         account = directory.restore_guest(account.dn)
         changes = attribute_changes(desired, account.attributes)

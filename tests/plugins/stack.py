@@ -4,6 +4,8 @@ Azurite, the Samba AD DC and the Graph simulator. Tests may override settings wi
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import secrets
@@ -11,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import ldap3
 import pytest
@@ -32,6 +35,8 @@ class Stack:
     state: StateStore
     admin: ldap3.Connection
     guest_ou: str
+    archive_ou: str
+    monkeypatch: pytest.MonkeyPatch
 
     def wait(self, check: Callable[[], bool], what: str, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
@@ -44,6 +49,40 @@ class Stack:
     def drain(self, timeout: float = 60.0) -> None:
         """Wait until both queues are empty and nothing is in flight."""
         self.host.drain(timeout=timeout)
+
+    def configure(self, **settings: str) -> None:
+        """Change app settings from now on (the services are rebuilt from the environment)."""
+        for name, value in settings.items():
+            self.monkeypatch.setenv(name, value)
+        bootstrap.reset()
+
+    def reconcile(self) -> dict[str, Any]:
+        """Fire the reconcile timer, wait for it, and return the report it stored."""
+        from shared.services.reconcile import last_report
+
+        result = self.host.trigger_timer("reconcile", timeout=120)
+        assert result.succeeded, result.error
+        report = last_report(self.state)
+        assert report is not None
+        return report
+
+    def cli_text(self, *args: str) -> str:
+        """Run ``guestsync <args>`` in this process (same settings) and return what it printed."""
+        from shared import cli
+
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = cli.main(list(args))
+        assert code == 0, out.getvalue()
+        return out.getvalue()
+
+    def cli_json(self, *args: str) -> Any:
+        return json.loads(self.cli_text(*args))
+
+    def host_queue_count(self) -> int:
+        """Messages waiting in the change and export queues."""
+        s = bootstrap.services()
+        return s.change_queue.approximate_count() + s.export_queue.approximate_count()
 
     def summary(self) -> dict[str, int]:
         return dict(self.state.counts())
@@ -95,7 +134,8 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path, azurite, storage_names
         monkeypatch.setenv("GUESTSYNC_LIFECYCLE_URL", f"{host.base_url}/api/graph/lifecycle")
         bootstrap.reset()
         host.trigger_timer("maintain_subscription")
-        s = Stack(host, graph, bootstrap.services().state, admin_ldap, env["AD_GUEST_OU"])
+        s = Stack(host, graph, bootstrap.services().state, admin_ldap, env["AD_GUEST_OU"], env["AD_ARCHIVE_OU"],
+                  monkeypatch)
         s.wait(lambda: len(graph.subscriptions) == 1, "the Graph subscription", 20)
         yield s
     finally:

@@ -1,0 +1,338 @@
+"""Guest lifecycle end to end: deprovisioning and restore, reconcile, the breaker, plan/status/approve.
+
+Real Azurite, Samba AD DC (LDAPS, delegated service account) and the msgraph-sdk against the Graph
+simulator, through the function app's registrations on the local runner.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import ldap3
+import pytest
+
+from shared import cli
+from shared.ad_rules import format_sid
+from shared.domain import UAC_ACCOUNTDISABLE, GuestStatus
+from tests.plugins.stack import Stack
+
+pytestmark = pytest.mark.integration
+
+
+def _account(stack: Stack, uid: str) -> tuple[str, int, dict[str, Any]] | None:
+    """(dn, userAccountControl, attributes) of CN=<uid> anywhere in the domain, or None."""
+    base = stack.guest_ou.split(",", 1)[1]
+    stack.admin.search(base, f"(&(objectClass=user)(cn={uid}))", ldap3.SUBTREE,
+                       attributes=["userAccountControl", "givenName", "displayName", "objectSid"])
+    if not stack.admin.entries:
+        return None
+    entry = stack.admin.entries[0]
+    return entry.entry_dn, int(entry.userAccountControl.value), entry.entry_attributes_as_dict
+
+
+def _sid_of(attrs: dict[str, Any]) -> str:
+    value = attrs["objectSid"][0]
+    return format_sid(value) if isinstance(value, bytes) else str(value)
+
+
+def _provision(stack: Stack, count: int = 1, prefix: str = "g") -> list[str]:
+    guests = [stack.sim.invite_guest(f"{prefix}{i}@fabrikam.com", f"Guest {prefix}{i}",  # type: ignore[attr-defined]
+                                     "Given", "Sur") for i in range(count)]
+    uids = [g["id"] for g in guests]
+    stack.wait(lambda: stack.settled(uids), f"{count} account(s)")
+    return uids
+
+
+def _status(stack: Stack, uid: str) -> GuestStatus | None:
+    record = stack.state.get(uid)
+    return record.status if record else None
+
+
+def _assert_archived(stack: Stack, uid: str, sid: str | None) -> None:
+    stack.wait(lambda: _status(stack, uid) is GuestStatus.ARCHIVED, f"{uid} archived")
+    found = _account(stack, uid)
+    assert found is not None
+    dn, uac, attrs = found
+    assert dn.lower().endswith(stack.archive_ou.lower()), dn
+    assert uac & UAC_ACCOUNTDISABLE
+    assert _sid_of(attrs) == sid
+
+
+def _assert_restored(stack: Stack, uid: str, sid: str | None) -> None:
+    stack.wait(lambda: _status(stack, uid) is GuestStatus.PROVISIONED, f"{uid} restored")
+    found = _account(stack, uid)
+    assert found is not None
+    dn, uac, attrs = found
+    assert dn.lower().endswith(stack.guest_ou.lower()), dn
+    assert not uac & UAC_ACCOUNTDISABLE
+    assert uac == 262656
+    assert _sid_of(attrs) == sid
+
+
+def _sid(stack: Stack, uid: str) -> str | None:
+    record = stack.state.get(uid)
+    return record.object_sid if record else None
+
+
+@pytest.mark.parametrize(("leave", "come_back"), [
+    ("delete", "restore"),
+    ("disable", "enable"),
+    ("member", "guest"),
+])
+def test_leaving_scope_archives_and_returning_restores(stack: Stack, leave: str, come_back: str) -> None:
+    sim: Any = stack.sim
+    (uid,) = _provision(stack)
+    sid = _sid(stack, uid)
+    if leave == "delete":
+        sim.delete_user(uid)
+    elif leave == "disable":
+        sim.update_user(uid, accountEnabled=False)
+    else:
+        sim.update_user(uid, userType="Member")
+    _assert_archived(stack, uid, sid)
+    record = stack.state.get(uid)
+    assert record is not None and record.archived_at is not None and record.reason
+
+    if come_back == "restore":
+        sim.restore_user(uid)
+    elif come_back == "enable":
+        sim.update_user(uid, accountEnabled=True)
+    else:
+        sim.update_user(uid, userType="Guest")
+    _assert_restored(stack, uid, sid)
+
+
+def test_hard_delete_archives_then_grace_period_deletes(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    sim: Any = stack.sim
+    (uid,) = _provision(stack)
+    sid = _sid(stack, uid)
+    sim.hard_delete_user(uid)
+    _assert_archived(stack, uid, sid)
+    # The grace period is over (0 days): the next reconcile deletes the account and forgets the guest.
+    stack.configure(GUESTSYNC_DELETE_AFTER_DAYS="0")
+    stack.reconcile()
+    stack.wait(lambda: stack.state.get(uid) is None, "the record dropped with the account")
+    assert _account(stack, uid) is None
+
+
+@pytest.mark.parametrize("stack", [{"GUESTSYNC_DEPROVISION": "none"}], indirect=True)
+def test_policy_none_leaves_the_account_alone(stack: Stack) -> None:
+    sim: Any = stack.sim
+    (uid,) = _provision(stack)
+    sim.delete_user(uid)
+    stack.wait(lambda: _status(stack, uid) is GuestStatus.OUT_OF_SCOPE, "out of scope")
+    stack.drain()
+    found = _account(stack, uid)
+    assert found is not None and found[0].lower().endswith(stack.guest_ou.lower()) and found[1] == 262656
+
+
+def test_dropped_notification_is_caught_by_the_next_reconcile(stack: Stack) -> None:
+    sim: Any = stack.sim
+    _provision(stack, 2)
+    stack.reconcile()  # first run: full pass, stores the deltaLink
+    sim.drop_next_notifications(1)
+    missed = sim.invite_guest("missed@fabrikam.com", "Missed Guest", "Mis", "Sed")
+    _provision(stack, 1, "later")  # the pipeline works: only that one notification was lost
+    assert stack.state.get(missed["id"]) is None
+    report = stack.reconcile()
+    assert report["deltaMode"] == "incremental"
+    stack.wait(lambda: stack.settled([missed["id"]]), "the missed guest's account")
+    assert _account(stack, missed["id"]) is not None
+
+
+def test_manual_ad_edits_persistent_repaired_initial_only_kept(stack: Stack) -> None:
+    (uid,) = _provision(stack)
+    record = stack.state.get(uid)
+    assert record is not None and record.dn
+    assert stack.admin.modify(record.dn, {"givenName": [(ldap3.MODIFY_REPLACE, ["Tampered"])],
+                                          "userAccountControl": [(ldap3.MODIFY_REPLACE, ["512"])]})
+    report = stack.reconcile()
+    assert report["actions"].get("update") == 1
+    stack.drain()
+    found = _account(stack, uid)
+    assert found is not None
+    assert found[2]["givenName"] == ["Given"]  # persistent: repaired
+    assert found[1] == 512  # initial-only: left as the admin set it
+
+
+def test_foreign_object_is_reported_and_untouched_and_deleted_account_recreated(stack: Stack) -> None:
+    (uid,) = _provision(stack)
+    foreign_dn = f"CN=Someone Else,{stack.guest_ou}"
+    assert stack.admin.add(foreign_dn, ["top", "person", "organizationalPerson", "user"],
+                           {"sAMAccountName": "someone.else", "givenName": "Someone"}), stack.admin.result
+    record = stack.state.get(uid)
+    assert record is not None and record.dn
+    assert stack.admin.delete(record.dn)  # an admin deletes the guest's account by hand
+
+    report = stack.reconcile()
+    actions = {f["action"]: f for f in report["findings"]}
+    assert actions["foreign"]["dn"].lower() == foreign_dn.lower()
+    assert actions["create"]["uid"] == uid
+    stack.wait(lambda: (r := stack.state.get(uid)) is not None and r.status is GuestStatus.PROVISIONED
+               and r.object_sid != record.object_sid, "the recreated account")
+    stack.admin.search(foreign_dn, "(objectClass=*)", ldap3.BASE, attributes=["givenName", "whenChanged"])
+    assert stack.admin.entries and stack.admin.entries[0].givenName.value == "Someone"
+
+
+@pytest.mark.parametrize("stack", [{"GUESTSYNC_BREAKER_THRESHOLD": "10", "GUESTSYNC_BREAKER_WINDOW_MINUTES": "60"}],
+                         indirect=True)
+def test_breaker_holds_mass_removals_until_approved(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    sim: Any = stack.sim
+    uids = _provision(stack, 50, "mass")
+    for uid in uids:
+        sim.delete_user(uid)
+    stack.wait(lambda: all(_status(stack, u) in (GuestStatus.ARCHIVED, GuestStatus.HELD) for u in uids),
+               "every removal archived or held", 120)
+    stack.drain()
+    archived = [u for u in uids if _status(stack, u) is GuestStatus.ARCHIVED]
+    held = [u for u in uids if _status(stack, u) is GuestStatus.HELD]
+    assert len(archived) == 10 and len(held) == 40
+    disabled = [u for u in uids if (a := _account(stack, u)) and a[1] & UAC_ACCOUNTDISABLE]
+    assert sorted(disabled) == sorted(archived)
+
+    # The operator sees why, in status and in approve's listing.
+    status = stack.cli_json("status", "--json")
+    assert status["guests"]["held"] == 40
+    assert "GUESTSYNC_BREAKER_THRESHOLD=10" in status["held"][0]["held"]
+    listing = stack.cli_json("approve", "--json")
+    assert len(listing["held"]) == 40
+
+    # A reconcile does not release them either.
+    stack.reconcile()
+    stack.drain()
+    assert sum(_status(stack, u) is GuestStatus.HELD for u in uids) == 40
+
+    reject, approve = held[:5], held[5:]
+    assert cli.main(["approve", "--reject", *reject]) == 0
+    assert cli.main(["approve", "--all"]) == 0
+    stack.wait(lambda: all(_status(stack, u) is GuestStatus.ARCHIVED for u in approve), "approved removals", 120)
+    for uid in reject:
+        assert _status(stack, uid) is GuestStatus.OUT_OF_SCOPE
+        found = _account(stack, uid)
+        assert found is not None and not found[1] & UAC_ACCOUNTDISABLE  # kept, as the operator decided
+    assert all(stack.state.get(u) is not None for u in uids)  # nothing lost
+
+
+def test_plan_lists_what_reconcile_would_do_and_changes_nothing(stack: Stack) -> None:
+    sim: Any = stack.sim
+    uids = _provision(stack, 3, "plan")
+    stack.reconcile()
+    drifted, gone, disabled = uids
+    record = stack.state.get(drifted)
+    assert record is not None and record.dn
+    assert stack.admin.modify(record.dn, {"displayName": [(ldap3.MODIFY_REPLACE, ["Drifted"])]})
+    gone_record = stack.state.get(gone)
+    assert gone_record is not None and gone_record.dn and stack.admin.delete(gone_record.dn)
+    sim.drop_next_notifications(2)
+    new = sim.invite_guest("new@fabrikam.com", "New Guest", "New", "Guest")
+    sim.update_user(disabled, accountEnabled=False)
+    before = {u: stack.state.get(u) for u in uids}
+
+    plan = stack.cli_json("plan", "--json")
+    by_uid = {(f["uid"], f["action"]): f for f in plan["findings"]}
+    assert (new["id"], "create") in by_uid
+    assert (disabled, "disable") in by_uid and "accountEnabled" in by_uid[(disabled, "disable")]["reason"]
+    assert (drifted, "update") in by_uid and "displayName" in by_uid[(drifted, "update")]["reason"]
+    assert (gone, "create") in by_uid and "deleted outside guestsync" in by_uid[(gone, "create")]["reason"]
+    assert plan["dryRun"] is True
+    # Nothing was written: no new guest, no queued export, no AD change.
+    assert stack.state.get(new["id"]) is None
+    assert {u: stack.state.get(u) for u in uids} == before
+    assert stack.host_queue_count() == 0
+    found = _account(stack, drifted)
+    assert found is not None and found[2]["displayName"] == ["Drifted"]
+
+    human = stack.cli_text("plan")
+    assert "would do:" in human and new["id"] in human
+
+    stack.reconcile()  # the real run does what the plan said
+    stack.wait(lambda: stack.settled([new["id"], drifted, gone]) and _status(stack, disabled)
+               is GuestStatus.ARCHIVED, "the planned changes")
+
+
+def test_status_reports_counts_errors_subscription_and_last_reconcile(stack: Stack) -> None:
+    _provision(stack, 2, "st")
+    clash = stack.sim.invite_guest("clash@fabrikam.com", "Clash", "C", "L")  # type: ignore[attr-defined]
+    stack.wait(lambda: stack.settled([clash["id"]]), "the clash guest")
+    # Make the next export of this guest fail with a readable AD error: its UPN is taken by a foreign object.
+    taken = "taken#EXT#@contoso.onmicrosoft.com"
+    assert stack.admin.add(f"CN=Taken,{stack.guest_ou}", ["top", "person", "organizationalPerson", "user"],
+                           {"sAMAccountName": "taken.upn", "userPrincipalName": taken})
+    stack.sim.update_user(clash["id"], userPrincipalName=taken)  # type: ignore[attr-defined]
+    stack.wait(lambda: _status(stack, clash["id"]) is GuestStatus.ERROR, "the export error")
+    report = stack.reconcile()
+    assert report["actions"].get("update") == 1  # the guest in error is retried by every reconcile
+    stack.drain()
+
+    status = stack.cli_json("status", "--json")
+    assert status["guests"]["provisioned"] == 2 and status["guests"]["error"] == 1
+    assert status["errors"][0]["uid"] == clash["id"] and status["errors"][0]["error"]
+    assert isinstance(status["subscriptions"], list) and len(status["subscriptions"]) == 1
+    assert status["subscriptions"][0]["hoursLeft"] > 24 * 20
+    assert status["lastReconcile"]["finishedAt"] and status["lastReconcile"]["guestsInState"] == 3
+    assert status["lastReconcile"]["actions"].get("foreign") == 1
+    assert status["delta"]["at"]
+    assert status["pendingExports"] == 0
+    text = stack.cli_text("status")
+    assert "Guests by state:" in text and "Last reconcile:" in text and clash["id"] in text
+
+
+def test_missed_lifecycle_event_triggers_a_delta_catch_up(stack: Stack) -> None:
+    sim: Any = stack.sim
+    _provision(stack, 1, "lc")
+    stack.reconcile()
+    sim.drop_next_notifications(1)
+    missed = sim.invite_guest("lifecycle@fabrikam.com", "Lifecycle Guest", "Life", "Cycle")
+    (sub_id,) = list(sim.subscriptions)
+    sim.send_lifecycle(sub_id, "missed")
+    stack.wait(lambda: stack.settled([missed["id"]]), "the catch-up")
+
+
+def test_subscription_removed_is_recreated_and_caught_up(stack: Stack) -> None:
+    sim: Any = stack.sim
+    stack.reconcile()
+    (old,) = list(sim.subscriptions)
+    sim.drop_next_notifications(1)
+    missed = sim.invite_guest("removed@fabrikam.com", "Removed Sub", "Re", "Moved")
+    sim.send_lifecycle(old, "subscriptionRemoved")  # Graph has removed it: it is gone from the list too
+    sim.subscriptions.pop(old)
+    stack.wait(lambda: len(sim.subscriptions) == 1 and old not in sim.subscriptions, "a new subscription")
+    stack.wait(lambda: stack.settled([missed["id"]]), "the catch-up")
+    json.dumps(stack.cli_json("status", "--json"))
+
+
+SCOPE_GROUP = "6f1c7d2e-5a4b-4c3d-9e8f-0a1b2c3d4e5f"
+
+
+@pytest.mark.parametrize("stack", [{"GUESTSYNC_SCOPE_GROUP_ID": SCOPE_GROUP}], indirect=True)
+def test_scoping_group_transitive_membership_and_removal(stack: Stack) -> None:
+    sim: Any = stack.sim
+    sim.add_group("B2B app users", group_id=SCOPE_GROUP)
+    nested = sim.add_group("Partners of partners")["id"]
+    sim.add_group_member(SCOPE_GROUP, nested)
+    direct = sim.invite_guest("direct@fabrikam.com", "Direct Member", "Di", "Rect")["id"]
+    via_nested = sim.invite_guest("nested@fabrikam.com", "Nested Member", "Nes", "Ted")["id"]
+    outsider = sim.invite_guest("outsider@fabrikam.com", "Not In Group", "Out", "Sider")["id"]
+    sim.add_group_member(SCOPE_GROUP, direct)
+    sim.add_group_member(nested, via_nested)
+    stack.drain()
+    stack.reconcile()  # membership changes send no notification: the reconcile compares the group
+    stack.wait(lambda: stack.settled([direct, via_nested]), "accounts for the group's guests")
+    assert _account(stack, outsider) is None and stack.state.get(outsider) is None
+    sid = _sid(stack, via_nested)
+
+    sim.remove_group_member(nested, via_nested)
+    report = stack.reconcile()
+    assert report["actions"].get("disable") == 1
+    _assert_archived(stack, via_nested, sid)
+    record = stack.state.get(via_nested)
+    assert record is not None and "scoping group" in (record.reason or "")
+
+    sim.add_group_member(nested, via_nested)
+    stack.reconcile()
+    _assert_restored(stack, via_nested, sid)
+    # A change notification for a guest outside the group still creates nothing.
+    sim.update_user(outsider, givenName="Still Out")
+    stack.drain()
+    assert stack.state.get(outsider) is None
