@@ -102,6 +102,7 @@ def local_stack(workdir: Path) -> Iterator[LocalStack]:
             "AD_BIND_USER": service_dn,
             "AD_BIND_PASSWORD": service_password,
             "AD_GUEST_OU": guest_ou,
+            "AD_ARCHIVE_OU": archive_ou,
             "AD_CA_FILE": str(dc.ca_file),
             "GRAPH_CA_FILE": str(pki.ca_file),
             **BINDING_DEFAULTS,
@@ -190,6 +191,25 @@ def run_demo(guests: int = 10, members: int = 5) -> int:
             version = before.version if before else 0
             sim.update_user(first, givenName="Alicia", displayName="Alicia Smith")
             _wait(lambda: _exported_after(state, first, version), 60, "the update")
+            leaver = invited[-1]
+            say("- deleting one guest in Entra: its account is disabled and moved to the archive OU")
+            sim.delete_user(leaver)
+            _wait(lambda: _has_status(state, leaver, GuestStatus.ARCHIVED), 60, "the archive")
+            archived = read_accounts(stack.dc, stack.env["AD_ARCHIVE_OU"])
+            say(f"  archive OU holds {len(archived)} account(s), userAccountControl "
+                f"{', '.join(str(a['userAccountControl']) for a in archived)} (0x2 = disabled)")
+            say("- restoring it in Entra (within 30 days): the same account is enabled and moved back")
+            sim.restore_user(leaver)
+            _wait(lambda: _has_status(state, leaver, GuestStatus.PROVISIONED), 60, "the restore")
+            say("- a notification lost on purpose, then `guestsync plan` and the reconcile timer")
+            sim.drop_next_notifications(1)
+            late = sim.invite_guest("late@contoso-partner.com", "Lena Late", "Lena", "Late")
+            invited.append(late["id"])
+            plan = _plan_lines()
+            for line in plan:
+                say(f"  {line}")
+            worker.trigger_timer("reconcile")
+            _wait(lambda: _provisioned(state, invited), 60, "the reconcile")
             accounts = read_accounts(stack.dc, stack.guest_ou)
             latencies = [r.latency_ms for r in state if r.latency_ms is not None]
         say("")
@@ -199,12 +219,12 @@ def run_demo(guests: int = 10, members: int = 5) -> int:
             say(f"  {a['sAMAccountName']!s:<21} {a['userAccountControl']:>6}  {a['givenName']!s:<10} "
                 f"{a['displayName']!s:<18} {a['userPrincipalName']}")
         say("")
-        say(f"{len(accounts)} accounts for {guests} guests; members given an account: "
+        say(f"{len(accounts)} accounts for {guests + 1} guests; members given an account: "
             f"{sum(1 for a in accounts if 'member' in str(a['userPrincipalName']))}")
         if latencies:
             say(f"invite/change -> AD account latency: p50 {statistics.median(latencies):.0f} ms, "
                 f"max {max(latencies)} ms")
-        ok = len(accounts) == guests
+        ok = len(accounts) == guests + 1
         say("demo finished: " + ("OK" if ok else "UNEXPECTED RESULT"))
         return 0 if ok else 1
 
@@ -213,6 +233,24 @@ def _provisioned(state: StateStore, uids: list[str]) -> bool:
     records = [state.get(u) for u in uids]
     done = [r for r in records if r is not None and r.status in (GuestStatus.PROVISIONED, GuestStatus.ERROR)]
     return len(done) == len(uids)
+
+
+def _has_status(state: StateStore, uid: str, status: GuestStatus) -> bool:
+    record = state.get(uid)
+    return record is not None and record.status is status
+
+
+def _plan_lines() -> list[str]:
+    """`guestsync plan` in this process, as an operator would run it."""
+    import contextlib
+    import io
+
+    from shared import cli
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        cli.main(["plan"])
+    return out.getvalue().splitlines()
 
 
 def _exported_after(state: StateStore, uid: str, version: int) -> bool:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import weakref
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -20,6 +22,8 @@ class Services:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._graph_lock = threading.Lock()
+        self._graphs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GraphClient] = weakref.WeakKeyDictionary()
 
     @cached_property
     def state(self) -> StateStore:
@@ -33,11 +37,18 @@ class Services:
     def export_queue(self) -> MessageQueue:
         return MessageQueue.from_connection_string(self.settings.storage_connection, self.settings.export_queue)
 
-    @cached_property
+    @property
     def graph(self) -> GraphClient:
+        """One Graph client per event loop: its HTTP session belongs to the loop it was made on, and one
+        process may run several loops (an agent and the ingest app side by side, a CLI command)."""
         from shared.adapters.graph import GraphClient
 
-        return GraphClient(self.settings.graph)
+        loop = asyncio.get_running_loop()
+        with self._graph_lock:
+            client = self._graphs.get(loop)
+            if client is None:
+                client = self._graphs[loop] = GraphClient(self.settings.graph)
+            return client
 
     @cached_property
     def directory(self) -> Directory:
