@@ -336,3 +336,35 @@ def test_scoping_group_transitive_membership_and_removal(stack: Stack) -> None:
     sim.update_user(outsider, givenName="Still Out")
     stack.drain()
     assert stack.state.get(outsider) is None
+
+
+def test_expired_delta_token_falls_back_to_a_full_pass(stack: Stack) -> None:
+    sim: Any = stack.sim
+    _provision(stack, 2, "exp")
+    assert stack.reconcile()["deltaMode"] == "full"
+    assert stack.reconcile()["deltaMode"] == "incremental"
+    sim.drop_next_notifications(1)
+    missed = sim.invite_guest("expired@fabrikam.com", "Expired Token", "Ex", "Pired")
+    sim.expire_delta_tokens()  # Graph answers 410 Gone to the stored deltaLink
+    report = stack.reconcile()
+    assert report["deltaMode"] == "full"
+    assert report["actions"] == {"create": 1}  # only the missed guest: the others are in sync
+    stack.wait(lambda: stack.settled([missed["id"]]), "the missed guest")
+    assert stack.reconcile()["deltaMode"] == "incremental"  # a fresh deltaLink was stored
+
+
+def test_reauthorization_and_renewal_keep_the_subscription_alive(stack: Stack) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    sim: Any = stack.sim
+    (sub_id,) = list(sim.subscriptions)
+    soon = datetime.now(UTC) + timedelta(hours=2)
+    sim.subscriptions[sub_id].expiration = soon
+    sim.send_lifecycle(sub_id, "reauthorizationRequired")
+    stack.wait(lambda: sim.subscriptions[sub_id].expiration > soon + timedelta(days=20), "the reauthorization")
+
+    sim.subscriptions[sub_id].expiration = soon  # the upkeep timer renews a subscription that expires soon
+    result = stack.host.trigger_timer("maintain_subscription", timeout=30)
+    assert result.succeeded, result.error
+    assert sim.subscriptions[sub_id].expiration > soon + timedelta(days=20)
+    assert list(sim.subscriptions) == [sub_id]
