@@ -5,30 +5,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from shared.adapters.state import GuestRecord
-from shared.domain import Approval, GraphUser, GuestStatus
+from shared.domain import Approval, GuestStatus
 from shared.rules import ApplyPlan, Decision, inbound, plan_apply, scope_exit
 from shared.services.apply import next_record
+from tests.unit.test_rules import GUEST_ID, guest
 
-GUEST_ID = "6ea91a8d-e32e-41a1-b7bd-d2d185eed0e0"
 READ_AT = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 NOTIFIED_AT = READ_AT - timedelta(seconds=5)
 DEPROVISION = (GuestStatus.OUT_OF_SCOPE, GuestStatus.HELD, GuestStatus.ARCHIVED)
-
-
-def guest(**overrides: object) -> GraphUser:
-    values: dict[str, object] = {
-        "id": GUEST_ID,
-        "user_type": "Guest",
-        "display_name": "Alice Smith",
-        "given_name": "Alice",
-        "surname": "Smith",
-        "user_principal_name": "alice_fabrikam.com#EXT#@contoso.onmicrosoft.com",
-        "mail": "alice@fabrikam.com",
-        "mobile_phone": "+1 555 0100",
-        "account_enabled": True,
-    }
-    values.update(overrides)
-    return GraphUser(**values)  # type: ignore[arg-type]
 
 
 KNOWN = inbound(guest())
