@@ -27,15 +27,15 @@ class Services:
 
     @cached_property
     def state(self) -> StateStore:
-        return StateStore.from_connection_string(self.settings.storage_connection, self.settings.state_table)
+        return StateStore.from_settings(self.settings.storage, self.settings.state_table)
 
     @cached_property
     def change_queue(self) -> MessageQueue:
-        return MessageQueue.from_connection_string(self.settings.storage_connection, self.settings.change_queue)
+        return MessageQueue.from_settings(self.settings.storage, self.settings.change_queue)
 
     @cached_property
     def export_queue(self) -> MessageQueue:
-        return MessageQueue.from_connection_string(self.settings.storage_connection, self.settings.export_queue)
+        return MessageQueue.from_settings(self.settings.storage, self.settings.export_queue)
 
     @property
     def graph(self) -> GraphClient:

@@ -133,10 +133,9 @@ def collect_status(*, graph: bool = True) -> dict[str, Any]:
         {"uid": r.uid, "userPrincipalName": r.entry.user_principal_name, "reason": r.reason, "held": r.error}
         for r in s.state.with_status(GuestStatus.HELD)
     ]
-    conn = s.settings.storage_connection
     names = (s.settings.change_queue, s.settings.export_queue, s.settings.change_poison_queue,
              s.settings.export_poison_queue)
-    queues = {name: MessageQueue.from_connection_string(conn, name) for name in names}
+    queues = {name: MessageQueue.from_settings(s.settings.storage, name) for name in names}
     poison = {
         name: queues[name].peek(10)
         for name in (s.settings.change_poison_queue, s.settings.export_poison_queue)

@@ -6,12 +6,16 @@ environment only (in Azure: Key Vault references); none has a default.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from shared.domain import ConfigurationError, is_guid
 
+EMAIL_RE = re.compile(r"[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+")
 DEFAULT_CHANGE_QUEUE = "guestsync-changes"
 DEFAULT_EXPORT_QUEUE = "guestsync-exports"
 DEFAULT_STATE_TABLE = "guestsync"
@@ -26,6 +30,31 @@ BINDING_DEFAULTS: dict[str, str] = {
 }
 
 DEPROVISION_ACTIONS = ("archive", "none")
+GRAPH_AUTH_MODES = ("managed_identity", "client_secret", "certificate")
+MAIL_MODES = ("none", "graph", "smtp")
+SMTP_SECURITY = ("starttls", "tls", "none")
+
+
+@dataclass(frozen=True)
+class Cloud:
+    """A national cloud: where Graph and sign-in live (Graph docs, 'National cloud deployments')."""
+
+    graph_endpoint: str
+    authority_host: str
+
+    @property
+    def scope(self) -> str:
+        return self.graph_endpoint.rsplit("/", 1)[0] + "/.default"
+
+
+CLOUDS: dict[str, Cloud] = {
+    "global": Cloud("https://graph.microsoft.com/v1.0", "https://login.microsoftonline.com"),
+    "usgov": Cloud("https://graph.microsoft.us/v1.0", "https://login.microsoftonline.us"),  # GCC High
+    "usgovdod": Cloud("https://dod-graph.microsoft.us/v1.0", "https://login.microsoftonline.us"),
+    "china": Cloud("https://microsoftgraph.chinacloudapi.cn/v1.0", "https://login.chinacloudapi.cn"),  # 21Vianet
+}
+STORAGE_SUFFIX = {"global": "core.windows.net", "usgov": "core.usgovcloudapi.net",
+                  "usgovdod": "core.usgovcloudapi.net", "china": "core.chinacloudapi.cn"}
 
 
 @dataclass(frozen=True)
@@ -33,10 +62,14 @@ class GraphSettings:
     """How to reach Microsoft Graph and who we are there."""
 
     endpoint: str = "https://graph.microsoft.com/v1.0"
-    auth: str = "managed_identity"  # managed_identity | client_secret
+    auth: str = "managed_identity"  # managed_identity | client_secret | certificate
     tenant_id: str | None = None
     client_id: str | None = None
     client_secret: str | None = field(default=None, repr=False)
+    certificate_path: str | None = None  # PEM (certificate + private key) or PFX file
+    certificate_data: bytes | None = field(default=None, repr=False)  # the same, from Key Vault (base64 setting)
+    certificate_password: str | None = field(default=None, repr=False)
+    cloud: str = "global"
     authority_host: str = "https://login.microsoftonline.com"
     scopes: tuple[str, ...] = ("https://graph.microsoft.com/.default",)
     ca_file: str | None = None  # extra CA bundle for Graph and sign-in (TLS-inspecting proxy, simulator)
@@ -76,8 +109,36 @@ class LifecycleSettings:
 
 
 @dataclass(frozen=True)
+class StorageSettings:
+    """The storage account of the queues and the state table: a connection string (Azurite, an agent with a
+    key) or keyless, identity-based (the host's ``AzureWebJobsStorage__*`` settings)."""
+
+    connection_string: str | None = field(default=None, repr=False)
+    queue_url: str | None = None
+    table_url: str | None = None
+    credential: str = "managedidentity"  # managedidentity | clientsecret (an on-premises agent)
+    client_id: str | None = None
+    tenant_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class MailSettings:
+    """Where operator alerts go (errors, held deprovisionings, poison messages)."""
+
+    mode: str = "none"  # none | graph (sendMail as a mailbox) | smtp
+    to: tuple[str, ...] = ()
+    sender: str | None = None  # graph: the mailbox (UPN or id) that sends; smtp: the From address
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_security: str = "starttls"  # starttls | tls | none
+    smtp_username: str | None = None
+    smtp_password: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
 class Settings:
-    storage_connection: str = field(repr=False)
+    storage_connection: str | None = field(default=None, repr=False)
     change_queue: str = DEFAULT_CHANGE_QUEUE
     export_queue: str = DEFAULT_EXPORT_QUEUE
     state_table: str = DEFAULT_STATE_TABLE
@@ -87,7 +148,13 @@ class Settings:
     directory: DirectorySettings | None = None
     subscription_minutes: int = 41_760 - 60  # Graph allows at most 41,760 minutes for users
     lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    mail: MailSettings = field(default_factory=MailSettings)
+    app_insights: str | None = field(default=None, repr=False)  # APPLICATIONINSIGHTS_CONNECTION_STRING
 
+    def __post_init__(self) -> None:
+        if self.storage_connection and not self.storage.connection_string:
+            object.__setattr__(self, "storage", StorageSettings(connection_string=self.storage_connection))
     @property
     def export_poison_queue(self) -> str:
         return f"{self.export_queue}-poison"
@@ -188,29 +255,125 @@ def load_directory_settings(env: Mapping[str, str]) -> DirectorySettings:
     )
 
 
-def load_settings(env: Mapping[str, str] | None = None, *, need_directory: bool = False) -> Settings:
-    """Read and validate every setting; one ConfigurationError names the first bad one."""
-    env = os.environ if env is None else env
-    storage = _require(env, "AzureWebJobsStorage", "connection string of the storage account for queues and state")
-    graph_auth = _choice(env, "GRAPH_AUTH", "managed_identity", ("managed_identity", "client_secret"))
+def load_storage_settings(env: Mapping[str, str], cloud: str = "global") -> StorageSettings:
+    """``AzureWebJobsStorage`` (a connection string), else the keyless ``AzureWebJobsStorage__*`` settings."""
+    connection = _get(env, "AzureWebJobsStorage")
+    if connection is not None:
+        return StorageSettings(connection_string=connection)
+    prefix = "AzureWebJobsStorage__"
+    account = _get(env, prefix + "accountName")
+    suffix = STORAGE_SUFFIX[cloud]
+    queue_url = _get(env, prefix + "queueServiceUri") or (f"https://{account}.queue.{suffix}" if account else None)
+    table_url = _get(env, prefix + "tableServiceUri") or (f"https://{account}.table.{suffix}" if account else None)
+    if queue_url is None or table_url is None:
+        raise ConfigurationError(
+            "setting AzureWebJobsStorage is required: a connection string, or keyless "
+            "AzureWebJobsStorage__accountName (or AzureWebJobsStorage__queueServiceUri and __tableServiceUri) "
+            "with AzureWebJobsStorage__credential=managedidentity"
+        )
+    credential = (_get(env, prefix + "credential", "managedidentity") or "managedidentity").lower()
+    storage = StorageSettings(
+        queue_url=queue_url, table_url=table_url, credential=credential, client_id=_get(env, prefix + "clientId"),
+        tenant_id=_get(env, prefix + "tenantId"), client_secret=_get(env, prefix + "clientSecret"),
+    )
+    if credential == "clientsecret":
+        for name, value in (("tenantId", storage.tenant_id), ("clientId", storage.client_id),
+                            ("clientSecret", storage.client_secret)):
+            if not value:
+                raise ConfigurationError(f"setting {prefix}{name} is required when {prefix}credential=clientsecret")
+    elif credential != "managedidentity":
+        raise ConfigurationError(f"setting {prefix}credential must be managedidentity or clientsecret, "
+                                 f"not {credential!r}")
+    return storage
+
+
+def load_graph_settings(env: Mapping[str, str]) -> GraphSettings:
+    """Identity (managed identity, client secret, certificate) and cloud of the Graph connection."""
+    cloud_name = _choice(env, "GRAPH_CLOUD", "global", tuple(CLOUDS))
+    cloud = CLOUDS[cloud_name]
+    graph_auth = _choice(env, "GRAPH_AUTH", "managed_identity", GRAPH_AUTH_MODES)
+    certificate_data: bytes | None = None
+    encoded = _get(env, "GRAPH_CLIENT_CERTIFICATE")
+    if encoded is not None:
+        try:
+            certificate_data = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise ConfigurationError("setting GRAPH_CLIENT_CERTIFICATE must be a base64 PFX or PEM (as Key Vault "
+                                     "returns a certificate's secret)") from None
+    endpoint = _get(env, "GRAPH_ENDPOINT", cloud.graph_endpoint) or cloud.graph_endpoint
     graph = GraphSettings(
-        endpoint=(_get(env, "GRAPH_ENDPOINT", GraphSettings.endpoint) or GraphSettings.endpoint).rstrip("/"),
+        endpoint=endpoint.rstrip("/"),
         auth=graph_auth,
         tenant_id=_get(env, "GRAPH_TENANT_ID"),
         client_id=_get(env, "GRAPH_CLIENT_ID"),
         client_secret=_get(env, "GRAPH_CLIENT_SECRET"),
-        authority_host=_get(env, "GRAPH_AUTHORITY_HOST", GraphSettings.authority_host) or "",
-        scopes=(_get(env, "GRAPH_SCOPE", GraphSettings.scopes[0]) or GraphSettings.scopes[0],),
+        certificate_path=_get(env, "GRAPH_CLIENT_CERTIFICATE_PATH"),
+        certificate_data=certificate_data,
+        certificate_password=_get(env, "GRAPH_CLIENT_CERTIFICATE_PASSWORD"),
+        cloud=cloud_name,
+        authority_host=(_get(env, "GRAPH_AUTHORITY_HOST", cloud.authority_host) or cloud.authority_host).rstrip("/"),
+        scopes=(_get(env, "GRAPH_SCOPE", cloud.scope) or cloud.scope,),
         ca_file=_get(env, "GRAPH_CA_FILE"),
     )
-    if graph_auth == "client_secret":
-        for name, value in (
-            ("GRAPH_TENANT_ID", graph.tenant_id),
-            ("GRAPH_CLIENT_ID", graph.client_id),
-            ("GRAPH_CLIENT_SECRET", graph.client_secret),
-        ):
-            if not value:
-                raise ConfigurationError(f"setting {name} is required when GRAPH_AUTH=client_secret")
+    if not graph.endpoint.lower().startswith("https://"):
+        raise ConfigurationError(f"setting GRAPH_ENDPOINT must be an https:// URL, not {graph.endpoint!r}")
+    needs = {"client_secret": ("GRAPH_TENANT_ID", "GRAPH_CLIENT_ID", "GRAPH_CLIENT_SECRET"),
+             "certificate": ("GRAPH_TENANT_ID", "GRAPH_CLIENT_ID")}.get(graph_auth, ())
+    values = {"GRAPH_TENANT_ID": graph.tenant_id, "GRAPH_CLIENT_ID": graph.client_id,
+              "GRAPH_CLIENT_SECRET": graph.client_secret}
+    for name in needs:
+        if not values[name]:
+            raise ConfigurationError(f"setting {name} is required when GRAPH_AUTH={graph_auth}")
+    if graph_auth == "certificate":
+        if (graph.certificate_path is None) == (graph.certificate_data is None):
+            raise ConfigurationError("GRAPH_AUTH=certificate needs exactly one of the settings "
+                                     "GRAPH_CLIENT_CERTIFICATE_PATH (a file) or GRAPH_CLIENT_CERTIFICATE (base64)")
+        if graph.certificate_path is not None and not os.path.isfile(graph.certificate_path):
+            raise ConfigurationError(f"setting GRAPH_CLIENT_CERTIFICATE_PATH: no such file {graph.certificate_path!r}")
+    else:
+        for name in ("GRAPH_CLIENT_CERTIFICATE", "GRAPH_CLIENT_CERTIFICATE_PATH"):
+            if _get(env, name) is not None:
+                raise ConfigurationError(f"setting {name} is only used with GRAPH_AUTH=certificate "
+                                         f"(GRAPH_AUTH is {graph_auth}); remove one of them")
+    if graph_auth != "client_secret" and graph.client_secret is not None:
+        raise ConfigurationError(f"setting GRAPH_CLIENT_SECRET is only used with GRAPH_AUTH=client_secret "
+                                 f"(GRAPH_AUTH is {graph_auth}); remove it so no unused secret lingers")
+    return graph
+
+
+def load_mail_settings(env: Mapping[str, str]) -> MailSettings:
+    mode = _choice(env, "GUESTSYNC_MAIL", "none", MAIL_MODES)
+    to = tuple(a.strip() for a in (_get(env, "GUESTSYNC_MAIL_TO") or "").split(",") if a.strip())
+    if mode == "none":
+        return MailSettings()
+    if not to:
+        raise ConfigurationError(f"setting GUESTSYNC_MAIL_TO is required when GUESTSYNC_MAIL={mode} "
+                                 "(comma-separated admin addresses)")
+    for address in to:
+        if not EMAIL_RE.fullmatch(address):
+            raise ConfigurationError(f"setting GUESTSYNC_MAIL_TO: {address!r} is not an email address")
+    sender = _require(env, "GUESTSYNC_MAIL_FROM", "graph: the mailbox that sends (UPN); smtp: the From address")
+    if mode == "graph":
+        return MailSettings(mode=mode, to=to, sender=sender)
+    security = _choice(env, "SMTP_SECURITY", "starttls", SMTP_SECURITY)
+    port = _int(env, "SMTP_PORT", {"starttls": 587, "tls": 465, "none": 25}[security], 1, 65_535)
+    username, password = _get(env, "SMTP_USERNAME"), _get(env, "SMTP_PASSWORD")
+    if (username is None) != (password is None):
+        raise ConfigurationError("settings SMTP_USERNAME and SMTP_PASSWORD go together: set both or neither")
+    if password is not None and security == "none":
+        raise ConfigurationError("setting SMTP_PASSWORD needs SMTP_SECURITY=starttls or tls: a password is never "
+                                 "sent in clear text")
+    return MailSettings(mode=mode, to=to, sender=sender,
+                        smtp_host=_require(env, "SMTP_HOST", "the SMTP relay, e.g. smtp.contoso.com"),
+                        smtp_port=port or 587, smtp_security=security, smtp_username=username,
+                        smtp_password=password)
+
+
+def load_settings(env: Mapping[str, str] | None = None, *, need_directory: bool = False) -> Settings:
+    """Read and validate every setting; one ConfigurationError names the first bad one."""
+    env = os.environ if env is None else env
+    graph = load_graph_settings(env)
+    storage = load_storage_settings(env, graph.cloud)
     states = tuple(
         s
         for s in (_get(env, "GRAPH_CLIENT_STATE"), _get(env, "GRAPH_CLIENT_STATE_PREVIOUS"))
@@ -228,7 +391,10 @@ def load_settings(env: Mapping[str, str] | None = None, *, need_directory: bool 
         directory = load_directory_settings(env)
     lifecycle = load_lifecycle_settings(env, need_archive=directory is not None)
     return Settings(
-        storage_connection=storage,
+        storage_connection=storage.connection_string,
+        storage=storage,
+        mail=load_mail_settings(env),
+        app_insights=_get(env, "APPLICATIONINSIGHTS_CONNECTION_STRING"),
         change_queue=_get(env, "GUESTSYNC_CHANGE_QUEUE", DEFAULT_CHANGE_QUEUE) or DEFAULT_CHANGE_QUEUE,
         export_queue=_get(env, "GUESTSYNC_EXPORT_QUEUE", DEFAULT_EXPORT_QUEUE) or DEFAULT_EXPORT_QUEUE,
         state_table=_get(env, "GUESTSYNC_STATE_TABLE", DEFAULT_STATE_TABLE) or DEFAULT_STATE_TABLE,

@@ -143,6 +143,23 @@ def _credential(settings: GraphSettings) -> Any:
             disable_instance_discovery=host not in MICROSOFT_LOGIN_HOSTS,
             **extra,
         )
+    if settings.auth == "certificate":
+        from azure.identity.aio import CertificateCredential
+
+        host = urlsplit(settings.authority_host).hostname or ""
+        source: dict[str, Any] = (
+            {"certificate_path": settings.certificate_path} if settings.certificate_path
+            else {"certificate_data": settings.certificate_data}
+        )
+        return CertificateCredential(
+            str(settings.tenant_id),
+            str(settings.client_id),
+            password=settings.certificate_password,
+            authority=settings.authority_host,
+            disable_instance_discovery=host not in MICROSOFT_LOGIN_HOSTS,
+            **source,
+            **extra,
+        )
     if settings.client_id:
         return ManagedIdentityCredential(client_id=settings.client_id, **extra)
     return ManagedIdentityCredential(**extra)

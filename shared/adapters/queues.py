@@ -15,6 +15,9 @@ from typing import Any
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
+from shared.adapters.storage import queue_client
+from shared.settings import StorageSettings
+
 
 @dataclass(frozen=True)
 class ChangeMessage:
@@ -89,14 +92,12 @@ class MessageQueue:
 
     @classmethod
     def from_connection_string(cls, connection_string: str, name: str) -> MessageQueue:
-        return cls(
-            QueueClient.from_connection_string(
-                connection_string,
-                name,
-                message_encode_policy=TextBase64EncodePolicy(),
-                message_decode_policy=TextBase64DecodePolicy(),
-            )
-        )
+        return cls.from_settings(StorageSettings(connection_string=connection_string), name)
+
+    @classmethod
+    def from_settings(cls, storage: StorageSettings, name: str) -> MessageQueue:
+        return cls(queue_client(storage, name, message_encode_policy=TextBase64EncodePolicy(),
+                                message_decode_policy=TextBase64DecodePolicy()))
 
     @property
     def name(self) -> str:

@@ -16,9 +16,11 @@ from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.data.tables import TableClient, TableServiceClient, UpdateMode
+from azure.data.tables import TableClient, UpdateMode
 
+from shared.adapters.storage import table_service
 from shared.domain import Approval, GuestStatus, MetaverseEntry
+from shared.settings import StorageSettings
 
 PARTITION = "guest"
 META_PARTITION = "meta"  # small singletons: the users deltaLink, the breaker window, the last reconcile
@@ -128,8 +130,11 @@ class StateStore:
 
     @classmethod
     def from_connection_string(cls, connection_string: str, table_name: str) -> StateStore:
-        service = TableServiceClient.from_connection_string(connection_string)
-        return cls(service.create_table_if_not_exists(table_name))
+        return cls.from_settings(StorageSettings(connection_string=connection_string), table_name)
+
+    @classmethod
+    def from_settings(cls, storage: StorageSettings, table_name: str) -> StateStore:
+        return cls(table_service(storage).create_table_if_not_exists(table_name))
 
     def get(self, uid: str) -> GuestRecord | None:
         try:

@@ -1,0 +1,40 @@
+"""Azure Storage clients from settings: a connection string, or keyless with an Entra identity.
+
+In Azure the app uses its user-assigned managed identity with RBAC roles on the account (no key exists in
+any setting); an on-premises agent uses a connection string or a service principal's client secret, like
+the Functions host's ``AzureWebJobsStorage__*`` identity-based connection settings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from azure.data.tables import TableServiceClient
+from azure.storage.queue import QueueClient
+
+from shared.settings import StorageSettings
+
+
+def credential(storage: StorageSettings) -> Any:
+    """The token credential of a keyless connection (None for a connection string)."""
+    if storage.connection_string is not None:
+        return None
+    if storage.credential == "clientsecret":
+        from azure.identity import ClientSecretCredential
+
+        return ClientSecretCredential(str(storage.tenant_id), str(storage.client_id), str(storage.client_secret))
+    from azure.identity import ManagedIdentityCredential
+
+    return ManagedIdentityCredential(client_id=storage.client_id) if storage.client_id else ManagedIdentityCredential()
+
+
+def table_service(storage: StorageSettings) -> TableServiceClient:
+    if storage.connection_string is not None:
+        return TableServiceClient.from_connection_string(storage.connection_string)
+    return TableServiceClient(str(storage.table_url), credential=credential(storage))
+
+
+def queue_client(storage: StorageSettings, name: str, **options: Any) -> QueueClient:
+    if storage.connection_string is not None:
+        return QueueClient.from_connection_string(storage.connection_string, name, **options)
+    return QueueClient(str(storage.queue_url), name, credential=credential(storage), **options)
