@@ -8,6 +8,7 @@ import weakref
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+from shared import observability
 from shared.adapters.queues import MessageQueue
 from shared.adapters.state import StateStore
 from shared.settings import Settings, load_settings
@@ -22,6 +23,8 @@ class Services:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        observability.install(settings)
+        observability.configure_exporters_once(settings)
         self._graph_lock = threading.Lock()
         self._graphs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GraphClient] = weakref.WeakKeyDictionary()
 

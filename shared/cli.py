@@ -339,10 +339,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from shared import observability
+    from shared.settings import log_format
+
+    observability.install()
+    try:
+        json_logs = log_format() == "json"
+    except GuestsyncError as exc:
+        print(f"guestsync: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if json_logs:
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(observability.JsonFormatter())
     for noisy in ("azure", "httpx", "urllib3", "msal"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:

@@ -11,9 +11,11 @@ import logging
 
 import azure.functions as func
 
+from shared import observability
 from shared.adapters.queues import ChangeMessage, ExportMessage
 from shared.bootstrap import services
 from shared.notifications import LifecycleBatch
+from shared.observability import guest_context
 from shared.services import apply, export, reconcile, subscriptions, webhook
 
 log = logging.getLogger("guestsync.functions")
@@ -34,7 +36,7 @@ def make_ingest_blueprint() -> func.Blueprint:
     @bp.function_name("graph_notifications")
     @bp.route(route="graph/notifications", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
     def graph_notifications(req: func.HttpRequest) -> func.HttpResponse:
-        s = services()
+        s = services()  # services() installs log scrubbing with the settings' secrets
         return _http(
             webhook.receive_changes(req.get_body(), dict(req.params), s.settings.webhook, s.change_queue.send)
         )
@@ -62,8 +64,9 @@ def make_ingest_blueprint() -> func.Blueprint:
             if await subscriptions.handle_lifecycle(s.graph, s.settings, change.user_id, change.change_type):
                 await reconcile.reconcile(s.graph, s.state, s.export_queue.send, s.settings.lifecycle)
             return
-        await apply.apply_change(change, s.graph, s.state, s.export_queue.send,
-                                 scope_group_id=s.settings.lifecycle.scope_group_id)
+        with guest_context(change.user_id, change.correlation_id or None):
+            await apply.apply_change(change, s.graph, s.state, s.export_queue.send,
+                                     scope_group_id=s.settings.lifecycle.scope_group_id)
 
     @bp.function_name("maintain_subscription")
     @bp.timer_trigger(arg_name="timer", schedule="%GUESTSYNC_SUBSCRIPTION_SCHEDULE%", run_on_startup=False)
@@ -76,6 +79,7 @@ def make_ingest_blueprint() -> func.Blueprint:
 
 def create_app(worker_mode: str = "agent") -> func.FunctionApp:
     """The function app: ingest always; the AD worker too when it runs in Azure (worker mode function)."""
+    observability.install()  # scrub secrets from every log record, tag records with the guest
     app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
     app.register_functions(make_ingest_blueprint())
     if worker_mode == "function":
@@ -92,7 +96,9 @@ def make_worker_blueprint() -> func.Blueprint:
     @bp.queue_trigger(arg_name="msg", queue_name=EXPORT_QUEUE, connection=STORAGE)
     def export_to_ad(msg: func.QueueMessage) -> None:
         s = services()
-        export.export_guest(ExportMessage.from_json(msg.get_body()), s.state, s.directory, s.settings.lifecycle)
+        message = ExportMessage.from_json(msg.get_body())
+        with guest_context(message.uid, message.correlation_id or None):
+            export.export_guest(message, s.state, s.directory, s.settings.lifecycle)
 
     @bp.function_name("reconcile")
     @bp.timer_trigger(arg_name="timer", schedule="%GUESTSYNC_RECONCILE_SCHEDULE%", run_on_startup=False)

@@ -369,6 +369,11 @@ def load_mail_settings(env: Mapping[str, str]) -> MailSettings:
                         smtp_password=password)
 
 
+def log_format(env: Mapping[str, str] | None = None) -> str:
+    """``text`` (default) or ``json`` lines with guest and correlation id, for the on-premises agent."""
+    return _choice(os.environ if env is None else env, "GUESTSYNC_LOG_FORMAT", "text", ("text", "json"))
+
+
 def load_settings(env: Mapping[str, str] | None = None, *, need_directory: bool = False) -> Settings:
     """Read and validate every setting; one ConfigurationError names the first bad one."""
     env = os.environ if env is None else env

@@ -27,6 +27,7 @@ class ChangeMessage:
     change_type: str
     received_at: str  # ISO 8601 UTC, when the webhook accepted the notification
     source: str = "notification"  # notification | reconcile | operator
+    correlation_id: str = ""  # follows this change through apply and export (logs, App Insights)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -42,6 +43,7 @@ class ChangeMessage:
             change_type=str(data.get("change_type", "updated")),
             received_at=str(data.get("received_at", "")),
             source=str(data.get("source", "notification")),
+            correlation_id=str(data.get("correlation_id", "")),
         )
 
     @property
@@ -63,6 +65,7 @@ class ExportMessage:
     uid: str
     version: int
     reason: str
+    correlation_id: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -73,7 +76,8 @@ class ExportMessage:
         uid, version = data.get("uid"), data.get("version")
         if not isinstance(uid, str) or not isinstance(version, int):
             raise ValueError("export message needs uid (string) and version (integer)")
-        return cls(uid=uid, version=version, reason=str(data.get("reason", "")))
+        return cls(uid=uid, version=version, reason=str(data.get("reason", "")),
+                   correlation_id=str(data.get("correlation_id", "")))
 
 
 def _load_object(body: str | bytes) -> dict[str, Any]:

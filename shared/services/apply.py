@@ -15,6 +15,7 @@ from typing import Protocol
 from shared.adapters.queues import ChangeMessage, ExportMessage
 from shared.adapters.state import ConcurrencyError, GuestRecord, StateStore, utcnow
 from shared.domain import DEPROVISION_STATUSES, GraphUser, GuestStatus
+from shared.observability import current_correlation_id
 from shared.rules import ApplyPlan, Decision, plan_apply, scope_exit
 
 log = logging.getLogger("guestsync.apply")
@@ -129,7 +130,8 @@ def apply_user(
         except ConcurrencyError:
             continue  # someone else wrote this guest: plan again from fresh state
         if plan.decision is Decision.EXPORT or saved.status is GuestStatus.OUT_OF_SCOPE:
-            send_export(ExportMessage(saved.uid, saved.version, plan.reason).to_json())
+            send_export(ExportMessage(saved.uid, saved.version, plan.reason,
+                                      current_correlation_id() or "").to_json())
         log.info("guest %s: %s (%s)", user_id, plan.decision.value, plan.reason)
         return plan
     raise ConcurrencyError(f"guest {user_id}: state kept changing under {MAX_ATTEMPTS} attempts")

@@ -33,6 +33,7 @@ from shared.lifecycle import (
     is_disabled,
     plan_export,
 )
+from shared.observability import record_export
 from shared.rules import attribute_changes, initial_user_account_control, outbound_persistent
 from shared.settings import LifecycleSettings
 
@@ -215,6 +216,7 @@ def export_guest(
                 state.save(new)
         except ConcurrencyError:
             continue  # the record changed while we exported: run again on the fresh record (idempotent)
+        record_export(outcome.action, new.latency_ms if new is not None and outcome.action != "unchanged" else None)
         if outcome.action == "error":
             log.warning("guest %s: export failed: %s", record.uid, outcome.detail)
         elif outcome.action == "held":

@@ -36,6 +36,7 @@ from shared.adapters.queues import ExportMessage
 from shared.adapters.state import GuestRecord, StateStore, utcnow
 from shared.domain import DEPROVISION_STATUSES, AdAccount, GraphUser, GuestStatus, is_guid
 from shared.lifecycle import ExportAction, plan_export
+from shared.observability import RECONCILE_FINDINGS, guest_context, new_correlation_id
 from shared.rules import GUEST_USER_TYPE, Decision, outbound_persistent, plan_apply
 from shared.services.apply import apply_user, next_record, read_scope
 from shared.settings import LifecycleSettings
@@ -245,6 +246,7 @@ class Reconciler:
 
     def _found(self, finding: Finding) -> None:
         self.report.actions[finding.action] += 1
+        RECONCILE_FINDINGS.add(1, {"action": finding.action, "dry_run": self.dry_run})
         if len(self.report.findings) < MAX_FINDINGS_KEPT:
             self.report.findings.append(finding)
         if self.on_finding:
@@ -272,8 +274,9 @@ class Reconciler:
         self._found(Finding(uid, _predicted(plan.decision, record, self.policy), plan.reason, upn,
                             record.dn if record else None))
         if not self.dry_run:
-            apply_user(uid, user, self.state, self.send_export, in_group=in_group, removed=removed,
-                       read_at=self.now())
+            with guest_context(uid, new_correlation_id()):
+                apply_user(uid, user, self.state, self.send_export, in_group=in_group, removed=removed,
+                           read_at=self.now())
 
     async def _reread(self, uid: str, removed: str | None = None) -> None:
         """Read one user (and its group membership) from Graph, then settle it."""
@@ -403,7 +406,8 @@ class Reconciler:
     def _export(self, record: GuestRecord, action: str, reason: str, dn: str | None) -> None:
         self._found(Finding(record.uid, action, reason, record.entry.user_principal_name, dn))
         if not self.dry_run:
-            self.send_export(ExportMessage(record.uid, record.version, f"reconcile: {reason}").to_json())
+            self.send_export(ExportMessage(record.uid, record.version, f"reconcile: {reason}",
+                                           new_correlation_id()).to_json())
 
 
 async def reconcile(

@@ -22,6 +22,7 @@ from shared.notifications import (
     parse_lifecycle_notifications,
     validation_token,
 )
+from shared.observability import new_correlation_id
 from shared.settings import WebhookSettings
 
 log = logging.getLogger("guestsync.webhook")
@@ -79,7 +80,8 @@ def receive_changes(
         if change.user_id in seen:  # the same user twice in one POST needs one apply
             continue
         seen.add(change.user_id)
-        enqueue(ChangeMessage(change.user_id, change.change_type, received_at).to_json())
+        enqueue(ChangeMessage(change.user_id, change.change_type, received_at,
+                              correlation_id=new_correlation_id()).to_json())
     return _batch_reply(batch, "notification")
 
 

@@ -1,0 +1,102 @@
+"""Log scrubbing, guest tagging, JSON log lines and metrics (no servers)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from shared import observability
+from shared.observability import REDACTED, JsonFormatter, guest_context, redact, register_secrets
+from shared.settings import load_settings
+
+GUEST = "6ea91a8d-e32e-41a1-b7bd-d2d185eed0e0"
+
+
+@pytest.fixture(scope="module")
+def metric_reader() -> InMemoryMetricReader:
+    reader = InMemoryMetricReader()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    return reader
+
+
+def test_registered_secret_values_are_scrubbed_from_records(caplog: pytest.LogCaptureFixture) -> None:
+    observability.install()
+    register_secrets(["Sup3r-S3cret-Bind!"])
+    with caplog.at_level(logging.DEBUG, logger="anything"):
+        logging.getLogger("anything").warning("bind failed for %s with %s", "svc", "Sup3r-S3cret-Bind!")
+        try:
+            raise ValueError("Sup3r-S3cret-Bind! in an exception")
+        except ValueError:
+            logging.getLogger("anything").exception("boom")
+    text = "\n".join(r.getMessage() + (r.exc_text or "") for r in caplog.records)
+    assert "Sup3r-S3cret-Bind!" not in caplog.text
+    assert "Sup3r-S3cret-Bind!" not in text.replace(REDACTED, "")
+    assert REDACTED in caplog.records[0].getMessage()
+
+
+@pytest.mark.parametrize(("raw", "kept"), [
+    ("DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=abc123+/==;EndpointSuffix=x", "AccountName=acct"),
+    ("grant_type=client_credentials&client_secret=s3cr3tvalue&scope=x", "grant_type=client_credentials"),
+    ('{"clientState": "my-client-state-value", "id": 1}', '"id": 1'),
+    ("Authorization: Bearer eyJ0eXAiOiJKV1QiLCJhbGciOi.J9.abc", "Authorization:"),
+    ("modify unicodePwd: \"Pa55word!\"", "modify"),
+])
+def test_secret_shapes_are_scrubbed_whatever_their_value(raw: str, kept: str) -> None:
+    out = redact(raw)
+    assert REDACTED in out and kept in out
+    for secret in ("abc123", "s3cr3tvalue", "my-client-state-value", "eyJ0eXAi", "Pa55word"):
+        assert secret not in out
+
+
+def test_settings_secrets_are_registered_by_install() -> None:
+    env = {"AzureWebJobsStorage": "DefaultEndpointsProtocol=http;AccountName=a;AccountKey=QWNjb3VudEtleVZhbHVl;",
+           "GRAPH_AUTH": "client_secret", "GRAPH_TENANT_ID": GUEST, "GRAPH_CLIENT_ID": GUEST,
+           "GRAPH_CLIENT_SECRET": "graph-client-secret-1", "GRAPH_CLIENT_STATE": "client-state-value-2"}
+    observability.install(load_settings(env))
+    for secret in ("graph-client-secret-1", "client-state-value-2", "QWNjb3VudEtleVZhbHVl"):
+        assert secret not in redact(f"value {secret} leaked")
+
+
+def test_records_carry_guest_and_correlation_id_and_json_lines(caplog: pytest.LogCaptureFixture) -> None:
+    observability.install()
+    logger = logging.getLogger("guestsync.test")
+    with caplog.at_level(logging.INFO, logger="guestsync.test"):
+        with guest_context(GUEST, "corr-1") as cid:
+            logger.info("exporting")
+        logger.info("outside")
+    inside, outside = caplog.records
+    assert cid == "corr-1" and inside.guest == GUEST and inside.correlation_id == "corr-1"  # type: ignore[attr-defined]
+    assert outside.guest is None  # type: ignore[attr-defined]
+    line = json.loads(JsonFormatter().format(inside))
+    assert line["guest"] == GUEST and line["correlation_id"] == "corr-1" and line["message"] == "exporting"
+    assert line["level"] == "INFO" and line["logger"] == "guestsync.test"
+
+
+def test_nested_context_keeps_the_outer_correlation_id() -> None:
+    with guest_context(GUEST) as outer, guest_context(GUEST) as inner:
+        assert inner == outer
+
+
+def test_export_metrics(metric_reader: InMemoryMetricReader) -> None:
+    observability.record_export("created", 1234)
+    observability.record_export("error")
+    observability.record_export("held")
+    observability.record_export("unchanged", 5)
+    data = metric_reader.get_metrics_data()
+    assert data is not None
+    points: dict[str, list[object]] = {}
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                points[metric.name] = list(metric.data.data_points)
+    latency = points["guestsync.provisioning.latency"]
+    assert sum(p.count for p in latency) == 1 and sum(p.sum for p in latency) == 1234  # type: ignore[attr-defined]
+    exports = {p.attributes["outcome"]: p.value for p in points["guestsync.exports"]}  # type: ignore[attr-defined]
+    assert exports == {"created": 1, "error": 1, "held": 1, "unchanged": 1}
+    assert sum(p.value for p in points["guestsync.export.errors"]) == 1  # type: ignore[attr-defined]
+    assert sum(p.value for p in points["guestsync.deprovisioning.held"]) == 1  # type: ignore[attr-defined]
