@@ -7,8 +7,14 @@ the validation handshake, 409 on duplicates and change/lifecycle notifications P
 groups: ``/groups/{id}``, ``/groups/{id}/transitiveMembers`` (optionally cast to ``microsoft.graph.user`` or
 ``microsoft.graph.group``; nested groups expanded, cycles safe; ``$select``, ``$top`` paging) and
 ``POST /users/{id}/checkMemberGroups`` (transitive). Group membership changes send no change notifications,
-as in Graph.
+as in Graph. ``POST /users/{id | userPrincipalName}/sendMail`` (202, needs Mail.Send) records the message in
+``sent_mail`` instead of delivering it.
 Throttling (429/503 with Retry-After) can be switched on for the next requests.
+Permissions: ``app_roles`` holds the application permissions granted to the app (admin consent); a request
+that needs one it lacks gets Graph's 403 ``Authorization_RequestDenied``. The check is made on each request
+(Entra applies a consent change to new tokens only); tokens carry the granted roles in their ``roles`` claim
+like Entra's (unsigned: clients must treat Graph tokens as opaque anyway). Sign-in takes a client secret or a
+certificate (``register_certificate``; a client assertion JWT signed RS256 or PS256, as MSAL sends it).
 
 The JSON follows the examples in Microsoft's Graph documentation (see tests that compare the keys with
 ``shared/reference/graph-examples`` beside the repository).
@@ -16,6 +22,8 @@ The JSON follows the examples in Microsoft's Graph documentation (see tests that
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import queue
@@ -33,6 +41,11 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 log = logging.getLogger("graphsim")
 
@@ -55,6 +68,15 @@ _MEMBER_CASTS = {"microsoft.graph.user": "user", "graph.user": "user",
                  "microsoft.graph.group": "group", "graph.group": "group"}
 _UNSUPPORTED_MEMBER_QUERY = ("$filter", "$search", "$orderby", "$count", "$expand", "$skip")
 _FILTER_USER_TYPE = re.compile(r"^\s*userType\s+eq\s+'(?P<value>[^']*)'\s*$", re.IGNORECASE)
+#: Application permissions granted by default, and the ones each kind of request accepts (any one of them).
+DEFAULT_APP_ROLES = frozenset({"User.Read.All", "GroupMember.Read.All", "Mail.Send"})
+USER_READ_ROLES = frozenset({"User.Read.All", "User.ReadWrite.All", "Directory.Read.All",
+                             "Directory.ReadWrite.All"})
+GROUP_MEMBER_READ_ROLES = frozenset({"GroupMember.Read.All", "GroupMember.ReadWrite.All", "Group.Read.All",
+                                     "Group.ReadWrite.All", "Directory.Read.All", "Directory.ReadWrite.All"})
+MAIL_SEND_ROLES = frozenset({"Mail.Send"})
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+CLOCK_SKEW = timedelta(minutes=5)
 
 
 def _now() -> datetime:
@@ -164,9 +186,12 @@ class GraphSimulator:
         self._groups: dict[str, dict[str, Any]] = {}
         self._members: dict[str, dict[str, None]] = {}  # group id -> member ids (users or groups), in order
         self._tokens: set[str] = set()
+        self.app_roles: set[str] = set(DEFAULT_APP_ROLES)  # application permissions with admin consent
+        self._certificates: dict[str, x509.Certificate] = {}  # base64url SHA-256 and SHA-1 thumbprint -> cert
         self.subscriptions: dict[str, Subscription] = {}
         self.request_count: Counter[str] = Counter()
         self.deliveries = Deliveries()
+        self.sent_mail: list[dict[str, Any]] = []  # sendMail requests accepted, oldest first
         self._drop_next = 0
         self._throttle: list[tuple[int, int]] = []  # (status, retry_after) for the next requests
         self._outbox: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue()
@@ -202,7 +227,8 @@ class GraphSimulator:
             thread.join(timeout=5)
 
     def reset(self) -> None:
-        """Forget users, groups, subscriptions, counters and fault injection (between tests)."""
+        """Forget users, groups, subscriptions, counters, fault injection and registered certificates, and
+        grant the default application permissions again (between tests)."""
         self.wait_for_deliveries()
         with self._lock:
             self._users.clear()
@@ -213,8 +239,11 @@ class GraphSimulator:
             self.subscriptions.clear()
             self.request_count.clear()
             self.deliveries = Deliveries()
+            self.sent_mail.clear()
             self._drop_next = 0
             self._throttle.clear()
+            self.app_roles = set(DEFAULT_APP_ROLES)
+            self._certificates.clear()
             self._delta_epoch += 1
 
     # -- control API (what an admin does in Entra) ------------------------------------------------------
@@ -352,6 +381,17 @@ class GraphSimulator:
     def throttle(self, count: int, retry_after: int = 1, status: int = 429) -> None:
         with self._lock:
             self._throttle.extend([(status, retry_after)] * count)
+
+    def register_certificate(self, pem: bytes) -> str:
+        """Register the (first) certificate in ``pem`` as a credential of the app, as uploading it to the app
+        registration does; return its SHA-256 thumbprint (base64url, the ``x5t#S256`` MSAL sends)."""
+        cert = x509.load_pem_x509_certificates(pem)[0]
+        if not isinstance(cert.public_key(), rsa.RSAPublicKey):
+            raise ValueError("Entra ID accepts RSA certificates only")
+        sha256, sha1 = (_b64url(cert.fingerprint(algorithm)) for algorithm in (hashes.SHA256(), hashes.SHA1()))  # noqa: S303
+        with self._lock:
+            self._certificates[sha256] = self._certificates[sha1] = cert
+        return sha256
 
     def expire_delta_tokens(self) -> None:
         with self._lock:
@@ -511,7 +551,7 @@ class GraphSimulator:
     def handle(self, method: str, path: str, params: dict[str, str], headers: Any, body: bytes
                ) -> tuple[int, dict[str, Any] | None, dict[str, str]]:
         if method == "POST" and path.endswith("/oauth2/v2.0/token"):
-            return self._token(body)
+            return self._token(path, body)
         if method == "GET" and path.endswith("/v2.0/.well-known/openid-configuration"):
             return 200, self._openid(path.split("/")[1]), {}
         if not path.startswith("/v1.0/"):
@@ -521,6 +561,7 @@ class GraphSimulator:
         with self._lock:
             self.request_count[f"{method} {re.sub(r'/[0-9a-fA-F-]{36}', '/{id}', route)}"] += 1
         self._maybe_throttle()
+        self._require_roles(method, route)
         if route.lower() == "/users" and method == "GET":
             return 200, self._list_users(params), {}
         if route.lower() in ("/users/delta", "/users/delta()") and method == "GET":
@@ -533,6 +574,12 @@ class GraphSimulator:
             if method != "POST":
                 raise GraphHttpError(405, "Request_BadRequest", "checkMemberGroups is a POST action.")
             return 200, self._check_member_groups(urllib.parse.unquote(match.group(1)), body), {}
+        match = re.match(r"^/users/([^/]+)/sendMail$", route, re.IGNORECASE)
+        if match:
+            if method != "POST":
+                raise GraphHttpError(405, "Request_BadRequest", "sendMail is a POST action.")
+            self._send_mail(urllib.parse.unquote(match.group(1)), body)
+            return 202, None, {}
         match = re.match(r"^/groups/([^/]+)(?:/(transitiveMembers)(?:/([^/]+))?)?$", route, re.IGNORECASE)
         if match:
             if method != "GET":
@@ -553,19 +600,111 @@ class GraphSimulator:
             return self._subscription(method, match.group(1), body)
         raise GraphHttpError(400, "BadRequest", f"Resource not found for the segment '{route}'.")
 
-    def _token(self, body: bytes) -> tuple[int, dict[str, Any], dict[str, str]]:
+    def _token(self, path: str, body: bytes) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """Client credentials with a client secret, or with a client assertion signed by a registered
+        certificate (``client_assertion_type`` jwt-bearer)."""
         form = dict(urllib.parse.parse_qsl(body.decode()))
         if form.get("grant_type") != "client_credentials":
             return 400, {"error": "unsupported_grant_type"}, {}
-        if form.get("client_id") != self.client_id or not secrets.compare_digest(
+        if form.get("client_id", self.client_id) != self.client_id:
+            return 400, {"error": "unauthorized_client", "error_description": (
+                f"AADSTS700016: Application with identifier '{form.get('client_id')}' was not found in the "
+                f"directory '{self.tenant_id}'.")}, {}
+        if form.get("client_assertion_type") == JWT_BEARER:
+            problem = self._assertion_problem(form.get("client_assertion", ""), f"{self.base_url}{path}")
+            if problem:
+                return 401, {"error": "invalid_client", "error_description": problem}, {}
+        elif "client_id" not in form or not secrets.compare_digest(
             form.get("client_secret", ""), self.client_secret
         ):
             error = {"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided."}
             return 401, error, {}
-        token = secrets.token_urlsafe(32)
+        token = self._access_token()
         with self._lock:
             self._tokens.add(token)
         return 200, {"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": token}, {}
+
+    def _access_token(self) -> str:
+        """A JWT-shaped app-only token like Entra's (``roles`` = the granted application permissions, left out
+        when there are none, as Entra does); its signature is random: Graph tokens are opaque to clients."""
+        now = int(_now().timestamp())
+        with self._lock:
+            roles = sorted(self.app_roles)
+        claims: dict[str, Any] = {
+            "aud": "https://graph.microsoft.com", "iss": f"https://sts.windows.net/{self.tenant_id}/",
+            "iat": now, "nbf": now, "exp": now + 3599, "appid": self.client_id, "idtyp": "app",
+            "oid": self.client_id, "sub": self.client_id, "tid": self.tenant_id, "ver": "1.0",
+            "uti": secrets.token_urlsafe(16),
+        }
+        if roles:
+            claims["roles"] = roles
+        header = {"typ": "JWT", "alg": "RS256", "kid": "graphsim"}
+        return ".".join(_b64url(json.dumps(part, separators=(",", ":")).encode()) for part in (header, claims)) + (
+            "." + _b64url(secrets.token_bytes(64)))
+
+    def _assertion_problem(self, assertion: str, token_endpoint: str) -> str | None:
+        """Why Entra would refuse this client assertion (RFC 7523), or None when it is good."""
+        try:
+            head, payload, signature = assertion.split(".")
+            header, claims = json.loads(_unb64url(head)), json.loads(_unb64url(payload))
+            raw_signature = _unb64url(signature)
+        except (ValueError, binascii.Error):
+            return "AADSTS50027: JWT token is invalid or malformed."
+        if not isinstance(header, dict) or not isinstance(claims, dict):
+            return "AADSTS50027: JWT token is invalid or malformed."
+        with self._lock:
+            cert = next((self._certificates[t] for t in (str(header.get("x5t#S256")).rstrip("="),
+                                                          str(header.get("x5t")).rstrip("="))
+                         if t in self._certificates), None)  # MSAL keeps the base64 padding, RFC 7515 drops it
+        if cert is None:
+            return (f"AADSTS700027: The certificate with identifier used to sign the client assertion is not "
+                    f"registered on application. [Reason - The key was not found., Thumbprint of key used by client: "
+                    f"'{header.get('x5t#S256') or header.get('x5t')}']")
+        key = cert.public_key()
+        assert isinstance(key, rsa.RSAPublicKey)  # register_certificate accepts RSA only
+        signed = f"{head}.{payload}".encode()
+        schemes: dict[str, padding.AsymmetricPadding] = {
+            "RS256": padding.PKCS1v15(),
+            "PS256": padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.DIGEST_LENGTH),
+        }
+        scheme = schemes.get(str(header.get("alg")))
+        if scheme is None:
+            return f"AADSTS5002730: Invalid JWT header: unsupported algorithm {header.get('alg')!r}."
+        try:
+            key.verify(raw_signature, signed, scheme, hashes.SHA256())
+        except InvalidSignature:
+            return "AADSTS700027: Client assertion failed signature validation."
+        if claims.get("aud") != token_endpoint:
+            return (f"AADSTS700212: The audience claim of the client assertion is {claims.get('aud')!r}; "
+                    f"expected the token endpoint {token_endpoint!r}.")
+        if claims.get("iss") != self.client_id or claims.get("sub") != self.client_id:
+            return "AADSTS50027: Invalid JWT token: iss and sub of the client assertion must be the client id."
+        now = _now().timestamp()
+        try:
+            expires, not_before = float(claims["exp"]), float(claims.get("nbf") or claims.get("iat") or now)
+        except (KeyError, TypeError, ValueError):
+            return "AADSTS50027: Invalid JWT token: exp (and nbf) must be numbers."
+        skew = CLOCK_SKEW.total_seconds()
+        if expires < now - skew or not_before > now + skew:
+            return "AADSTS700024: Client assertion is not within its valid time range."
+        return None
+
+    def _require_roles(self, method: str, route: str) -> None:
+        """403 Authorization_RequestDenied when the app lacks every permission that the request accepts."""
+        lowered = route.lower()
+        needed: frozenset[str] | None = None
+        if re.fullmatch(r"/users/[^/]+/sendmail", lowered):
+            needed = MAIL_SEND_ROLES
+        elif re.fullmatch(r"/users/[^/]+/checkmembergroups", lowered) or lowered.startswith("/groups/"):
+            needed = GROUP_MEMBER_READ_ROLES
+        elif lowered == "/users" or lowered.startswith("/users/") or (lowered == "/subscriptions"
+                                                                    and method == "POST"):
+            needed = USER_READ_ROLES  # a subscription on users needs the permission to read users
+        with self._lock:
+            granted = set(self.app_roles)
+        if needed is not None and not needed & granted:
+            raise GraphHttpError(403, "Authorization_RequestDenied",
+                                 "Insufficient privileges to complete the operation.")
 
     def _openid(self, tenant: str) -> dict[str, Any]:
         base = f"{self.base_url}/{tenant}"
@@ -629,6 +768,68 @@ class GraphSimulator:
             found = [gid for gid in dict.fromkeys(group_ids) if gid in self._groups and any(
                 kind == "user" and obj["id"] == user["id"] for kind, obj in self._transitive_members(gid))]
         return {"@odata.context": f"{CONTEXT}#Collection(Edm.String)", "value": found}
+
+    def _send_mail(self, user_id: str, body: bytes) -> None:
+        """user: sendMail with a JSON message (subject, body, toRecipients/ccRecipients/bccRecipients).
+
+        Action parameters are matched without regard to case, as Graph does: msgraph-sdk for Python sends
+        ``Message`` and ``SaveToSentItems`` where the documentation writes ``message`` and ``saveToSentItems``.
+        """
+        try:
+            request = json.loads(body or b"null")
+        except ValueError:
+            raise GraphHttpError(400, "RequestBodyRead", "The request body is not valid JSON.") from None
+        parameters = {str(k).lower(): v for k, v in request.items()} if isinstance(request, dict) else {}
+        message = parameters.get("message")
+        if not isinstance(message, dict):
+            raise GraphHttpError(400, "RequestBodyRead", "The request body must be a JSON object with a message.")
+        recipients: dict[str, list[str]] = {}
+        for kind in ("toRecipients", "ccRecipients", "bccRecipients"):
+            listed = message.get(kind) or []
+            if not isinstance(listed, list):
+                raise GraphHttpError(400, "RequestBodyRead", f"{kind} must be a collection of recipients.")
+            addresses = []
+            for item in listed:
+                address = item.get("emailAddress", {}).get("address") if isinstance(item, dict) else None
+                if not isinstance(address, str) or address.count("@") != 1 or address.strip() != address:
+                    raise GraphHttpError(400, "ErrorInvalidRecipients",
+                                         f"At least one recipient is not valid., Recipient '{address}' is not "
+                                         "resolved. All recipients must be resolved before a message can be "
+                                         "submitted.")
+                addresses.append(address)
+            recipients[kind] = addresses
+        if not any(recipients.values()):
+            raise GraphHttpError(400, "ErrorInvalidRecipients", "At least one recipient is not valid., A message "
+                                 "can't be sent because it contains no recipients.")
+        content = message.get("body") or {}
+        subject = message.get("subject")
+        if not isinstance(content, dict) or str(content.get("contentType", "Text")).lower() not in ("text", "html") \
+                or not isinstance(content.get("content", ""), str) or not isinstance(subject, str | None):
+            raise GraphHttpError(400, "RequestBodyRead", "Invalid message: subject must be a string and body an "
+                                 "itemBody with contentType Text or HTML.")
+        save = parameters.get("savetosentitems", True)
+        if not isinstance(save, bool):
+            raise GraphHttpError(400, "RequestBodyRead", "saveToSentItems must be a Boolean.")
+        with self._lock:
+            user = self._users.get(user_id) or next(
+                (u for u in self._users.values() if str(u.get("userPrincipalName", "")).lower() == user_id.lower()),
+                None,
+            )
+            if user is None:
+                raise GraphHttpError(404, "ErrorInvalidUser", f"The requested user '{user_id}' is invalid.")
+            self.sent_mail.append({
+                "from": user.get("mail") or user.get("userPrincipalName"),
+                "senderId": user["id"],
+                "subject": subject,
+                "contentType": content.get("contentType", "Text"),
+                "content": content.get("content", ""),
+                "to": recipients["toRecipients"],
+                "cc": recipients["ccRecipients"],
+                "bcc": recipients["bccRecipients"],
+                "saveToSentItems": save,
+                "at": _now(),
+                "request": request,  # the JSON body as sent
+            })
 
     def _find_group(self, group_id: str) -> dict[str, Any]:
         with self._lock:
@@ -810,6 +1011,14 @@ class GraphSimulator:
             return 200, {"@odata.context": f"{CONTEXT}#subscriptions/$entity"} | sub.to_json(
                 self.client_id, with_client_state=True), {}
         raise GraphHttpError(405, "BadRequest", "Method not allowed")
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def _post(url: str, body: bytes, content_type: str, timeout: float) -> tuple[int, bytes]:

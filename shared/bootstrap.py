@@ -16,6 +16,7 @@ from shared.settings import Settings, load_settings
 if TYPE_CHECKING:
     from shared.adapters.directory import Directory
     from shared.adapters.graph import GraphClient
+    from shared.adapters.mail import Mailer
 
 
 class Services:
@@ -52,6 +53,15 @@ class Services:
             if client is None:
                 client = self._graphs[loop] = GraphClient(self.settings.graph)
             return client
+
+    @property
+    def mailer(self) -> Mailer:
+        """The operator alert mailer of GUESTSYNC_MAIL (none, graph, smtp). Ask for it inside the coroutine that
+        sends: in graph mode it uses the Graph client of the running event loop."""
+        from shared.adapters.mail import mailer_from_settings
+
+        mail = self.settings.mail
+        return mailer_from_settings(mail, self.graph if mail.mode == "graph" else None)
 
     @cached_property
     def directory(self) -> Directory:

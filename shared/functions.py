@@ -7,7 +7,9 @@ local runner, so both worker modes run the same code with the same queue semanti
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 
 import azure.functions as func
 
@@ -16,7 +18,7 @@ from shared.adapters.queues import ChangeMessage, ExportMessage
 from shared.bootstrap import services
 from shared.notifications import LifecycleBatch
 from shared.observability import guest_context
-from shared.services import apply, export, reconcile, subscriptions, webhook
+from shared.services import alerts, apply, export, reconcile, subscriptions, webhook
 
 log = logging.getLogger("guestsync.functions")
 
@@ -77,14 +79,34 @@ def make_ingest_blueprint() -> func.Blueprint:
     return bp
 
 
-def create_app(worker_mode: str = "agent") -> func.FunctionApp:
-    """The function app: ingest always; the AD worker too when it runs in Azure (worker mode function)."""
+def create_app(worker_mode: str = "agent", *, mail_alerts: bool | None = None) -> func.FunctionApp:
+    """The function app: ingest always; the AD worker too when it runs in Azure (worker mode function); the
+    alerts timer when alerts are mailed (``mail_alerts``; by default when GUESTSYNC_MAIL is not ``none``)."""
     observability.install()  # scrub secrets from every log record, tag records with the guest
+    if mail_alerts is None:
+        mail_alerts = (os.environ.get("GUESTSYNC_MAIL") or "none").strip().lower() != "none"
     app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
     app.register_functions(make_ingest_blueprint())
     if worker_mode == "function":
         app.register_functions(make_worker_blueprint())
+    if mail_alerts:
+        app.register_functions(make_alerts_blueprint())
     return app
+
+
+def make_alerts_blueprint() -> func.Blueprint:
+    """Mail about poison messages (peeked, never consumed: they stay for the operator) and send the alert
+    digests collected since the last mail."""
+    bp = func.Blueprint()  # type: ignore[no-untyped-call]
+
+    @bp.function_name("alerts")
+    @bp.timer_trigger(arg_name="timer", schedule="%GUESTSYNC_ALERT_SCHEDULE%", run_on_startup=False)
+    async def alerts_timer(timer: func.TimerRequest) -> None:
+        s = services()
+        await alerts.watch_poison(s.state, s.mailer, alerts.StoragePoisonQueues(s.settings.storage),
+                                  (s.settings.change_poison_queue, s.settings.export_poison_queue))
+
+    return bp
 
 
 def make_worker_blueprint() -> func.Blueprint:
@@ -94,11 +116,15 @@ def make_worker_blueprint() -> func.Blueprint:
 
     @bp.function_name("export_to_ad")
     @bp.queue_trigger(arg_name="msg", queue_name=EXPORT_QUEUE, connection=STORAGE)
-    def export_to_ad(msg: func.QueueMessage) -> None:
+    async def export_to_ad(msg: func.QueueMessage) -> None:
         s = services()
         message = ExportMessage.from_json(msg.get_body())
         with guest_context(message.uid, message.correlation_id or None):
-            export.export_guest(message, s.state, s.directory, s.settings.lifecycle)
+            # LDAP is blocking: off the event loop (to_thread carries the guest context along).
+            outcome = await asyncio.to_thread(export.export_guest, message, s.state, s.directory,
+                                              s.settings.lifecycle)
+            # The guest's state is saved: mail the operators about an error or a held deprovisioning (never raises).
+            await alerts.report_export(outcome.uid, outcome.action, outcome.detail, s.state, s.mailer)
 
     @bp.function_name("reconcile")
     @bp.timer_trigger(arg_name="timer", schedule="%GUESTSYNC_RECONCILE_SCHEDULE%", run_on_startup=False)

@@ -182,6 +182,11 @@ class GraphClient:
         adapter.base_url = settings.endpoint
         self._client = GraphServiceClient(request_adapter=adapter)
 
+    @property
+    def service_client(self) -> GraphServiceClient:
+        """The underlying msgraph-sdk client (for adapters of other Graph features, e.g. sendMail)."""
+        return self._client
+
     async def __aenter__(self) -> GraphClient:
         return self
 
