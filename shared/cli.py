@@ -8,6 +8,8 @@ status     counts by state, pending exports, errors, held changes, poison messag
 reconcile  compare Entra ID (users/delta), state and the managed OUs now; repair drift
 plan       the same comparison as a dry run: what reconcile would do, with reasons (``--json``)
 approve    list, release or reject deprovisionings held by the mass-change breaker
+check      preflight: settings, Graph sign-in and permissions, webhook handshake, subscription, storage,
+           AD (LDAPS, bind, OUs, a write probe); exit code 1 when a check fails (``--json``, ``--no-probe``)
 demo       the whole job on this machine: Azurite, Samba AD DC, Graph simulator, runner
 """
 
@@ -295,6 +297,24 @@ def cmd_approve(args: argparse.Namespace) -> int:
     return 0 if all(a.outcome in ("approved", "rejected") for a in answers) else 1
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from shared.services import preflight
+
+    # the probe's log lines and azure-identity's sign-in warning would only repeat the report
+    quiet = {name: logging.getLogger(name) for name in ("guestsync.directory", "azure.identity")}
+    levels = {name: logger.level for name, logger in quiet.items()}
+    if not args.verbose:
+        for logger in quiet.values():
+            logger.setLevel(logging.ERROR)
+    try:
+        results = preflight.run_checks(probe=not args.no_probe)
+    finally:
+        for name, logger in quiet.items():
+            logger.setLevel(levels[name])
+    print(json.dumps(preflight.as_json(results), indent=2) if args.json else preflight.render_text(results))
+    return preflight.exit_code(results)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from localenv.demo import run_demo
 
@@ -330,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     approve.add_argument("--reject", action="store_true", help="keep the accounts instead of deprovisioning")
     approve.add_argument("--json", action="store_true")
     approve.set_defaults(func=cmd_approve)
+    check = sub.add_parser("check", help="preflight: settings, Graph, webhook, subscription, storage, AD")
+    check.add_argument("--json", action="store_true")
+    check.add_argument("--no-probe", action="store_true", help="no AD writes (skip the probe account)")
+    check.set_defaults(func=cmd_check)
     demo = sub.add_parser("demo", help="run the whole job locally")
     demo.add_argument("--guests", type=int, default=10)
     demo.add_argument("--members", type=int, default=5)

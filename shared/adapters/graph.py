@@ -129,7 +129,8 @@ def _error(exc: ODataError) -> GraphError:
     return GraphError(status, code, message)
 
 
-def _credential(settings: GraphSettings) -> Any:
+def credential(settings: GraphSettings) -> Any:
+    """The azure-identity (async) credential for the configured Graph identity."""
     from azure.identity.aio import ClientSecretCredential, ManagedIdentityCredential
 
     extra: dict[str, Any] = {"connection_verify": settings.ca_file} if settings.ca_file else {}
@@ -169,7 +170,7 @@ class GraphClient:
     """What guestsync asks of Graph, over msgraph-sdk."""
 
     def __init__(self, settings: GraphSettings) -> None:
-        self._credential = _credential(settings)
+        self._credential = credential(settings)
         host = urlsplit(settings.endpoint).hostname or ""
         auth = AzureIdentityAuthenticationProvider(
             self._credential, scopes=list(settings.scopes), allowed_hosts=[host]

@@ -269,3 +269,189 @@ def test_subscription_and_notification_shapes(graph: GraphSimulator, graph_setti
     assert set(change["resourceData"]) == set(user_doc["resourceData"]) - {"eventTime", "sequenceNumber"}
     life = next(r for r in receiver.received if "lifecycleEvent" in r["value"][0])["value"][0]
     assert set(life) == set(reference("lifecycle-missed.json")["value"][0])
+
+
+# -- permissions (application roles) and certificate credentials ----------------------------------------
+
+def raw_request(graph: GraphSimulator, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
+    """A token from the client secret, then one request into the handler (status and JSON, errors included)."""
+    from graphsim.server import GraphHttpError
+
+    status, token, _ = graph.handle("POST", f"/{graph.tenant_id}/oauth2/v2.0/token", {}, {},
+                                    urllib.parse.urlencode({"grant_type": "client_credentials",
+                                                            "client_id": graph.client_id,
+                                                            "client_secret": graph.client_secret}).encode())
+    assert status == 200 and token is not None
+    split = urllib.parse.urlsplit(path)
+    data = b"" if body is None else json.dumps(body).encode()
+    try:
+        status, payload, _ = graph.handle(method, split.path, dict(urllib.parse.parse_qsl(split.query)),
+                                          {"Authorization": f"Bearer {token['access_token']}"}, data)
+    except GraphHttpError as exc:
+        return exc.status, exc.body()
+    return status, payload or {}
+
+
+def test_missing_application_permissions_get_403_authorization_request_denied(
+        graph: GraphSimulator, graph_settings: GraphSettings) -> None:
+    from shared.adapters.graph import GraphError
+
+    guest = graph.invite_guest("perm@fabrikam.com", "Perm")
+    group = graph.add_group("Scope")
+    graph.add_group_member(group["id"], guest["id"])
+    assert graph.app_roles == {"User.Read.All", "GroupMember.Read.All", "Mail.Send"}
+
+    graph.app_roles = {"GroupMember.Read.All"}
+    status, body = raw_request(graph, "GET", "/v1.0/users?$top=1&$select=id")
+    assert status == 403
+    assert body["error"]["code"] == "Authorization_RequestDenied"
+    assert body["error"]["message"] == "Insufficient privileges to complete the operation."
+    assert set(body["error"]["innerError"]) == {"date", "request-id", "client-request-id"}
+    for method, path in (("GET", f"/v1.0/users/{guest['id']}"), ("GET", "/v1.0/users/delta")):
+        assert raw_request(graph, method, path)[0] == 403
+    assert raw_request(graph, "GET", f"/v1.0/groups/{group['id']}/transitiveMembers")[0] == 200
+    assert raw_request(graph, "POST", f"/v1.0/users/{guest['id']}/checkMemberGroups",
+                       {"groupIds": [group["id"]]})[0] == 200
+
+    async def read_user() -> Any:
+        async with GraphClient(graph_settings) as client:
+            return await client.get_user(guest["id"])
+
+    with pytest.raises(GraphError) as info:
+        run(read_user())
+    assert (info.value.status, info.value.code) == (403, "Authorization_RequestDenied")
+
+    graph.app_roles = {"User.Read.All"}
+    assert raw_request(graph, "GET", "/v1.0/users?$top=1&$select=id")[0] == 200
+    for method, path, body in (("GET", f"/v1.0/groups/{group['id']}", None),
+                               ("GET", f"/v1.0/groups/{group['id']}/transitiveMembers/microsoft.graph.user", None),
+                               ("POST", f"/v1.0/users/{guest['id']}/checkMemberGroups", {"groupIds": [group["id"]]})):
+        status, answer = raw_request(graph, method, path, body)
+        assert (status, answer["error"]["code"]) == (403, "Authorization_RequestDenied"), path
+
+    graph.app_roles = {"Directory.Read.All"}  # the broader permission covers both
+    assert raw_request(graph, "GET", "/v1.0/users")[0] == 200
+    assert raw_request(graph, "GET", f"/v1.0/groups/{group['id']}")[0] == 200
+
+    graph.reset()
+    assert graph.app_roles == {"User.Read.All", "GroupMember.Read.All", "Mail.Send"}
+
+
+def test_tokens_carry_the_granted_roles(graph: GraphSimulator) -> None:
+    from shared.services.preflight import token_roles
+
+    def token() -> str:
+        status, body, _ = graph.handle("POST", f"/{graph.tenant_id}/oauth2/v2.0/token", {}, {},
+                                       urllib.parse.urlencode({"grant_type": "client_credentials",
+                                                               "client_id": graph.client_id,
+                                                               "client_secret": graph.client_secret}).encode())
+        assert status == 200 and body is not None
+        return str(body["access_token"])
+
+    assert token_roles(token()) == ["GroupMember.Read.All", "Mail.Send", "User.Read.All"]
+    graph.app_roles = set()
+    assert token_roles(token()) == []  # Entra leaves the roles claim out when nothing is granted
+    status, body, _ = graph.handle("POST", f"/{graph.tenant_id}/oauth2/v2.0/token", {}, {},
+                                   urllib.parse.urlencode({"grant_type": "client_credentials",
+                                                           "client_id": graph.client_id,
+                                                           "client_secret": "wrong"}).encode())
+    assert status == 401 and body is not None and "AADSTS7000215" in body["error_description"]
+
+
+def _certificate_pem(tmp_path: Path, name: str) -> tuple[Path, bytes]:
+    """An RSA key and a self-signed certificate, as `New-SelfSignedCertificate` makes for an app registration;
+    written together to one PEM file (what GRAPH_CLIENT_CERTIFICATE_PATH takes). Returns (file, certificate)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(days=1)).sign(key, hashes.SHA256()))
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    path = tmp_path / f"{name}.pem"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()) + cert_pem)
+    return path, cert_pem
+
+
+def test_certificate_credentials_sign_in_and_read_users(graph: GraphSimulator, tmp_path: Path) -> None:
+    import os
+
+    from azure.core.exceptions import ClientAuthenticationError
+
+    from shared.settings import load_graph_settings
+
+    graph.invite_guest("cert@fabrikam.com", "Cert")
+    registered, cert_pem = _certificate_pem(tmp_path, "guestsync-app")
+    unknown, _ = _certificate_pem(tmp_path, "someone-else")
+    graph.register_certificate(cert_pem)
+    with pytest.raises(ValueError, match="RSA"):  # Entra takes RSA certificates only
+        graph.register_certificate(Path(os.environ["SSL_CERT_FILE"]).read_bytes())  # the EC test CA
+
+    def settings(path: Path) -> GraphSettings:
+        return load_graph_settings({
+            "GRAPH_AUTH": "certificate", "GRAPH_TENANT_ID": graph.tenant_id, "GRAPH_CLIENT_ID": graph.client_id,
+            "GRAPH_CLIENT_CERTIFICATE_PATH": str(path), "GRAPH_ENDPOINT": graph.graph_url,
+            "GRAPH_AUTHORITY_HOST": graph.base_url, "GRAPH_CA_FILE": os.environ["SSL_CERT_FILE"],
+        })
+
+    async def guests(path: Path) -> list[Any]:
+        async with GraphClient(settings(path)) as client:
+            return [u async for u in client.list_guests()]
+
+    # the real azure-identity CertificateCredential (MSAL signs a client assertion with the key)
+    assert [u.mail for u in run(guests(registered))] == ["cert@fabrikam.com"]
+    with pytest.raises(ClientAuthenticationError, match="AADSTS700027"):
+        run(guests(unknown))
+    graph.reset()  # forgets registered certificates
+    with pytest.raises(ClientAuthenticationError, match="AADSTS700027"):
+        run(guests(registered))
+
+
+def test_client_assertion_is_verified(graph: GraphSimulator, tmp_path: Path) -> None:
+    """Signature (RS256 and PS256), audience, issuer/subject and expiry of the assertion are checked."""
+    import base64
+    import time
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    path, cert_pem = _certificate_pem(tmp_path, "assert")
+    thumbprint = graph.register_certificate(cert_pem)
+    key = serialization.load_pem_private_key(path.read_bytes(), None)
+    endpoint = f"/{graph.tenant_id}/oauth2/v2.0/token"
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    def assertion(alg: str = "PS256", **claims: Any) -> str:
+        now = time.time()
+        body = {"aud": f"{graph.base_url}{endpoint}", "iss": graph.client_id, "sub": graph.client_id,
+                "exp": now + 600, "iat": now, "jti": "x"} | claims
+        head = {"alg": alg, "typ": "JWT", "x5t#S256": thumbprint}
+        signed = f"{b64(json.dumps(head).encode())}.{b64(json.dumps(body).encode())}"
+        scheme = (padding.PKCS1v15() if alg == "RS256" else
+                  padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.DIGEST_LENGTH))
+        return f"{signed}.{b64(key.sign(signed.encode(), scheme, hashes.SHA256()))}"  # type: ignore[union-attr,call-arg]
+
+    def token(client_assertion: str) -> tuple[int, dict[str, Any]]:
+        form = {"grant_type": "client_credentials", "client_id": graph.client_id,
+                "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                "client_assertion": client_assertion, "scope": "https://graph.microsoft.com/.default"}
+        status, body, _ = graph.handle("POST", endpoint, {}, {}, urllib.parse.urlencode(form).encode())
+        return status, body
+
+    assert token(assertion("PS256"))[0] == 200
+    assert token(assertion("RS256"))[0] == 200
+    good = assertion()
+    tampered = good.rsplit(".", 1)[0][:-2] + "xx." + good.rsplit(".", 1)[1]
+    for bad, code in ((tampered, "AADSTS"), (assertion(aud="https://elsewhere/token"), "AADSTS700212"),
+                      (assertion(iss="someone"), "AADSTS50027"), (assertion(exp=time.time() - 3600), "AADSTS700024"),
+                      ("not-a-jwt", "AADSTS50027")):
+        status, body = token(bad)
+        assert status == 401 and body["error"] == "invalid_client" and code in body["error_description"], body
