@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 AZURITE_VERSION := 3.37.0
 APT_PACKAGES := samba samba-ad-dc samba-ad-provision winbind ldb-tools openssl
 
-.PHONY: deps deps-python deps-azurite deps-samba test lint demo clean
+.PHONY: deps deps-python deps-azurite deps-samba test lint reliability demo clean
 
 deps: deps-python deps-azurite deps-samba
 
@@ -40,6 +40,9 @@ test: deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy shared graphsim localenv function_app.py
 	$(PY) -m pytest -q -p no:cacheprovider
+
+reliability: deps  # the fault-injection suite only (it also runs in `make test`)
+	$(PY) -m pytest -q -p no:cacheprovider tests/reliability
 
 demo: deps
 	$(PY) -m shared.cli demo

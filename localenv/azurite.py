@@ -51,10 +51,13 @@ class Azurite:
             f"TableEndpoint=http://127.0.0.1:{self.table_port}/{ACCOUNT};"
         )
 
-    def start(self, timeout: float = 30.0) -> Azurite:
+    def start(self, timeout: float = 30.0, *, keep_ports: bool = False) -> Azurite:
+        """Start Azurite with its data in ``workdir`` (on disk: it survives a stop). New free ports unless
+        ``keep_ports`` (a restart: connection strings handed out before stay valid)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.blob_port, self.queue_port, self.table_port = free_port(), free_port(), free_port()
-        log = (self.workdir / "azurite.log").open("wb")
+        if not (keep_ports and self.blob_port and self.queue_port and self.table_port):
+            self.blob_port, self.queue_port, self.table_port = free_port(), free_port(), free_port()
+        log = (self.workdir / "azurite.log").open("ab")
         self.process = subprocess.Popen(
             [
                 azurite_executable(),
@@ -85,6 +88,12 @@ class Azurite:
                         raise RuntimeError("Azurite did not start in time") from None
                     time.sleep(0.1)
         return self
+
+    def restart(self, timeout: float = 30.0) -> Azurite:
+        """Stop (gracefully: Azurite saves its data on SIGTERM, not on SIGKILL) and start again on the same ports
+        and data, as a storage account that was unreachable for a while (tests of outages)."""
+        self.stop()
+        return self.start(timeout, keep_ports=True)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

@@ -35,6 +35,8 @@ COSMETIC_ATTRIBUTES: tuple[str, ...] = ("displayName", "givenName", "sn")
 #: Characters Windows refuses in a sAMAccountName.
 SAM_FORBIDDEN_CHARS = frozenset('"/\\[]:;|=,+*?<>@')
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+#: Half of a UTF-16 surrogate pair on its own: not Unicode text, cannot be sent over LDAP (UTF-8).
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 #: Delimiters AD uses to split displayName/sAMAccountName into tokens for its password complexity check.
 _PASSWORD_TOKEN_DELIMITERS = re.compile(r"[,.\-_#\t ]+")
 _PASSWORD_SYMBOLS = "!#$%&()*+-./:;<=>?@[]^_{|}~"  # noqa: S105 (an alphabet)
@@ -43,8 +45,9 @@ _HEX_PAIR = re.compile(r"[0-9a-fA-F]{2}")
 
 
 def utf16_length(value: str) -> int:
-    """Length as AD counts it: UTF-16 code units (a character outside the BMP counts twice)."""
-    return len(value.encode("utf-16-le")) // 2
+    """Length as AD counts it: UTF-16 code units (a character outside the BMP counts twice; an unpaired
+    surrogate, which ``validate_export`` refuses, once)."""
+    return len(value.encode("utf-16-le", "surrogatepass")) // 2
 
 
 def _truncate_utf16(value: str, limit: int) -> str:
@@ -71,6 +74,9 @@ def validate_export(attributes: Mapping[str, str | None]) -> list[str]:
             continue
         if _CONTROL_CHARS.search(value):
             problems.append(f"{name} contains a control character, which AD does not accept")
+        if _LONE_SURROGATE.search(value):
+            problems.append(f"{name} contains half of a UTF-16 surrogate pair (not valid Unicode), which cannot "
+                            "be written to AD")
         limit = MAX_LENGTHS.get(name)
         if limit is not None and utf16_length(value) > limit:
             problems.append(f"{name} is {utf16_length(value)} characters long; AD allows at most {limit}")

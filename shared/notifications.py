@@ -126,7 +126,9 @@ def _load_collection(body: bytes) -> list[Any]:
         raise MalformedNotificationError(f"body is larger than {MAX_BODY_BYTES} bytes")
     try:
         document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError:  # nested deeper than the parser recurses: not a notification, and not our failure
+        raise MalformedNotificationError("body is not JSON we accept: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, and an integer of over 4300 digits
         raise MalformedNotificationError(f"body is not JSON: {exc}") from None
     if not isinstance(document, dict) or not isinstance(document.get("value"), list):
         raise MalformedNotificationError('body must be a JSON object with a "value" array')

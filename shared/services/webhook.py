@@ -26,6 +26,8 @@ from shared.observability import new_correlation_id
 from shared.settings import WebhookSettings
 
 log = logging.getLogger("guestsync.webhook")
+#: Refused items of one POST that are logged and listed in the answer one by one; the rest are counted.
+MAX_REPORTED = 20
 
 
 @dataclass(frozen=True)
@@ -86,13 +88,19 @@ def receive_changes(
 
 
 def _batch_reply(batch: ChangeBatch | LifecycleBatch, noun: str) -> Reply:
-    """Log each refused item and answer with the batch's status code (details list the refused items)."""
-    for rejection in batch.rejected:
+    """Log the refused items and answer with the batch's status code (details list the refused items). Both
+    stop after MAX_REPORTED items: a body of junk items must not turn into as many log lines."""
+    for rejection in batch.rejected[:MAX_REPORTED]:
         log.warning("%s item %d refused: %s", noun, rejection.index, rejection.reason)
+    more = len(batch.rejected) - MAX_REPORTED
+    if more > 0:
+        log.warning("%d more %s items refused (%d in all)", more, noun, len(batch.rejected))
     status = batch.status_code()
     if status == 202:
         return Reply(202, "")
-    details = [f"item {r.index}: {r.reason}" for r in batch.rejected]
+    details = [f"item {r.index}: {r.reason}" for r in batch.rejected[:MAX_REPORTED]]
+    if more > 0:
+        details.append(f"... and {more} more refused items")
     message = f"some {noun}s were refused" if batch.accepted else f"no {noun} was accepted"
     return _problem(status, message, details)
 

@@ -93,6 +93,16 @@ def test_control_characters_refused_in_any_attribute(bad: str) -> None:
         assert any(name in p and "control character" in p for p in problems)
 
 
+@pytest.mark.parametrize("bad", ["half \ud800 a pair", "\udfff", "x" * 300 + "\udc00"])
+def test_unpaired_surrogates_are_refused_not_raised(bad: str) -> None:
+    """A JSON string may carry half a surrogate pair; it is no Unicode text and cannot go over LDAP."""
+    for name in ("displayName", "mail", "userPrincipalName"):
+        problems = validate_export({name: bad})
+        assert any(name in p and "surrogate" in p for p in problems)
+    fitted, _ = fit_cosmetic({"displayName": bad})  # counted, never raised
+    assert fitted["displayName"] is not None and utf16_length(fitted["displayName"]) <= 256
+
+
 def test_several_problems_are_all_reported() -> None:
     problems = validate_export({**GOOD, "sAMAccountName": "a" * 21, "mail": "m" * 300})
     assert len(problems) == 2

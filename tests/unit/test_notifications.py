@@ -100,7 +100,9 @@ def test_malformed_items_do_not_lose_valid_ones() -> None:
     assert len(batch.malformed) == 3 and batch.status_code() == 400
 
 
-@pytest.mark.parametrize("raw", [b"", b"{", b"[]", b'{"value": 3}', b"\xff\xfe", b'{"valeu": []}'])
+@pytest.mark.parametrize("raw", [b"", b"{", b"[]", b'{"value": 3}', b"\xff\xfe", b'{"valeu": []}',
+                                 b"[" * 100_000 + b"]" * 100_000,  # deeper than the JSON parser recurses
+                                 b'{"value": [' + b"7" * 5000 + b"]}"])  # over Python's 4300-digit int limit
 def test_malformed_bodies(raw: bytes) -> None:
     with pytest.raises(MalformedNotificationError):
         parse(raw)
@@ -179,3 +181,13 @@ def test_webhook_mixed_batch_enqueues_valid_and_answers_400() -> None:
     reply = receive_changes(raw, {}, WebhookSettings((SECRET,)), sent.append)
     assert reply.status == 400 and len(sent) == 1
     assert "item 1" in reply.body
+
+
+def test_webhook_reports_a_bounded_number_of_refused_items(caplog: pytest.LogCaptureFixture) -> None:
+    sent: list[str] = []
+    with caplog.at_level("WARNING", logger="guestsync.webhook"):
+        reply = receive_changes(body(*[{}] * 5000), {}, WebhookSettings((SECRET,)), sent.append)
+    assert reply.status == 403 and not sent
+    details = json.loads(reply.body)["details"]
+    assert len(details) == 21 and details[-1] == "... and 4980 more refused items"
+    assert len(caplog.records) == 21 and "4980 more" in caplog.records[-1].getMessage()

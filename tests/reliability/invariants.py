@@ -1,0 +1,286 @@
+"""What must hold after every fault: ``assert_invariants(stack, uids)``.
+
+1. Every guest ends with exactly one AD account (the whole domain is searched, by cn and by
+   userPrincipalName), joined in state, or with a visible error in state (status ``error`` with a readable
+   message; then at most one account of its cn exists).
+2. No duplicate accounts in the domain: by cn, userPrincipalName or sAMAccountName (case-insensitive, as AD
+   compares them).
+3. Nothing was written outside the managed OUs (``OU=B2BGuest`` and ``OU=B2BGuestArchive``): the domain
+   outside them is compared, as Administrator, with a snapshot taken before the scenario. Every attribute of
+   every object is compared, not only whenChanged/uSNChanged: the DC changes some objects outside the OUs by
+   itself (the service account's lastLogonTimestamp when it binds, the RID Set's rIDNextRID when an account is
+   created in the OU; the latter without touching uSNChanged), so only that DC bookkeeping is ignored and a
+   write to any other attribute is caught even when the DC would not bump uSNChanged for it.
+4. No password or secret in the logs (every record of every logger at DEBUG) or in state (every property of
+   every entity of the state table, the meta singletons included) or in a poison queue: the generated
+   account passwords (recorded by wrapping ``shared.services.export.new_password``), the AD bind password,
+   the Graph client secret, the webhook clientState and the storage account key.
+
+``watch()`` (the ``rstack`` fixture calls it) takes the snapshot and installs the recorders before the
+scenario starts.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import logging
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ldap3
+import pytest
+from azure.core.exceptions import ResourceNotFoundError
+from azure.data.tables import TableServiceClient
+from azure.storage.queue import QueueClient
+from ldap3.core.exceptions import LDAPException
+
+from shared import ad_rules, bootstrap
+from shared.ad_rules import format_sid, is_within, same_dn
+from shared.domain import GuestStatus
+from shared.services import export
+from tests.plugins.samba import GuestsyncDC
+from tests.plugins.stack import Stack
+
+#: Attributes the DC maintains by itself on objects outside the OUs while guestsync works inside them.
+DC_BOOKKEEPING = frozenset(a.lower() for a in (
+    "whenChanged", "uSNChanged",  # bumped by any of the below that replicate
+    "lastLogon", "lastLogonTimestamp", "logonCount", "badPwdCount", "badPasswordTime",  # binds
+    "rIDNextRID", "rIDAllocationPool", "rIDPreviousAllocationPool", "rIDAvailablePool", "rIDUsedPool",  # new SIDs
+))
+#: Longest readable error we accept, and what must never be in one.
+MAX_ERROR_LENGTH = 2000
+_NOT_READABLE = re.compile(r"Traceback \(most recent call last\)|\bFile \"/|object at 0x")
+
+Snapshot = dict[str, dict[str, list[bytes]]]
+
+
+@dataclass
+class Watch:
+    """What one scenario is checked against."""
+
+    samba_dc: GuestsyncDC
+    caplog: pytest.LogCaptureFixture
+    outside: Snapshot
+    passwords: list[str] = field(default_factory=list)
+    secrets: dict[str, str] = field(default_factory=dict)
+
+
+_watches: dict[int, Watch] = {}
+
+
+def snapshot_outside(conn: ldap3.Connection, base_dn: str, managed_ous: Iterable[str]) -> Snapshot:
+    """Every object of the domain naming context outside the managed OUs, with all its attributes (raw)."""
+    ous = tuple(managed_ous)
+    conn.search(base_dn, "(objectClass=*)", ldap3.SUBTREE, attributes=[ldap3.ALL_ATTRIBUTES])
+    assert conn.result["description"] == "success", conn.result
+    out: Snapshot = {}
+    for entry in conn.response or []:
+        if entry.get("type") != "searchResEntry":
+            continue
+        dn = str(entry["dn"])
+        if any(is_within(dn, ou) for ou in ous):
+            continue
+        out[dn.lower()] = {str(k).lower(): sorted(bytes(v) for v in values)
+                           for k, values in entry["raw_attributes"].items()}
+    return out
+
+
+def watch(stack: Stack, samba_dc: GuestsyncDC, caplog: pytest.LogCaptureFixture,
+          monkeypatch: pytest.MonkeyPatch) -> Watch:
+    """Start watching ``stack``: DEBUG logs captured, generated passwords recorded, the domain outside the
+    managed OUs snapshotted."""
+    caplog.set_level(logging.DEBUG)
+    settings = bootstrap.services().settings
+    assert settings.directory is not None and settings.storage.connection_string
+    key = re.search(r"AccountKey=([^;]+)", settings.storage.connection_string)
+    assert key is not None
+    w = Watch(samba_dc, caplog, snapshot_outside(stack.admin, samba_dc.base_dn, (stack.guest_ou, stack.archive_ou)))
+    w.secrets = {
+        "the AD bind password": settings.directory.bind_password,
+        "the Graph client secret": str(settings.graph.client_secret),
+        "the webhook clientState": settings.webhook.client_states[0],
+        "the storage account key": key.group(1),
+    }
+    original = ad_rules.new_password
+
+    def recording_password(*args: Any, **kwargs: Any) -> str:
+        value = original(*args, **kwargs)
+        w.passwords.append(value)
+        return value
+
+    monkeypatch.setattr(export, "new_password", recording_password)
+    _watches[id(stack)] = w
+    return w
+
+
+def unwatch(stack: Stack) -> None:
+    _watches.pop(id(stack), None)
+
+
+def watched(stack: Stack) -> Watch:
+    w = _watches.get(id(stack))
+    assert w is not None, "use the rstack fixture: it snapshots the domain before the scenario"
+    return w
+
+
+def admin(stack: Stack) -> ldap3.Connection:
+    """``stack.admin``, bound again if the DC was restarted under it."""
+    conn = stack.admin
+    try:
+        if not conn.closed and conn.search(watched(stack).samba_dc.base_dn, "(objectClass=domain)", ldap3.BASE):
+            return conn
+    except LDAPException:
+        pass
+    with contextlib.suppress(LDAPException):
+        conn.unbind()
+    stack.admin = watched(stack).samba_dc.admin_connection()
+    return stack.admin
+
+
+def _casefold(value: object) -> str:
+    return unicodedata.normalize("NFC", str(value)).casefold()
+
+
+def _domain_users(conn: ldap3.Connection, base_dn: str) -> list[dict[str, Any]]:
+    conn.search(base_dn, "(objectClass=user)", ldap3.SUBTREE,
+                attributes=["cn", "sAMAccountName", "userPrincipalName", "objectSid"], paged_size=1000)
+    assert conn.result["description"] == "success", conn.result
+    users = []
+    for entry in conn.response or []:
+        if entry.get("type") != "searchResEntry":
+            continue
+        raw = entry["raw_attributes"]
+
+        def text(name: str, raw: dict[str, list[bytes]] = raw) -> str | None:
+            values = raw.get(name) or []
+            return bytes(values[0]).decode("utf-8") if values else None
+
+        sid = raw.get("objectSid") or []
+        users.append({"dn": str(entry["dn"]), "cn": text("cn"), "sam": text("sAMAccountName"),
+                      "upn": text("userPrincipalName"), "sid": format_sid(bytes(sid[0])) if sid else None})
+    return users
+
+
+def check_accounts(stack: Stack, uids: Iterable[str]) -> list[str]:
+    """Invariants 1 and 2; returns the problems found (empty when all is well)."""
+    w = watched(stack)
+    users = _domain_users(admin(stack), w.samba_dc.base_dn)
+    problems: list[str] = []
+    for uid in uids:
+        record = stack.state.get(uid)
+        if record is None:
+            problems.append(f"{uid}: unknown to state (neither provisioned nor in error)")
+            continue
+        by_cn = [u for u in users if u["cn"] is not None and _casefold(u["cn"]) == uid.lower()]
+        upn = record.entry.user_principal_name
+        by_upn = [u for u in users if upn and u["upn"] is not None and _casefold(u["upn"]) == _casefold(upn)]
+        if record.status is GuestStatus.ERROR:
+            error = record.error or ""
+            if not error.strip() or len(error) > MAX_ERROR_LENGTH or _NOT_READABLE.search(error) or any(
+                    unicodedata.category(c) == "Cc" for c in error):
+                problems.append(f"{uid}: status error without a readable message: {error!r}")
+            if len(by_cn) > 1:
+                problems.append(f"{uid}: in error and {len(by_cn)} accounts named CN={uid}: {by_cn}")
+            continue
+        if record.status is not GuestStatus.PROVISIONED or record.exported_version != record.version:
+            problems.append(f"{uid}: neither provisioned at its current version nor in error: status "
+                            f"{record.status.value}, version {record.version}, exported {record.exported_version}, "
+                            f"error {record.error!r}")
+            continue
+        found = {u["dn"].lower(): u for u in by_cn + by_upn}
+        if len(found) != 1:
+            problems.append(f"{uid}: {len(found)} AD accounts (by cn or userPrincipalName {upn!r}), expected 1: "
+                            f"{sorted(found)}")
+            continue
+        (account,) = found.values()
+        if account["sid"] != record.object_sid or not (record.dn and same_dn(record.dn, account["dn"])):
+            problems.append(f"{uid}: state joins {record.dn} ({record.object_sid}) but the account is "
+                            f"{account['dn']} ({account['sid']})")
+        if not is_within(account["dn"], stack.guest_ou):
+            problems.append(f"{uid}: its account {account['dn']} is not in {stack.guest_ou}")
+    for key in ("cn", "sam", "upn"):
+        counts = Counter(_casefold(u[key]) for u in users if u[key])
+        for value, count in counts.items():
+            if count > 1:
+                dns = [u["dn"] for u in users if u[key] and _casefold(u[key]) == value]
+                problems.append(f"duplicate {key} {value!r} in the domain: {dns}")
+    return problems
+
+
+def check_outside(stack: Stack) -> list[str]:
+    """Invariant 3: the domain outside the managed OUs is as it was, but for the DC's own bookkeeping."""
+    w = watched(stack)
+    now = snapshot_outside(admin(stack), w.samba_dc.base_dn, (stack.guest_ou, stack.archive_ou))
+    problems = [f"object created outside the managed OUs: {dn}" for dn in sorted(set(now) - set(w.outside))]
+    problems += [f"object deleted or moved from outside the managed OUs: {dn}"
+                 for dn in sorted(set(w.outside) - set(now))]
+    for dn in sorted(set(now) & set(w.outside)):
+        before, after = w.outside[dn], now[dn]
+        changed = sorted(name for name in set(before) | set(after)
+                         if name not in DC_BOOKKEEPING and before.get(name) != after.get(name))
+        if changed:
+            problems.append(f"{dn} was written outside the managed OUs: {', '.join(changed)}")
+    return problems
+
+
+def _state_texts() -> Iterable[tuple[str, str]]:
+    settings = bootstrap.services().settings
+    service = TableServiceClient.from_connection_string(str(settings.storage.connection_string))
+    table = service.get_table_client(settings.state_table)
+    try:
+        for entity in table.list_entities():
+            where = f"state entity {entity['PartitionKey']}/{entity['RowKey']}"
+            for name, value in entity.items():
+                yield f"{where} property {name}", str(value)
+    finally:
+        table.close()
+        service.close()
+
+
+def _poison_texts() -> Iterable[tuple[str, str]]:
+    settings = bootstrap.services().settings
+    for name in (settings.change_poison_queue, settings.export_poison_queue):
+        client = QueueClient.from_connection_string(str(settings.storage.connection_string), name)
+        try:
+            for message in client.peek_messages(max_messages=32):
+                content = str(message.content)
+                with contextlib.suppress(ValueError, binascii.Error):
+                    content += base64.b64decode(content, validate=True).decode("utf-8", "replace")
+                yield f"poison queue {name}", content
+        except ResourceNotFoundError:
+            pass
+        finally:
+            client.close()
+
+
+def check_secrets(stack: Stack) -> list[str]:
+    """Invariant 4."""
+    w = watched(stack)
+    secrets = dict(w.secrets)
+    secrets.update({f"generated password #{i + 1}": p for i, p in enumerate(w.passwords)})
+    places: list[tuple[str, str]] = []
+    for record in w.caplog.records:
+        text = record.getMessage() + (record.exc_text or "") + (record.stack_info or "")
+        places.append((f"a {record.levelname} record of logger {record.name}", text))
+    places.append(("the captured log text", w.caplog.text))
+    places += list(_state_texts())
+    places += list(_poison_texts())
+    problems = []
+    for where, text in places:
+        for name, value in secrets.items():
+            if value and value in text:
+                problems.append(f"{name} is in {where}")
+    return problems
+
+
+def assert_invariants(stack: Stack, uids: Iterable[str]) -> None:
+    """Check every invariant; fail with all the problems found."""
+    uids = list(uids)
+    problems = check_accounts(stack, uids) + check_outside(stack) + check_secrets(stack)
+    assert not problems, f"{len(problems)} invariant violation(s):\n  " + "\n  ".join(problems)

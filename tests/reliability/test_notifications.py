@@ -1,0 +1,261 @@
+"""Hostile and unreliable notification traffic, posted straight to the function app's webhook.
+
+* Duplicated, reordered and replayed notifications: one account per guest, the last value wins, and a
+  replay after convergence writes nothing to AD.
+* Forged clientState and another tenant: refused (403), nothing queued. Malformed and oversized bodies,
+  fuzzed with hypothesis: always a 2xx/4xx JSON answer, never a 5xx, never a queued message for an invalid
+  item; the app keeps working afterwards.
+
+Real Azurite, Samba AD DC and Graph simulator; the function app on the local runner.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import ldap3
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from shared import bootstrap
+from shared.domain import GuestStatus, is_guid
+from shared.notifications import CHANGE_TYPES, MAX_BODY_BYTES
+from tests.plugins.stack import Stack
+from tests.reliability.faults import notification, poisoned, post
+from tests.reliability.invariants import admin, assert_invariants
+
+pytestmark = [pytest.mark.integration, pytest.mark.reliability]
+NOTIFICATIONS = "/api/graph/notifications"
+LIFECYCLE = "/api/graph/lifecycle"
+
+
+def _unheard_guest(stack: Stack, name: str) -> str:
+    """A guest invited in Entra whose notification Graph lost: guestsync knows nothing of it."""
+    sim: Any = stack.sim
+    sim.drop_next_notifications(1)
+    return str(sim.invite_guest(f"{name}@fabrikam.com", f"Guest {name}", "Given", name)["id"])
+
+
+def _quiet_update(stack: Stack, uid: str, **props: Any) -> None:
+    sim: Any = stack.sim
+    sim.drop_next_notifications(1)
+    sim.update_user(uid, **props)
+
+
+def _usn(stack: Stack, uids: list[str]) -> dict[str, int]:
+    conn = admin(stack)
+    conn.search(stack.guest_ou, "(objectClass=user)", ldap3.LEVEL, attributes=["cn", "uSNChanged"])
+    found = {str(e.cn): int(e.uSNChanged.value) for e in conn.entries}
+    return {u: found[u] for u in uids}
+
+
+class _Spy:
+    """Records what the webhook puts on the change queue (and still puts it there)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        queue = bootstrap.services().change_queue
+        self.sent: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        real: Callable[..., None] = queue.send
+
+        def send(text: str, **kwargs: Any) -> None:
+            with self._lock:
+                self.sent.append(json.loads(text))
+            real(text, **kwargs)
+
+        monkeypatch.setattr(queue, "send", send)
+
+    def take(self) -> list[dict[str, Any]]:
+        with self._lock:
+            sent, self.sent = self.sent, []
+        return sent
+
+
+def test_duplicated_reordered_and_replayed_notifications_converge_on_the_last_value(rstack: Stack) -> None:
+    stack = rstack
+    uids = [_unheard_guest(stack, f"replay{i}") for i in range(4)]
+    bodies: list[dict[str, Any]] = []
+    for uid in uids:
+        bodies.append({"value": [notification(stack, uid, "created")]})
+        for version in ("v1", "v2", "v3"):
+            _quiet_update(stack, uid, givenName=version)
+            bodies.append({"value": [notification(stack, uid, "updated")]})
+        bodies.append({"value": [notification(stack, uid, "deleted")]})  # a stale/forged-looking 'deleted'
+    # Every notification three times, shuffled, from 8 concurrent senders, plus everything in one batch.
+    traffic = bodies * 3 + [{"value": [item for body in bodies for item in body["value"]]}]
+    random.Random(5).shuffle(traffic)
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda body: post(stack, body)[0], traffic))
+    assert set(statuses) == {202}, statuses
+    stack.wait(lambda: stack.settled(uids), "the replayed guests")
+    accounts = stack.ad_accounts()
+    assert {u: accounts[u]["givenName"] for u in uids} == {u: ["v3"] for u in uids}
+
+    # A newer change whose own notification is lost, then the old notifications again: the newer value wins.
+    _quiet_update(stack, uids[0], givenName="v4", displayName="Newest")
+    random.Random(6).shuffle(bodies)
+    for body in bodies:
+        assert post(stack, body)[0] == 202
+    stack.wait(lambda: (r := stack.state.get(uids[0])) is not None and r.entry.given_name == "v4"
+               and stack.settled(uids), "the newest value")
+    stack.drain()
+    accounts = stack.ad_accounts()
+    assert accounts[uids[0]]["givenName"] == ["v4"] and accounts[uids[0]]["displayName"] == ["Newest"]
+
+    # Converged: a replay of everything is read, compared and dropped; AD is not written at all.
+    versions = {u: stack.state.get(u).version for u in uids}  # type: ignore[union-attr]
+    usn = _usn(stack, uids)
+    for body in traffic:
+        assert post(stack, body)[0] == 202
+    stack.drain()
+    assert _usn(stack, uids) == usn
+    assert {u: stack.state.get(u).version for u in uids} == versions  # type: ignore[union-attr]
+    assert poisoned() == {"changes": 0, "exports": 0}
+    assert_invariants(stack, uids)
+
+
+# ------------------------------------------------------------------------------------------ forged and fuzzed
+
+_KNOWN_KEYS = {"subscriptionId", "subscriptionExpirationDateTime", "clientState", "changeType", "resource",
+               "tenantId", "resourceData", "lifecycleEvent"}
+_json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40)
+_json = st.recursive(_json_scalars, lambda inner: st.lists(inner, max_size=4)
+                     | st.dictionaries(st.text(max_size=12), inner, max_size=4), max_leaves=12)
+_not_guid = st.text(max_size=60).filter(lambda t: not is_guid(t.removeprefix("Users/").removeprefix("users/")))
+
+
+def _defects(valid: Callable[[], dict[str, Any]]) -> st.SearchStrategy[Any]:
+    """An item that is ours in every way but one or more defects (or not an object at all): never valid."""
+
+    @st.composite
+    def item(draw: st.DrawFn) -> Any:
+        kind = draw(st.sampled_from(["forged", "tenant", "change_type", "resource", "not_object", "several"]))
+        if kind == "not_object":
+            return draw(_json.filter(lambda v: not isinstance(v, dict)))
+        body = valid()
+        chosen = (draw(st.lists(st.sampled_from(["forged", "tenant", "change_type", "resource"]), min_size=2,
+                                max_size=4, unique=True)) if kind == "several" else [kind])
+        for defect in chosen:
+            if defect == "forged":
+                body["clientState"] = draw(_json.filter(lambda v: v != os.environ["GRAPH_CLIENT_STATE"]))
+            elif defect == "tenant":
+                body["tenantId"] = draw(_json.filter(
+                    lambda v: str(v).lower() != str(body.get("tenantId", "")).lower()))
+            elif defect == "change_type":
+                body["changeType"] = draw(_json.filter(
+                    lambda v: not isinstance(v, str) or not set(v.split(",")) <= CHANGE_TYPES))
+            else:
+                body["resource"] = draw(_not_guid)
+                body["resourceData"] = draw(st.one_of(_json.filter(lambda v: not isinstance(v, dict)),
+                                                      st.fixed_dictionaries({"id": _not_guid})))
+        extra = draw(st.dictionaries(st.text(max_size=12).filter(lambda k: k not in _KNOWN_KEYS), _json,
+                                     max_size=3))
+        return {**extra, **body}
+
+    return item()
+
+
+def _bodies(valid: Callable[[], dict[str, Any]]) -> st.SearchStrategy[bytes]:
+    items = st.lists(_defects(valid), min_size=1, max_size=6)
+    collections = st.builds(lambda values, extra: json.dumps({**extra, "value": values}).encode(),
+                            items, st.dictionaries(st.text(max_size=8).filter(lambda k: k != "value"), _json,
+                                                   max_size=2))
+    not_collections = _json.filter(lambda v: not (isinstance(v, dict) and isinstance(v.get("value"), list))).map(
+        lambda v: json.dumps(v).encode())
+    return st.one_of(collections, collections, not_collections, st.binary(max_size=300))
+
+
+def _assert_refused_answer(status: int, content_type: str, raw: bytes, *, items: bool) -> None:
+    assert 200 <= status < 500, f"answered {status}: {raw[:300]!r}"
+    if status == 202:
+        assert not items, "a batch of invalid items was accepted"
+        return
+    assert status in (400, 403), status
+    assert content_type.startswith("application/json"), content_type
+    answer = json.loads(raw)
+    assert isinstance(answer, dict) and isinstance(answer.get("error"), str) and answer["error"]
+
+
+def _has_items(body: bytes) -> bool:
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(document, dict) and isinstance(document.get("value"), list) and bool(document["value"])
+
+
+# The runner's pollers use the random module in their threads while hypothesis generates an example.
+@pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")
+def test_forged_foreign_malformed_and_oversized_notifications_are_refused(
+        rstack: Stack, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    stack = rstack
+    victim = _unheard_guest(stack, "victim")  # exists in Entra, unknown to guestsync: must stay unknown
+    legit = _unheard_guest(stack, "legit")
+    spy = _Spy(monkeypatch)
+
+    forged = {"value": [notification(stack, victim, clientState="guessed")]}
+    foreign = {"value": [notification(stack, victim, tenantId=str(uuid.uuid4()))]}
+    for refused in (forged, foreign):
+        for path in (NOTIFICATIONS, LIFECYCLE):
+            status, content_type, raw = post(stack, refused, path)
+            _assert_refused_answer(status, content_type, raw, items=True)
+            assert status == 403
+    assert spy.take() == []
+
+    # A batch with one good item among forged ones: the good one is queued, only that one.
+    mixed = {"value": [forged["value"][0], notification(stack, legit), foreign["value"][0]]}
+    assert post(stack, mixed)[0] == 202
+    assert [m["user_id"] for m in spy.take()] == [legit]
+
+    explicit = [
+        b"", b"null", b"[]", b"{}", b'{"value": {}}', b"\xff\xfe\x00", b"\x00" * 64,
+        json.dumps({"value": []}).encode("utf-32"),
+        b"[" * 100_000 + b"]" * 100_000,  # deeper than any JSON parser recurses
+        b'{"value": [' + b"[" * 50_000 + b"]" * 50_000 + b"]}",
+        b'{"value": [' + b"7" * 5000 + b"]}",  # an integer longer than Python converts (4300 digits)
+        json.dumps({"value": [notification(stack, victim, clientState="x")], "pad": "x" * MAX_BODY_BYTES}).encode(),
+    ]
+    for body in explicit:
+        for path in (NOTIFICATIONS, LIFECYCLE):
+            status, content_type, raw = post(stack, body, path)
+            _assert_refused_answer(status, content_type, raw, items=_has_items(body))
+    assert spy.take() == []
+
+    # 100,000 junk items in one body: refused with a bounded answer and a bounded number of log lines.
+    junk = json.dumps({"value": [{}] * 100_000}).encode()
+    for path in (NOTIFICATIONS, LIFECYCLE):
+        logged = len(caplog.records)
+        status, content_type, raw = post(stack, junk, path)
+        _assert_refused_answer(status, content_type, raw, items=True)
+        webhook_lines = [r for r in caplog.records[logged:] if r.name == "guestsync.webhook"]
+        assert len(raw) < 10_000 and len(webhook_lines) <= 25, (len(raw), len(webhook_lines))
+    assert spy.take() == []
+
+    @settings(max_examples=100, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    @given(body=_bodies(lambda: notification(stack, victim)), path=st.sampled_from([NOTIFICATIONS, LIFECYCLE]))
+    def fuzz(body: bytes, path: str) -> None:
+        status, content_type, raw = post(stack, body, path)
+        _assert_refused_answer(status, content_type, raw, items=_has_items(body))
+        assert spy.take() == [], f"an invalid item was queued: {body[:300]!r}"
+
+    fuzz()
+
+    # The app still works: a real notification for a new guest is handled end to end.
+    after = _unheard_guest(stack, "afterfuzz")
+    assert post(stack, {"value": [notification(stack, after)]})[0] == 202
+    stack.wait(lambda: stack.settled([legit, after]), "the legitimate guests")
+    stack.drain()
+    assert stack.state.get(victim) is None
+    assert victim not in stack.ad_accounts()
+    assert stack.state.get(legit).status is GuestStatus.PROVISIONED  # type: ignore[union-attr]
+    assert poisoned() == {"changes": 0, "exports": 0}
+    assert_invariants(stack, [legit, after])

@@ -1,0 +1,141 @@
+"""Processes die and components go away while guests are being provisioned: the worker is killed mid-batch,
+the AD DC and the storage account restart. Afterwards every guest has exactly one account (or a readable
+error), nothing was written outside the managed OUs, and no password is anywhere.
+
+Real Azurite, Samba AD DC and Graph simulator; the function app on the local runner (worker mode function).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from localenv.azurite import Azurite
+from shared import bootstrap
+from shared.domain import GuestStatus
+from tests.plugins.samba import GuestsyncDC
+from tests.plugins.stack import Stack
+from tests.reliability.faults import Killer, new_host, notification, poisoned, port_of, post, short_leases
+from tests.reliability.invariants import assert_invariants
+
+pytestmark = [pytest.mark.integration, pytest.mark.reliability]
+
+
+def _invite(stack: Stack, count: int, prefix: str) -> list[str]:
+    sim: Any = stack.sim
+    return [sim.invite_guest(f"{prefix}{i}@fabrikam.com", f"Guest {prefix}{i}", "Given", f"Sur{i}")["id"]
+            for i in range(count)]
+
+
+def test_worker_killed_mid_batch_a_new_host_finishes_the_work(rstack: Stack, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    stack = rstack
+    short_leases(monkeypatch, 4)
+    killer = Killer(monkeypatch)
+    old = stack.host
+    port = port_of(old)
+    killer.arm(old, after_creates=10)  # right after the 10th account is created, before its join is saved
+    uids = _invite(stack, 30, "kill")
+    assert killer.wait_dead(60), f"no 10 accounts in 60 s: {stack.summary()}"
+    joined = {r.uid for r in stack.state if r.object_sid}
+    in_ad = set(stack.ad_accounts())
+    assert in_ad - joined, f"the kill left no account without its join in state (refused: {killer.refused})"
+    assert len(joined) < 30, "every export had finished before the kill; the scenario proves nothing"
+
+    new_host(stack, tmp_path, port)  # the same queues, state and webhook address
+    stack.wait(lambda: stack.settled(uids), "all 30 guests after the restart", timeout=90)
+    stack.drain()
+    assert all(stack.state.get(u).status is GuestStatus.PROVISIONED for u in uids)  # type: ignore[union-attr]
+    assert poisoned() == {"changes": 0, "exports": 0}
+    assert_invariants(stack, uids)
+
+
+def test_dc_down_during_exports_retries_poisons_and_reconcile_recovers(rstack: Stack,
+                                                                       samba_dc: GuestsyncDC) -> None:
+    stack = rstack
+    first = _invite(stack, 5, "before")
+    stack.wait(lambda: stack.settled(first), "the first accounts")
+    # The DC comes back on the same address (a fixed 127.x.y.z:636, in its certificate): AD_SERVER stays valid.
+    url = samba_dc.ldaps_url
+    assert bootstrap.services().settings.directory.server == url  # type: ignore[union-attr]
+    samba_dc.stop()
+    try:
+        during = _invite(stack, 10, "during")
+        # Every export fails while the DC is away: retried by the queue, parked as poison after 5 tries.
+        stack.wait(lambda: poisoned()["exports"] >= len(during), "the failed exports in poison",
+                   timeout=60)
+        assert all(stack.state.get(u).status is GuestStatus.PENDING for u in during)  # type: ignore[union-attr]
+    finally:
+        samba_dc.start()
+    assert samba_dc.ldaps_url == url
+    after = _invite(stack, 5, "after")
+    stack.wait(lambda: stack.settled(first + after), "exports once the DC is back")
+    # Poisoned exports stay parked for the operator; their guests are still pending: the reconcile recovers them.
+    report = stack.reconcile()
+    assert sum(report["actions"].values()) >= len(during), report
+    stack.wait(lambda: stack.settled(during), "the guests whose exports were poisoned")
+    stack.drain()
+    assert_invariants(stack, first + during + after)
+
+
+def test_storage_restart_while_notifications_arrive_loses_nothing(rstack: Stack, azurite: Azurite,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    stack = rstack
+    sim: Any = stack.sim
+    short_leases(monkeypatch, 5)  # a message whose settle failed while storage was away: redelivered soon
+    first = _invite(stack, 5, "stored")
+    stack.wait(lambda: stack.settled(first), "the first accounts")
+    before = {u: stack.state.get(u) for u in first}
+    azurite.stop()
+    try:
+        during = _invite(stack, 5, "outage")
+        sim.update_user(first[0], givenName="Renamed")
+        time.sleep(4)  # notifications arrive and the webhook tries to queue them while storage is away
+    finally:
+        azurite.start(keep_ports=True)
+    after = _invite(stack, 3, "back")
+    # Storage kept what it had acknowledged: queues and the state table survive the restart.
+    for uid in first:
+        record = stack.state.get(uid)
+        assert record is not None and before[uid] is not None
+        assert record.object_sid == before[uid].object_sid  # type: ignore[union-attr]
+    stack.wait(lambda: stack.settled(first + after), "the guests notified around the outage")
+    sim.wait_for_deliveries()
+    # Graph retries a delivery that failed for hours; the simulator does not, so the reconcile stands in.
+    stack.reconcile()
+    stack.wait(lambda: stack.settled(first + during + after)
+               and stack.state.get(first[0]).entry.given_name == "Renamed", "every guest")  # type: ignore[union-attr]
+    stack.drain()
+    assert stack.ad_accounts()[first[0]]["givenName"] == ["Renamed"]
+    assert poisoned() == {"changes": 0, "exports": 0}
+    assert_invariants(stack, first + during + after)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "webhook blocks on storage retries: with the storage account unreachable, POST /api/graph/notifications waits "
+    "for azure-storage-queue's default ExponentialRetry (15 s, 18 s, 24 s back-off: about a minute) in "
+    "MessageQueue.send (shared/adapters/queues.py, wired in shared/functions.py) instead of answering Graph within "
+    "its 3 s budget with a 5xx that Graph retries; Graph marks such an endpoint slow, then drops notifications"))
+def test_webhook_answers_graph_within_3_seconds_while_storage_is_down(rstack: Stack, azurite: Azurite) -> None:
+    stack = rstack
+    sim: Any = stack.sim
+    sim.drop_next_notifications(1)
+    uid = sim.invite_guest("blocked@fabrikam.com", "Blocked Guest", "Blocked", "Guest")["id"]
+    azurite.stop()
+    try:
+        started = time.monotonic()
+        try:
+            status: int | None = post(stack, {"value": [notification(stack, uid)]}, timeout=3.5)[0]
+        except OSError:  # timed out
+            status = None
+        elapsed = time.monotonic() - started
+    finally:
+        azurite.start(keep_ports=True)
+    # Nothing is lost either way: the webhook's own retry queues the change once storage is back.
+    stack.wait(lambda: stack.settled([uid]), "the guest notified during the outage")
+    stack.drain()
+    assert_invariants(stack, [uid])
+    assert status is not None and status >= 500 and elapsed < 3.0, f"answered {status} after {elapsed:.1f} s"
