@@ -191,6 +191,8 @@ class GraphSimulator:
         self.subscriptions: dict[str, Subscription] = {}
         self.request_count: Counter[str] = Counter()
         self.deliveries = Deliveries()
+        #: Back-off between redeliveries of a notification that failed transiently (Graph: up to 4 hours).
+        self.redelivery_delays: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
         self.sent_mail: list[dict[str, Any]] = []  # sendMail requests accepted, oldest first
         self._drop_next = 0
         self._throttle: list[tuple[int, int]] = []  # (status, retry_after) for the next requests
@@ -454,15 +456,29 @@ class GraphSimulator:
             if isinstance(marker, threading.Event):
                 marker.set()
                 continue
+            attempt = int(payload.pop("__attempt__", 0))
             try:
                 status, _ = _post(url, json.dumps(payload).encode(), "application/json", timeout=3.0)
                 if status >= 300:
                     raise urllib.error.HTTPError(url, status, "refused", None, None)  # type: ignore[arg-type]
                 with self._lock:
                     self.deliveries.sent.append(payload)
-            except Exception as exc:  # Graph drops what it cannot deliver; we record it
+            except Exception as exc:
                 with self._lock:
                     self.deliveries.failed.append(f"{url}: {exc}")
+                transient = not isinstance(exc, urllib.error.HTTPError) or exc.code >= 500
+                if transient and attempt < len(self.redelivery_delays):
+                    # Graph retries a failed delivery (5xx, timeout, refused) with back-off for up to 4 hours;
+                    # a 4xx answer is final.
+                    self._redeliver(url, payload, attempt + 1, self.redelivery_delays[attempt])
+
+    def _redeliver(self, url: str, payload: dict[str, Any], attempt: int, delay: float) -> None:
+        def put() -> None:
+            self._outbox.put((url, {**payload, "__attempt__": attempt}))
+
+        timer = threading.Timer(delay, put)
+        timer.daemon = True
+        timer.start()
 
     def _transitive_members(self, group_id: str) -> list[tuple[str, dict[str, Any]]]:
         """(kind, object) for every member of the group, nested groups expanded breadth first, each once.

@@ -38,6 +38,11 @@ class Services:
         return MessageQueue.from_settings(self.settings.storage, self.settings.change_queue)
 
     @cached_property
+    def webhook_queue(self) -> MessageQueue:
+        """The change queue as the webhook sends to it: failing fast (see MessageQueue.from_settings)."""
+        return MessageQueue.from_settings(self.settings.storage, self.settings.change_queue, fail_fast=True)
+
+    @cached_property
     def export_queue(self) -> MessageQueue:
         return MessageQueue.from_settings(self.settings.storage, self.settings.export_queue)
 

@@ -40,7 +40,7 @@ def make_ingest_blueprint() -> func.Blueprint:
     def graph_notifications(req: func.HttpRequest) -> func.HttpResponse:
         s = services()  # services() installs log scrubbing with the settings' secrets
         return _http(
-            webhook.receive_changes(req.get_body(), dict(req.params), s.settings.webhook, s.change_queue.send)
+            webhook.receive_changes(req.get_body(), dict(req.params), s.settings.webhook, s.webhook_queue.send)
         )
 
     @bp.function_name("graph_lifecycle")
@@ -51,7 +51,7 @@ def make_ingest_blueprint() -> func.Blueprint:
         def handle(batch: LifecycleBatch) -> None:
             # Lifecycle work needs Graph calls: queue it so the answer stays fast.
             for event in batch.accepted:
-                s.change_queue.send(
+                s.webhook_queue.send(
                     ChangeMessage(event.subscription_id, f"lifecycle:{event.event}", "", "lifecycle").to_json()
                 )
 

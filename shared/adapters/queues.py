@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from azure.core.exceptions import ResourceExistsError
-from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
+from azure.storage.queue import ExponentialRetry, QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
 from shared.adapters.storage import queue_client
 from shared.settings import StorageSettings
@@ -99,9 +99,14 @@ class MessageQueue:
         return cls.from_settings(StorageSettings(connection_string=connection_string), name)
 
     @classmethod
-    def from_settings(cls, storage: StorageSettings, name: str) -> MessageQueue:
+    def from_settings(cls, storage: StorageSettings, name: str, *, fail_fast: bool = False) -> MessageQueue:
+        """``fail_fast``: at most ~2 s per send (no retry, 1 s timeouts), for the webhook, which must
+        answer Graph within 3 s and rather answers 503 (Graph redelivers) than hangs on storage retries."""
+        options: dict[str, Any] = {}
+        if fail_fast:
+            options = {"retry_policy": ExponentialRetry(retry_total=0), "connection_timeout": 1, "read_timeout": 1}
         return cls(queue_client(storage, name, message_encode_policy=TextBase64EncodePolicy(),
-                                message_decode_policy=TextBase64DecodePolicy()))
+                                message_decode_policy=TextBase64DecodePolicy(), **options))
 
     @property
     def name(self) -> str:

@@ -78,13 +78,23 @@ def receive_changes(
         return _problem(400, str(exc))
     received_at = now().isoformat()
     seen: set[str] = set()
-    for change in batch.accepted:
-        if change.user_id in seen:  # the same user twice in one POST needs one apply
-            continue
-        seen.add(change.user_id)
-        enqueue(ChangeMessage(change.user_id, change.change_type, received_at,
-                              correlation_id=new_correlation_id()).to_json())
+    try:
+        for change in batch.accepted:
+            if change.user_id in seen:  # the same user twice in one POST needs one apply
+                continue
+            seen.add(change.user_id)
+            enqueue(ChangeMessage(change.user_id, change.change_type, received_at,
+                                  correlation_id=new_correlation_id()).to_json())
+    except Exception as exc:  # storage unreachable: fail fast, Graph redelivers
+        return _not_queued(exc)
     return _batch_reply(batch, "notification")
+
+
+def _not_queued(exc: Exception) -> Reply:
+    """Storage is unreachable: answer 503 at once (within Graph's 3 s) so that Graph delivers the batch again
+    later, instead of hanging on retries; items queued before the failure are harmless duplicates."""
+    log.error("could not queue notifications (%s); answering 503 so Graph retries", type(exc).__name__)
+    return _problem(503, "notifications could not be queued; retry later")
 
 
 def _batch_reply(batch: ChangeBatch | LifecycleBatch, noun: str) -> Reply:
@@ -124,5 +134,8 @@ def receive_lifecycle(
     except MalformedNotificationError as exc:
         return _problem(400, str(exc))
     if batch.accepted:
-        handle(batch)
+        try:
+            handle(batch)
+        except Exception as exc:
+            return _not_queued(exc)
     return _batch_reply(batch, "lifecycle notification")
