@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 AZURITE_VERSION := 3.37.0
 APT_PACKAGES := samba samba-ad-dc samba-ad-provision winbind ldb-tools openssl
 
-.PHONY: deps deps-python deps-azurite deps-samba test lint reliability demo clean
+.PHONY: deps deps-python deps-azurite deps-samba test lint reliability demo bench clean
 
 deps: deps-python deps-azurite deps-samba
 
@@ -46,6 +46,9 @@ reliability: deps  # the fault-injection suite only (it also runs in `make test`
 
 demo: deps
 	$(PY) -m shared.cli demo
+
+bench: deps  # all benchmarks at their default sizes (bench/RESULTS.md); one: $(PY) -m bench <name> --help
+	$(PY) -m bench
 
 clean:
 	rm -rf $(VENV) .tools .demo .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,184 @@
+"""Reconcile: a no-op reconcile of N guests already in sync vs the floor of the same data.
+
+Seeding (not timed as part of the benchmark, but printed), the fastest honest way found:
+
+* Graph: N guests added to the simulator with ``sim.add_user`` before any subscription exists (no
+  notifications). ``--page-size`` sets the simulator's users/delta page size (Graph decides it; 999 here
+  by default, because the simulator re-projects every user on every page it serves, see RESULTS.md).
+* AD: the DC is stopped and the N accounts (the attributes guestsync writes: sAMAccountName, givenName, sn,
+  mail, userPrincipalName, displayName; no password, which the reconcile never reads) are added to its
+  sam.ldb through Samba's DSDB module stack with ``bench/seed_samba.py`` (system python3 and Samba's
+  bindings: objectSid from the RID pool, inherited ACLs and indexes as for an LDAP add), then it is started.
+* State: one PROVISIONED record per guest, joined on that objectSid, written as batch table transactions
+  (100 entities per transaction, one partition) from ``--table-threads`` threads.
+
+Then, each in a process of its own (``bench.reconcile_child``; time and ru_maxrss are that process's):
+the floor (users/delta full pass through the msgraph-sdk adapter + paged LDAP scan of the OUs,
+``Directory.iter_managed_accounts``), ``reconcile(full=True)``, ``reconcile`` from the stored deltaLink, the
+floor again with ``--floor-runs 2`` (the ratio then uses the mean), and the incremental floor (one delta round
+from the stored link + the scan) for reference. The reconcile runs must be no-ops (no findings, no exports).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+from azure.data.tables import TableServiceClient
+
+from bench.common import REPO, BenchStack, Report, ad_values, bench_stack, guest_account_dn, guest_user, say
+from shared.adapters.state import GuestRecord
+from shared.domain import GuestStatus
+from shared.rules import inbound
+from shared.settings import load_settings
+
+NAME = "reconcile"
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--guests", type=int, default=100_000, help="guests already in sync (100000)")
+    parser.add_argument("--page-size", type=int, default=999, help="the simulator's users/delta page size (999)")
+    parser.add_argument("--seed-batch", type=int, default=5000, help="adds per sam.ldb transaction (5000)")
+    parser.add_argument("--table-threads", type=int, default=4, help="threads writing state batches (4)")
+    parser.add_argument("--floor-runs", type=int, default=1, choices=(1, 2),
+                        help="floor runs: 1 (before the reconciles) or 2 (also after; the ratio uses the mean)")
+    parser.add_argument("--tracemalloc", action="store_true",
+                        help="one more full reconcile under tracemalloc for its traced peak (slow; not timed)")
+
+
+def _seed(bench: BenchStack, guests: int, args: argparse.Namespace) -> None:
+    stack = bench.stack
+    sim, dc, ou = stack.sim, stack.dc, stack.guest_ou
+    started = time.monotonic()
+    users = [guest_user(sim.tenant_domain, "rc", i, str(uuid.uuid4())) for i in range(guests)]
+    for user in users:
+        sim.add_user(id=user.id, userType=user.user_type, displayName=user.display_name, givenName=user.given_name,
+                     surname=user.surname, userPrincipalName=user.user_principal_name, mail=user.mail,
+                     accountEnabled=True)
+    say(f"  Graph: {guests} guests added to the simulator in {time.monotonic() - started:.1f} s")
+    accounts = bench.workdir / "accounts.jsonl"
+    sids_file = bench.workdir / "sids.jsonl"
+    with accounts.open("w") as out:
+        for user in users:
+            out.write(json.dumps({"dn": guest_account_dn(user.id, ou), "attributes": ad_values(user)}) + "\n")
+    started = time.monotonic()
+    dc.stop()
+    try:
+        subprocess.run([SYSTEM_PYTHON, str(REPO / "bench" / "seed_samba.py"), str(dc.smb_conf),  # noqa: S603
+                        str(dc.sam_ldb), str(accounts), str(sids_file), str(args.seed_batch)], check=True,
+                       timeout=7200)
+    finally:
+        dc.start()
+    sids = {}
+    with sids_file.open() as handle:
+        for line in handle:
+            item = json.loads(line)
+            sids[item["cn"].lower()] = item["objectSid"]
+    say(f"  AD: {len(sids)} accounts in sam.ldb, DC restarted, in {time.monotonic() - started:.1f} s")
+    started = time.monotonic()
+    settings = load_settings(bench.env)
+    table = TableServiceClient.from_connection_string(bench.env["AzureWebJobsStorage"]).create_table_if_not_exists(
+        settings.state_table)
+    now = datetime.now(UTC)
+    entities = []
+    for user in users:
+        values = ad_values(user)
+        record = GuestRecord(uid=user.id, entry=inbound(user), status=GuestStatus.PROVISIONED, version=1,
+                             exported_version=1, reason="guest is in scope", object_sid=sids[user.id.lower()],
+                             dn=guest_account_dn(user.id, ou), sam_account_name=values["sAMAccountName"],
+                             domain=dc.domain, graph_read_at=now, exported_at=now)
+        entities.append(record.to_entity())
+    chunks = [entities[i:i + 100] for i in range(0, len(entities), 100)]
+
+    def submit(chunk: list[dict[str, Any]]) -> None:
+        table.submit_transaction([("create", e) for e in chunk])
+
+    with ThreadPoolExecutor(args.table_threads) as pool:
+        list(pool.map(submit, chunks))
+    say(f"  state: {len(entities)} records in {len(chunks)} batch transactions in {time.monotonic() - started:.1f} s")
+
+
+def _child(bench: BenchStack, mode: str, *extra: str) -> dict[str, Any]:
+    result = subprocess.run([sys.executable, "-m", "bench.reconcile_child", mode, *extra],  # noqa: S603
+                            cwd=REPO, env=_child_env(bench), capture_output=True, text=True, timeout=7200)
+    if result.returncode != 0:
+        raise RuntimeError(f"reconcile_child {mode} failed:\n{result.stderr[-3000:]}")
+    data: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return data
+
+
+def _child_env(bench: BenchStack) -> dict[str, str]:
+    return {**os.environ, **bench.env}
+
+
+def _mb(kb: float) -> str:
+    return f"{kb / 1024:.0f} MB"
+
+
+def run(args: argparse.Namespace) -> Report:
+    report = Report(NAME)
+    guests = int(args.guests)
+    with bench_stack() as bench:
+        bench.stack.sim.page_size = args.page_size
+        say(f"seeding {guests} guests in sync (simulator users/delta page size {args.page_size})")
+        _seed(bench, guests, args)
+        runs: dict[str, dict[str, Any]] = {}
+        plan = [("floor", "floor1"), ("full", "full"), ("incremental", "incremental")]
+        if args.floor_runs == 2:
+            plan.append(("floor", "floor2"))
+        plan += [("floor-incremental", "floor-incremental"), ("graph-raw", "graph-raw")]
+        for mode, key in plan:
+            say(f"running {key} ...")
+            runs[key] = data = _child(bench, mode)
+            say(f"  {key}: {json.dumps(data)}")
+        if args.tracemalloc:
+            runs["traced"] = _child(bench, "full", "--tracemalloc")
+            say(f"  full under tracemalloc: peak {_mb(runs['traced']['tracemalloc_peak_kb'])} "
+                f"(time {runs['traced']['total_s']:.1f} s, not comparable)")
+    floor_runs = [runs[k] for k in ("floor1", "floor2") if k in runs]
+    floor = sum(r["total_s"] for r in floor_runs) / len(floor_runs)
+    for key in ("full", "incremental"):
+        data = runs[key]
+        if data["actions"] or data["exports_queued"]:
+            say(f"  WARNING: the {key} reconcile was not a no-op: {data['actions']}, "
+                f"{data['exports_queued']} exports queued")
+    for r in floor_runs:
+        say(f"floor: users/delta {r['graph_s']:.1f} s + LDAP scan {r['ad_s']:.1f} s = {r['total_s']:.1f} s "
+            f"({r['graph_pages']} delta pages, {r['graph_users']} users, {r['ad_accounts']} accounts)")
+    say(f"  of which the simulator + HTTP alone (users/delta over plain httpx, no SDK): "
+        f"{runs['graph-raw']['graph_s']:.1f} s")
+    say(f"incremental floor: one delta round from the stored link {runs['floor-incremental']['graph_s']:.2f} s + "
+        f"LDAP scan {runs['floor-incremental']['ad_s']:.1f} s = {runs['floor-incremental']['total_s']:.1f} s")
+    for key in ("full", "incremental"):
+        data = runs[key]
+        phases = ", ".join(f"{k} {v:.1f} s" for k, v in data["phases_s"].items())
+        rss = data["rss_after_kb"] - data["rss_before_kb"]
+        say(f"reconcile {key} ({data['delta_mode']} delta): {data['total_s']:.1f} s ({phases}); "
+            f"{data['guests_in_state']} in state, {data['graph_users']} from Graph, {data['ad_accounts']} in AD; "
+            f"ru_maxrss {_mb(data['rss_before_kb'])} -> {_mb(data['rss_after_kb'])} (+{_mb(rss)})")
+    say(f"floor processes' ru_maxrss: {_mb(runs['floor1']['rss_after_kb'])}")
+    for key in ("full", "incremental"):
+        data = runs[key]
+        report.check(f"{key} reconcile / floor time", data["total_s"] / floor, 1.5)
+        report.check(f"{key} reconcile peak memory (ru_maxrss delta)",
+                     (data["rss_after_kb"] - data["rss_before_kb"]) / 1024, 300, unit=" MB")
+    say(f"(incremental reconcile / incremental floor: "
+        f"{runs['incremental']['total_s'] / runs['floor-incremental']['total_s']:.2f})")
+    return report
+
+
+def main(argv: list[str] | None = None) -> Report:
+    parser = argparse.ArgumentParser(prog=f"python -m bench {NAME}", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
