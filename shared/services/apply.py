@@ -7,6 +7,7 @@ conflict the plan is made again from fresh state, so concurrent or repeated mess
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -95,8 +96,9 @@ async def apply_change(
     """Run the inbound rules for one user and queue an export when AD must change."""
     user, in_group = await read_scope(graph, message.user_id, scope_group_id)
     removed = message.change_type.removeprefix("removed:") if message.change_type.startswith("removed:") else None
-    return apply_user(message.user_id, user, state, send_export, in_group=in_group, removed=removed,
-                      read_at=now(), notified_at=message.received)
+    # State and queue calls block: run them off the event loop, which the other functions share.
+    return await asyncio.to_thread(apply_user, message.user_id, user, state, send_export, in_group=in_group,
+                                   removed=removed, read_at=now(), notified_at=message.received)
 
 
 def apply_user(

@@ -63,11 +63,16 @@ class ExportOutcome:
 
 
 def _locate(directory: GuestDirectory, record: GuestRecord) -> AdAccount | None:
-    """Join to AD: by objectSid once known, else adopt an existing CN=<uid> in the guest OU."""
+    """Join to AD: by objectSid once known, else adopt an existing CN=<uid> in the guest OU.
+
+    A guest in scope that was never joined is not looked up first: the create meets an existing CN=<uid>
+    as "already exists" and adopts it then, which saves a search on every new guest."""
     if record.object_sid:
         account = directory.find_by_sid(record.object_sid)
         if account is not None:
             return account
+    elif record.status not in DEPROVISION_STATUSES:
+        return None
     return directory.find_guest(record.uid)
 
 
