@@ -3,6 +3,7 @@ CPU accounting per process, LDAP helpers, percentiles and the PASS/MISS lines.""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import logging
@@ -438,3 +439,17 @@ def ad_values(user: GraphUser) -> dict[str, str]:
 
 def guest_account_dn(uid: str, guest_ou: str) -> str:
     return guest_dn(uid, guest_ou)
+
+
+def run_benchmark(
+    name: str,
+    doc: str | None,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], Report],
+    argv: list[str] | None,
+) -> Report:
+    """The command line of one benchmark (``python -m bench <name> [flags]``)."""
+    parser = argparse.ArgumentParser(prog=f"python -m bench {name}", description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

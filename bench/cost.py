@@ -42,6 +42,7 @@ from bench.common import (
     guest_account_dn,
     invite,
     parse_overrides,
+    run_benchmark,
     say,
     subscribe,
     wait_until,
@@ -256,8 +257,5 @@ def _settle_members(window: Window, check: Callable[[], bool]) -> None:
 
 
 def main(argv: list[str] | None = None) -> Report:
-    parser = argparse.ArgumentParser(prog=f"python -m bench {NAME}", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return run_benchmark(NAME, __doc__, add_arguments, run, argv)
 

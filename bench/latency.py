@@ -41,6 +41,7 @@ from bench.common import (
     invite,
     parse_overrides,
     percentile,
+    run_benchmark,
     say,
     service_connection,
     subscribe,
@@ -198,7 +199,4 @@ def run(args: argparse.Namespace) -> Report:
 
 
 def main(argv: list[str] | None = None) -> Report:
-    parser = argparse.ArgumentParser(prog=f"python -m bench {NAME}", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return run_benchmark(NAME, __doc__, add_arguments, run, argv)

@@ -34,7 +34,17 @@ from typing import Any
 
 from azure.data.tables import TableServiceClient
 
-from bench.common import REPO, BenchStack, Report, ad_values, bench_stack, guest_account_dn, guest_user, say
+from bench.common import (
+    REPO,
+    BenchStack,
+    Report,
+    ad_values,
+    bench_stack,
+    guest_account_dn,
+    guest_user,
+    run_benchmark,
+    say,
+)
 from shared.adapters.state import GuestRecord
 from shared.domain import GuestStatus
 from shared.rules import inbound
@@ -177,8 +187,5 @@ def run(args: argparse.Namespace) -> Report:
 
 
 def main(argv: list[str] | None = None) -> Report:
-    parser = argparse.ArgumentParser(prog=f"python -m bench {NAME}", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return run_benchmark(NAME, __doc__, add_arguments, run, argv)
 

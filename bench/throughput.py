@@ -38,6 +38,7 @@ from bench.common import (
     guest_user,
     invite,
     parse_overrides,
+    run_benchmark,
     say,
     service_connection,
     subscribe,
@@ -228,8 +229,5 @@ def run(args: argparse.Namespace) -> Report:
 
 
 def main(argv: list[str] | None = None) -> Report:
-    parser = argparse.ArgumentParser(prog=f"python -m bench {NAME}", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return run_benchmark(NAME, __doc__, add_arguments, run, argv)
 

@@ -37,6 +37,7 @@ from bench.common import (
     describe,
     parse_overrides,
     percentile,
+    run_benchmark,
     say,
 )
 
@@ -132,7 +133,4 @@ def _queue_length(bench: BenchStack) -> int:
 
 
 def main(argv: list[str] | None = None) -> Report:
-    parser = argparse.ArgumentParser(prog=f"python -m bench {NAME}", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return run_benchmark(NAME, __doc__, add_arguments, run, argv)

@@ -8,15 +8,15 @@ group-list-transitivemembers.md); ``shared/reference/graph-examples`` has no gro
 from __future__ import annotations
 
 import asyncio
-import json
 import urllib.parse
 from typing import Any
 
 import pytest
 
-from graphsim.server import GraphHttpError, GraphSimulator
+from graphsim.server import GraphSimulator
 from shared.adapters.graph import GraphClient, GraphError, GraphNotFoundError, GraphThrottledError
 from shared.settings import GraphSettings
+from tests.plugins.graph import raw_request
 
 pytestmark = pytest.mark.integration
 
@@ -46,20 +46,7 @@ def run(coro: Any) -> Any:
 
 def raw(graph: GraphSimulator, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
     """One request straight into the simulator's handler (status and JSON body, errors included)."""
-    status, token, _ = graph.handle("POST", f"/{graph.tenant_id}/oauth2/v2.0/token", {}, {},
-                                    urllib.parse.urlencode({"grant_type": "client_credentials",
-                                                            "client_id": graph.client_id,
-                                                            "client_secret": graph.client_secret}).encode())
-    assert status == 200 and token is not None
-    split = urllib.parse.urlsplit(path)
-    data = b"" if body is None else json.dumps(body).encode()
-    try:
-        status, payload, _ = graph.handle(method, split.path, dict(urllib.parse.parse_qsl(split.query)),
-                                          {"Authorization": f"Bearer {token['access_token']}"}, data)
-    except GraphHttpError as exc:
-        return exc.status, exc.body()
-    assert payload is not None
-    return status, payload
+    return raw_request(graph, method, path, body)
 
 
 def link_path(link: str) -> str:

@@ -17,6 +17,7 @@ import pytest
 from graphsim.server import GraphSimulator
 from shared.adapters.graph import DeltaExpiredError, GraphClient, GraphThrottledError, SubscriptionConflictError
 from shared.settings import GraphSettings
+from tests.plugins.graph import raw_request
 
 pytestmark = pytest.mark.integration
 REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "graph-examples"
@@ -273,23 +274,6 @@ def test_subscription_and_notification_shapes(graph: GraphSimulator, graph_setti
 
 # -- permissions (application roles) and certificate credentials ----------------------------------------
 
-def raw_request(graph: GraphSimulator, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
-    """A token from the client secret, then one request into the handler (status and JSON, errors included)."""
-    from graphsim.server import GraphHttpError
-
-    status, token, _ = graph.handle("POST", f"/{graph.tenant_id}/oauth2/v2.0/token", {}, {},
-                                    urllib.parse.urlencode({"grant_type": "client_credentials",
-                                                            "client_id": graph.client_id,
-                                                            "client_secret": graph.client_secret}).encode())
-    assert status == 200 and token is not None
-    split = urllib.parse.urlsplit(path)
-    data = b"" if body is None else json.dumps(body).encode()
-    try:
-        status, payload, _ = graph.handle(method, split.path, dict(urllib.parse.parse_qsl(split.query)),
-                                          {"Authorization": f"Bearer {token['access_token']}"}, data)
-    except GraphHttpError as exc:
-        return exc.status, exc.body()
-    return status, payload or {}
 
 
 def test_missing_application_permissions_get_403_authorization_request_denied(

@@ -1,8 +1,11 @@
 """The Graph simulator over HTTPS (local CA), with the real msgraph-sdk and azure-identity pointed at it."""
 
+import json
 import os
 import secrets
+import urllib.parse
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -50,3 +53,23 @@ def graph_env(graph: GraphSimulator) -> dict[str, str]:
         "GRAPH_AUTHORITY_HOST": graph.base_url,
         "GRAPH_CA_FILE": os.environ["SSL_CERT_FILE"],
     }
+
+
+def raw_request(graph: GraphSimulator, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
+    """A token from the client secret, then one request straight into the simulator's handler (status and
+    JSON body, errors included): for checking the simulator's own answers without an SDK in between."""
+    from graphsim.server import GraphHttpError
+
+    status, token, _ = graph.handle("POST", f"/{graph.tenant_id}/oauth2/v2.0/token", {}, {},
+                                    urllib.parse.urlencode({"grant_type": "client_credentials",
+                                                            "client_id": graph.client_id,
+                                                            "client_secret": graph.client_secret}).encode())
+    assert status == 200 and token is not None
+    split = urllib.parse.urlsplit(path)
+    data = b"" if body is None else json.dumps(body).encode()
+    try:
+        status, payload, _ = graph.handle(method, split.path, dict(urllib.parse.parse_qsl(split.query)),
+                                          {"Authorization": f"Bearer {token['access_token']}"}, data)
+    except GraphHttpError as exc:
+        return exc.status, exc.body()
+    return status, payload or {}
