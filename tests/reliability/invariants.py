@@ -148,11 +148,13 @@ def _casefold(value: object) -> str:
 
 
 def _domain_users(conn: ldap3.Connection, base_dn: str) -> list[dict[str, Any]]:
-    conn.search(base_dn, "(objectClass=user)", ldap3.SUBTREE,
-                attributes=["cn", "sAMAccountName", "userPrincipalName", "objectSid"], paged_size=1000)
+    # Every page: the session's DC holds more users than one page once the whole suite has run.
+    entries = conn.extend.standard.paged_search(
+        base_dn, "(objectClass=user)", ldap3.SUBTREE,
+        attributes=["cn", "sAMAccountName", "userPrincipalName", "objectSid"], paged_size=500, generator=False)
     assert conn.result["description"] == "success", conn.result
     users = []
-    for entry in conn.response or []:
+    for entry in entries or []:
         if entry.get("type") != "searchResEntry":
             continue
         raw = entry["raw_attributes"]

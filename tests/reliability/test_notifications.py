@@ -61,7 +61,7 @@ class _Spy:
     """Records what the webhook puts on the change queue (and still puts it there)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        queue = bootstrap.services().change_queue
+        queue = bootstrap.services().webhook_queue  # the change queue as the webhook sends to it
         self.sent: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         real: Callable[..., None] = queue.send
