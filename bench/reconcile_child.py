@@ -91,7 +91,7 @@ async def _reconcile(settings: Settings, full: bool) -> dict[str, Any]:
     from shared.adapters.graph import GraphClient
     from shared.adapters.queues import MessageQueue
     from shared.adapters.state import StateStore
-    from shared.services.reconcile import reconcile
+    from shared.services.reconcile import Reconciler
 
     state = StateStore.from_settings(settings.storage, settings.state_table)
     queue = MessageQueue.from_settings(settings.storage, settings.export_queue)
@@ -113,8 +113,8 @@ async def _reconcile(settings: Settings, full: bool) -> dict[str, Any]:
         with Directory(settings.directory, archive_ou=settings.lifecycle.archive_ou) as directory:
             rss_before = _rss_kb()
             started = time.monotonic()
-            report = await reconcile(graph, state, send, settings.lifecycle, directory=directory, full=full,
-                                     progress=progress)
+            report = await Reconciler(graph, state, send, settings.lifecycle, directory=directory,
+                                      progress=progress).run(full=full)
             total = time.monotonic() - started
     phases: dict[str, float] = {}
     previous = started

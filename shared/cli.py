@@ -131,10 +131,7 @@ def collect_status(*, graph: bool = True) -> dict[str, Any]:
         {"uid": r.uid, "userPrincipalName": r.entry.user_principal_name, "error": r.error}
         for r in s.state.with_status(GuestStatus.ERROR)
     ]
-    held = [
-        {"uid": r.uid, "userPrincipalName": r.entry.user_principal_name, "reason": r.reason, "held": r.error}
-        for r in s.state.with_status(GuestStatus.HELD)
-    ]
+    held = [_held_item(r) for r in s.state.with_status(GuestStatus.HELD)]
     names = (s.settings.change_queue, s.settings.export_queue, s.settings.change_poison_queue,
              s.settings.export_poison_queue)
     queues = {name: MessageQueue.from_settings(s.settings.storage, name) for name in names}
@@ -142,10 +139,11 @@ def collect_status(*, graph: bool = True) -> dict[str, Any]:
         name: queues[name].peek(10)
         for name in (s.settings.change_poison_queue, s.settings.export_poison_queue)
     }
+    depths = {name: q.approximate_count() for name, q in queues.items()}
     return {
         "guests": {status.value: counts.get(status.value, 0) for status in GuestStatus},
-        "pendingExports": queues[s.settings.export_queue].approximate_count(),
-        "queues": {name: q.approximate_count() for name, q in queues.items()},
+        "pendingExports": depths[s.settings.export_queue],
+        "queues": depths,
         "errors": errors,
         "held": held,
         "poisonMessages": {name: bodies for name, bodies in poison.items() if bodies},
@@ -153,6 +151,12 @@ def collect_status(*, graph: bool = True) -> dict[str, Any]:
         "lastReconcile": _reconcile_summary(last_report(s.state)),
         "delta": delta_status(s.state),
     }
+
+
+def _held_item(record: Any) -> dict[str, Any]:
+    """A held deprovisioning as status and approve list it: why the guest left, and why it is held."""
+    return {"uid": record.uid, "userPrincipalName": record.entry.user_principal_name, "reason": record.reason,
+            "held": record.error}
 
 
 def _reconcile_summary(report: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -224,7 +228,7 @@ class _Progress:
 
 
 def _run_reconcile(args: argparse.Namespace, *, dry_run: bool) -> int:
-    from shared.services.reconcile import Finding, reconcile
+    from shared.services.reconcile import Finding, Reconciler
 
     s = _services(need_directory=not args.no_ad)
     findings: list[Finding] = []
@@ -235,9 +239,9 @@ def _run_reconcile(args: argparse.Namespace, *, dry_run: bool) -> int:
 
     async def run() -> Any:
         try:
-            return await reconcile(s.graph, s.state, s.export_queue.send, s.settings.lifecycle,
-                                   directory=None if args.no_ad else s.directory, dry_run=dry_run,
-                                   full=args.full, on_finding=found, progress=progress)
+            return await Reconciler(s.graph, s.state, s.export_queue.send, s.settings.lifecycle,
+                                    directory=None if args.no_ad else s.directory, dry_run=dry_run,
+                                    on_finding=found, progress=progress).run(full=args.full)
         finally:
             await s.graph.close()
 
@@ -274,12 +278,11 @@ def cmd_approve(args: argparse.Namespace) -> int:
     from shared.services import approvals
 
     s = _services()
-    uids = [r.uid for r in approvals.held(s.state)] if args.all else list(args.uid)
+    held = list(approvals.held(s.state)) if args.all or not args.uid else []
+    uids = [r.uid for r in held] if args.all else list(args.uid)
     if not uids:
-        held = list(approvals.held(s.state))
         if args.json:
-            print(json.dumps({"held": [{"uid": r.uid, "userPrincipalName": r.entry.user_principal_name,
-                                        "reason": r.reason, "held": r.error} for r in held]}, indent=2))
+            print(json.dumps({"held": [_held_item(r) for r in held]}, indent=2))
             return 0
         if not held:
             print("Nothing is held by the mass-change breaker.")

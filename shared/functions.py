@@ -64,7 +64,7 @@ def make_ingest_blueprint() -> func.Blueprint:
         change = ChangeMessage.from_json(msg.get_body())
         if change.source == "lifecycle":
             if await subscriptions.handle_lifecycle(s.graph, s.settings, change.user_id, change.change_type):
-                await reconcile.reconcile(s.graph, s.state, s.export_queue.send, s.settings.lifecycle)
+                await reconcile.Reconciler(s.graph, s.state, s.export_queue.send, s.settings.lifecycle).run()
             return
         with guest_context(change.user_id, change.correlation_id or None):
             await apply.apply_change(change, s.graph, s.state, s.export_queue.send,
@@ -130,8 +130,8 @@ def make_worker_blueprint() -> func.Blueprint:
     @bp.timer_trigger(arg_name="timer", schedule="%GUESTSYNC_RECONCILE_SCHEDULE%", run_on_startup=False)
     async def reconcile_timer(timer: func.TimerRequest) -> None:
         s = services()
-        report = await reconcile.reconcile(s.graph, s.state, s.export_queue.send, s.settings.lifecycle,
-                                           directory=s.directory)
+        report = await reconcile.Reconciler(s.graph, s.state, s.export_queue.send, s.settings.lifecycle,
+                                            directory=s.directory).run()
         log.info("reconcile done: %s", dict(report.actions) or "no drift")
 
     return bp

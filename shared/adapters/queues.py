@@ -99,10 +99,11 @@ class MessageQueue:
         return cls.from_settings(StorageSettings(connection_string=connection_string), name)
 
     @classmethod
-    def from_settings(cls, storage: StorageSettings, name: str, *, fail_fast: bool = False) -> MessageQueue:
+    def from_settings(cls, storage: StorageSettings, name: str, *, fail_fast: bool = False,
+                      **options: Any) -> MessageQueue:
         """``fail_fast``: at most ~2 s per send (no retry, 1 s timeouts), for the webhook, which must
-        answer Graph within 3 s and rather answers 503 (Graph redelivers) than hangs on storage retries."""
-        options: dict[str, Any] = {}
+        answer Graph within 3 s and rather answers 503 (Graph redelivers) than hangs on storage retries.
+        Other ``options`` (retry policy, timeouts) go to the queue client."""
         if fail_fast:
             options = {"retry_policy": ExponentialRetry(retry_total=0), "connection_timeout": 1, "read_timeout": 1}
         return cls(queue_client(storage, name, message_encode_policy=TextBase64EncodePolicy(),

@@ -28,10 +28,10 @@ def credential(storage: StorageSettings) -> Any:
     return ManagedIdentityCredential(client_id=storage.client_id) if storage.client_id else ManagedIdentityCredential()
 
 
-def table_service(storage: StorageSettings) -> TableServiceClient:
+def table_service(storage: StorageSettings, **options: Any) -> TableServiceClient:
     if storage.connection_string is not None:
-        return TableServiceClient.from_connection_string(storage.connection_string)
-    return TableServiceClient(str(storage.table_url), credential=credential(storage))
+        return TableServiceClient.from_connection_string(storage.connection_string, **options)
+    return TableServiceClient(str(storage.table_url), credential=credential(storage), **options)
 
 
 def queue_client(storage: StorageSettings, name: str, **options: Any) -> QueueClient:

@@ -101,6 +101,19 @@ async def apply_change(
                                    removed=removed, read_at=now(), notified_at=message.received)
 
 
+def plan_for(user: GraphUser | None, record: GuestRecord | None, *, in_group: bool | None,
+             removed: str | None) -> ApplyPlan:
+    """The apply rules for one Graph read against the record we hold (None: unknown guest)."""
+    return plan_apply(
+        user,
+        record.entry if record else None,
+        status=record.status if record else None,
+        has_account=record.has_account if record else False,
+        in_group=in_group,
+        removed=removed if user is None else None,
+    )
+
+
 def apply_user(
     user_id: str,
     user: GraphUser | None,
@@ -115,14 +128,7 @@ def apply_user(
     """Join a user already read from Graph (None: gone) with its state, save, and queue the export."""
     for _ in range(MAX_ATTEMPTS):
         record = state.get(user_id)
-        plan = plan_apply(
-            user,
-            record.entry if record else None,
-            status=record.status if record else None,
-            has_account=record.has_account if record else False,
-            in_group=in_group,
-            removed=removed if user is None else None,
-        )
+        plan = plan_for(user, record, in_group=in_group, removed=removed)
         new = next_record(record, plan, read_at=read_at, notified_at=notified_at)
         if new is None:
             log.info("user %s: %s (%s)", user_id, plan.decision.value, plan.reason)

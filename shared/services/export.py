@@ -85,10 +85,15 @@ def _create(directory: GuestDirectory, record: GuestRecord, desired: dict[str, s
         account = directory.find_guest(record.uid)  # created meanwhile by another worker: adopt it
         if account is None:
             raise
+    _refresh(directory, account, desired)
+    return "adopted", account
+
+
+def _refresh(directory: GuestDirectory, account: AdAccount, desired: dict[str, str | None]) -> None:
+    """Write the persistent attributes that differ on an account found (adopted) or brought back (restored)."""
     changes = attribute_changes(desired, account.attributes)
     if changes:
         directory.update_guest(account.dn, changes)
-    return "adopted", account
 
 
 def admit_destructive(state: StateStore, policy: LifecycleSettings, now: datetime) -> BreakerVerdict:
@@ -119,9 +124,7 @@ def _execute(
         return "unchanged", None
     if plan.action is ExportAction.RESTORE:
         account = directory.restore_guest(account.dn)
-        changes = attribute_changes(desired, account.attributes)
-        if changes:
-            directory.update_guest(account.dn, changes)
+        _refresh(directory, account, desired)
         return "restored", account
     if plan.action is ExportAction.DISABLE:
         return "disabled", directory.disable_and_archive(account.dn)

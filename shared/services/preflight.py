@@ -465,10 +465,9 @@ def _storage_failure(name: str, what: str, exc: Exception) -> CheckResult:
 
 def check_storage(settings: Settings) -> list[CheckResult]:
     """storage.queues and storage.table, with few retries so an unreachable account fails in seconds."""
-    from azure.storage.queue import ExponentialRetry, TextBase64DecodePolicy, TextBase64EncodePolicy
+    from azure.storage.queue import ExponentialRetry
 
     from shared.adapters.queues import MessageQueue
-    from shared.adapters.storage import queue_client
 
     names = (settings.change_queue, settings.export_queue, settings.change_poison_queue,
              settings.export_poison_queue)
@@ -476,11 +475,9 @@ def check_storage(settings: Settings) -> list[CheckResult]:
     results: list[CheckResult] = []
     try:
         for name in names:
-            queue = MessageQueue(queue_client(
-                settings.storage, name, message_encode_policy=TextBase64EncodePolicy(),
-                message_decode_policy=TextBase64DecodePolicy(),
-                retry_policy=ExponentialRetry(initial_backoff=1, increment_base=1, retry_total=1),
-                connection_timeout=10, read_timeout=20))
+            queue = MessageQueue.from_settings(
+                settings.storage, name, connection_timeout=10, read_timeout=20,
+                retry_policy=ExponentialRetry(initial_backoff=1, increment_base=1, retry_total=1))
             counts[name] = queue.approximate_count()  # creates the queue if it is missing
     except Exception as exc:
         results.append(_storage_failure("storage.queues", f"queue {name}", exc))
@@ -498,18 +495,12 @@ def check_storage(settings: Settings) -> list[CheckResult]:
 
 
 def _check_table(settings: Settings) -> CheckResult:
-    from azure.data.tables import TableServiceClient
-
     from shared.adapters.state import StateStore
-    from shared.adapters.storage import credential
+    from shared.adapters.storage import table_service
 
-    storage = settings.storage
-    options: dict[str, Any] = {"retry_total": 1, "retry_backoff_factor": 0.5, "connection_timeout": 10,
-                               "read_timeout": 20}
     try:
-        service = (TableServiceClient.from_connection_string(storage.connection_string, **options)
-                   if storage.connection_string is not None
-                   else TableServiceClient(str(storage.table_url), credential=credential(storage), **options))
+        service = table_service(settings.storage, retry_total=1, retry_backoff_factor=0.5, connection_timeout=10,
+                                read_timeout=20)
         StateStore(service.create_table_if_not_exists(settings.state_table)).get_meta("preflight")
     except Exception as exc:
         return _storage_failure("storage.table", f"table {settings.state_table}", exc)

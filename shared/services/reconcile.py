@@ -37,8 +37,8 @@ from shared.adapters.state import GuestRecord, StateStore, utcnow
 from shared.domain import DEPROVISION_STATUSES, AdAccount, GraphUser, GuestStatus, is_guid
 from shared.lifecycle import ExportAction, plan_export
 from shared.observability import RECONCILE_FINDINGS, guest_context, new_correlation_id
-from shared.rules import GUEST_USER_TYPE, Decision, outbound_persistent, plan_apply
-from shared.services.apply import apply_user, next_record, read_scope
+from shared.rules import GUEST_USER_TYPE, Decision, outbound_persistent
+from shared.services.apply import apply_user, next_record, plan_for, read_scope
 from shared.settings import LifecycleSettings
 
 log = logging.getLogger("guestsync.reconcile")
@@ -210,8 +210,10 @@ def _uid_from_dn(dn: str) -> str | None:
 
 
 class Reconciler:
-    """One reconcile run. ``send_export`` queues AD work; Graph-side changes are applied to state directly
-    (the same rules as the apply function), except in a dry run, which only reports."""
+    """One reconcile run: ``await Reconciler(...).run(full=...)``. ``send_export`` queues AD work; Graph-side
+    changes are applied to state directly (the same rules as the apply function), except in a dry run, which
+    only reports. Without ``directory`` only the Graph side runs (a catch-up after missed notifications in
+    the cloud half, where AD is out of reach)."""
 
     def __init__(
         self,
@@ -257,31 +259,27 @@ class Reconciler:
                       removed: str | None = None) -> None:
         """Plan one Graph user against the index; report and (unless dry run) apply what changes."""
         record = self.index.get(uid)
-        plan = plan_apply(user, record.entry if record else None, status=record.status if record else None,
-                          has_account=record.has_account if record else False, in_group=in_group,
-                          removed=removed if user is None else None)
+        plan = plan_for(user, record, in_group=in_group, removed=removed)
         if next_record(record, plan, read_at=self.now(), notified_at=None) is None:
             return
         if record is not None:
             self.index.mark(uid, "handled")
+        # Already deprovisioned and still out: only the recorded reason changes, nothing to report.
         quiet = record is not None and record.status in DEPROVISION_STATUSES and plan.decision is Decision.OUT_OF_SCOPE
-        if quiet:  # already deprovisioned; only the recorded reason changes
-            if not self.dry_run:
-                apply_user(uid, user, self.state, self.send_export, in_group=in_group, removed=removed,
-                           read_at=self.now())
-            return
-        upn = (user.user_principal_name if user else None) or (record.entry.user_principal_name if record else None)
-        self._found(Finding(uid, _predicted(plan.decision, record, self.policy), plan.reason, upn,
-                            record.dn if record else None))
+        if not quiet:
+            upn = (user.user_principal_name if user else None) or (
+                record.entry.user_principal_name if record else None)
+            self._found(Finding(uid, _predicted(plan.decision, record, self.policy), plan.reason, upn,
+                                record.dn if record else None))
         if not self.dry_run:
             with guest_context(uid, new_correlation_id()):
                 apply_user(uid, user, self.state, self.send_export, in_group=in_group, removed=removed,
                            read_at=self.now())
 
-    async def _reread(self, uid: str, removed: str | None = None) -> None:
+    async def _reread(self, uid: str) -> None:
         """Read one user (and its group membership) from Graph, then settle it."""
         user, in_group = await read_scope(self.graph, uid, self.policy.scope_group_id)
-        await self._settle(uid, user, in_group=in_group, removed=removed)
+        await self._settle(uid, user, in_group=in_group)
 
     # --- phases -----------------------------------------------------------------------------------------------
     async def run(self, *, full: bool = False) -> ReconcileReport:
@@ -408,24 +406,6 @@ class Reconciler:
         if not self.dry_run:
             self.send_export(ExportMessage(record.uid, record.version, f"reconcile: {reason}",
                                            new_correlation_id()).to_json())
-
-
-async def reconcile(
-    graph: ReconcileGraph,
-    state: StateStore,
-    send_export: Callable[[str], None],
-    policy: LifecycleSettings,
-    *,
-    directory: ReconcileDirectory | None = None,
-    dry_run: bool = False,
-    full: bool = False,
-    on_finding: Callable[[Finding], None] | None = None,
-    progress: Callable[[str, int], None] | None = None,
-) -> ReconcileReport:
-    """Run one reconcile (``directory`` None: the Graph side only, e.g. a catch-up after missed
-    notifications in the cloud half, where AD is out of reach)."""
-    return await Reconciler(graph, state, send_export, policy, directory=directory, dry_run=dry_run,
-                            on_finding=on_finding, progress=progress).run(full=full)
 
 
 def last_report(state: StateStore) -> dict[str, Any] | None:
