@@ -70,6 +70,9 @@ _MEMBER_CASTS = {"microsoft.graph.user": "user", "graph.user": "user",
                  "microsoft.graph.group": "group", "graph.group": "group"}
 _UNSUPPORTED_MEMBER_QUERY = ("$filter", "$search", "$orderby", "$count", "$expand", "$skip")
 _FILTER_USER_TYPE = re.compile(r"^\s*userType\s+eq\s+'(?P<value>[^']*)'\s*$", re.IGNORECASE)
+#: ``id in ('…', '…')``: Graph allows at most 15 values in an ``in`` clause without advanced queries.
+_FILTER_ID_IN = re.compile(r"^id in \((?P<ids>\s*'[^']*'(?:\s*,\s*'[^']*')*\s*)\)$", re.IGNORECASE)
+MAX_IN_VALUES = 15
 #: Application permissions granted by default, and the ones each kind of request accepts (any one of them).
 DEFAULT_APP_ROLES = frozenset({"User.Read.All", "GroupMember.Read.All", "Mail.Send"})
 USER_READ_ROLES = frozenset({"User.Read.All", "User.ReadWrite.All", "Directory.Read.All",
@@ -153,7 +156,7 @@ class _Change:
 
 @dataclass
 class Deliveries:
-    sent: list[dict[str, Any]] = field(default_factory=list)
+    sent: list[dict[str, Any]] = field(default_factory=list)  # one {"value": [item]} per notification delivered
     failed: list[str] = field(default_factory=list)
     dropped: int = 0
 
@@ -195,6 +198,7 @@ class GraphSimulator:
         self.deliveries = Deliveries()
         #: Back-off between redeliveries of a notification that failed transiently (Graph: up to 4 hours).
         self.redelivery_delays: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
+        self.max_batch = 100  # notifications per POST at most when several are waiting
         self.sent_mail: list[dict[str, Any]] = []  # sendMail requests accepted, oldest first
         self._drop_next = 0
         self._throttle: list[tuple[int, int]] = []  # (status, retry_after) for the next requests
@@ -449,8 +453,10 @@ class GraphSimulator:
             self._outbox.put((sub.notification_url, {"value": [item]}))
 
     def _deliver_loop(self) -> None:
+        carry: tuple[str, dict[str, Any]] | None = None
         while True:
-            job = self._outbox.get()
+            job = carry if carry is not None else self._outbox.get()
+            carry = None
             if job is None:
                 return
             url, payload = job
@@ -459,12 +465,24 @@ class GraphSimulator:
                 marker.set()
                 continue
             attempt = int(payload.pop("__attempt__", 0))
+            if attempt == 0:
+                # Like Graph under load, notifications already waiting for the same URL go out in one POST.
+                while len(payload["value"]) < self.max_batch:
+                    try:
+                        following = self._outbox.get_nowait()
+                    except queue.Empty:
+                        break
+                    if (following is None or following[0] != url or "__marker__" in following[1]
+                            or "__attempt__" in following[1]):
+                        carry = following
+                        break
+                    payload = {"value": [*payload["value"], *following[1]["value"]]}
             try:
                 status, _ = _post(url, json.dumps(payload).encode(), "application/json", timeout=3.0)
                 if status >= 300:
                     raise urllib.error.HTTPError(url, status, "refused", None, None)  # type: ignore[arg-type]
                 with self._lock:
-                    self.deliveries.sent.append(payload)
+                    self.deliveries.sent.extend({"value": [item]} for item in payload["value"])
             except Exception as exc:
                 with self._lock:
                     self.deliveries.failed.append(f"{url}: {exc}")
@@ -742,9 +760,17 @@ class GraphSimulator:
         flt = params.get("$filter")
         if flt:
             match = _FILTER_USER_TYPE.match(flt)
-            if not match:
+            ids = _FILTER_ID_IN.match(flt)
+            if match:
+                users = [u for u in users if u.get("userType") == match.group("value")]
+            elif ids:
+                wanted = {v.strip().strip("'") for v in ids.group("ids").split(",")}
+                if len(wanted) > MAX_IN_VALUES:
+                    raise GraphHttpError(400, "Request_UnsupportedQuery",
+                                         f"Too many values in the 'in' clause: {len(wanted)}; at most {MAX_IN_VALUES}.")
+                users = [u for u in users if u["id"] in wanted]
+            else:
                 raise GraphHttpError(400, "Request_UnsupportedQuery", f"Unsupported query: {flt}")
-            users = [u for u in users if u.get("userType") == match.group("value")]
         return self._paged("/users", params, self._context(select), [self._project(u, select) for u in users])
 
     @staticmethod

@@ -66,9 +66,10 @@ def make_ingest_blueprint() -> func.Blueprint:
             if await subscriptions.handle_lifecycle(s.graph, s.settings, change.user_id, change.change_type):
                 await reconcile.Reconciler(s.graph, s.state, s.export_queue.send, s.settings.lifecycle).run()
             return
-        with guest_context(change.user_id, change.correlation_id or None):
-            await apply.apply_change(change, s.graph, s.state, s.export_queue.send,
-                                     scope_group_id=s.settings.lifecycle.scope_group_id)
+        with guest_context(None if change.more_user_ids else change.user_id, change.correlation_id or None):
+            await apply.apply_or_defer(change, s.graph, s.state, s.export_queue.send,
+                                       lambda body, delay: s.change_queue.send(body, delay_seconds=delay),
+                                       scope_group_id=s.settings.lifecycle.scope_group_id)
 
     @bp.function_name("maintain_subscription")
     @bp.timer_trigger(arg_name="timer", schedule="%GUESTSYNC_SUBSCRIPTION_SCHEDULE%", run_on_startup=False)

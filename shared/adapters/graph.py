@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
@@ -38,7 +38,7 @@ from msgraph.graph_request_adapter import GraphRequestAdapter
 from msgraph.graph_service_client import GraphServiceClient
 from msgraph_core import GraphClientFactory
 
-from shared.domain import GRAPH_USER_SELECT, GraphUser, GuestsyncError
+from shared.domain import GRAPH_USER_SELECT, GraphUser, GuestsyncError, is_guid
 from shared.settings import GraphSettings
 
 MICROSOFT_LOGIN_HOSTS = (
@@ -47,6 +47,9 @@ MICROSOFT_LOGIN_HOSTS = (
     "login.chinacloudapi.cn",
     "login.partner.microsoftonline.cn",
 )
+
+
+MAX_IN_VALUES = 15  # values in one $filter ``in`` clause that Graph accepts without advanced queries
 
 
 class GraphError(GuestsyncError):
@@ -244,6 +247,26 @@ class GraphClient:
                 return None
             raise _error(exc) from None
         return _user_from_json(data) if data.get("id") else None
+
+    async def get_users(self, user_ids: Sequence[str]) -> dict[str, GraphUser | None]:
+        """Several users in one request per 15 ids (``$filter=id in (…)``, Graph's limit for ``in``); an id
+        that Graph does not return maps to None (deleted, or no such user)."""
+        found: dict[str, GraphUser | None] = {uid: None for uid in user_ids}
+        ids = [uid for uid in dict.fromkeys(user_ids) if is_guid(uid)]
+        for start in range(0, len(ids), MAX_IN_VALUES):
+            chunk = ids[start:start + MAX_IN_VALUES]
+            flt = "id in (" + ",".join(f"'{uid}'" for uid in chunk) + ")"
+            query = UsersRequestBuilder.UsersRequestBuilderGetQueryParameters(
+                select=list(GRAPH_USER_SELECT), filter=flt, top=len(chunk))
+            request = self._client.users.to_get_request_information(RequestConfiguration(query_parameters=query))
+            try:
+                body = await self._get_json(request)
+            except ODataError as exc:
+                raise _error(exc) from None
+            for item in body.get("value") or []:
+                if isinstance(item, dict) and item.get("id") in found:
+                    found[str(item["id"])] = _user_from_json(item)
+        return found
 
     async def list_guests(self, page_size: int = 999) -> AsyncIterator[GraphUser]:
         """All guests, page by page (userType is filterable on /users, not on delta)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -28,9 +28,20 @@ class ChangeMessage:
     received_at: str  # ISO 8601 UTC, when the webhook accepted the notification
     source: str = "notification"  # notification | reconcile | operator
     correlation_id: str = ""  # follows this change through apply and export (logs, App Insights)
+    more_user_ids: tuple[str, ...] = ()  # further users of the same notification batch: read together
+    deferrals: int = 0  # times queued again because Graph throttled the read (see apply.apply_or_defer)
+
+    @property
+    def user_ids(self) -> tuple[str, ...]:
+        return (self.user_id, *self.more_user_ids)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        data = asdict(self)
+        if not self.more_user_ids:
+            del data["more_user_ids"]
+        if not self.deferrals:
+            del data["deferrals"]
+        return json.dumps(data)
 
     @classmethod
     def from_json(cls, body: str | bytes) -> ChangeMessage:
@@ -44,6 +55,8 @@ class ChangeMessage:
             received_at=str(data.get("received_at", "")),
             source=str(data.get("source", "notification")),
             correlation_id=str(data.get("correlation_id", "")),
+            more_user_ids=tuple(str(u) for u in data.get("more_user_ids") or () if isinstance(u, str)),
+            deferrals=deferrals if isinstance(deferrals := data.get("deferrals"), int) else 0,
         )
 
     @property
@@ -58,17 +71,23 @@ class ChangeMessage:
 class ExportMessage:
     """Bring the AD account of ``uid`` in line with its record at ``version`` (or newer).
 
-    The worker always exports the record as it is when the message is processed, so messages that arrive
-    twice or out of order converge on the newest state instead of regressing it.
+    ``snapshot`` (``GuestRecord.to_snapshot()``: the saved entity and its ETag) spares the worker a state read;
+    its save is guarded by that ETag, so on a stale snapshot it re-reads and runs again. Either way, messages
+    that arrive twice or out of order converge on the newest state instead of regressing it.
     """
 
     uid: str
     version: int
     reason: str
     correlation_id: str = ""
+    snapshot: dict[str, Any] | None = field(default=None, hash=False)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        data = asdict(self)
+        # A queue message holds 64 KB: an oversized snapshot is left out (the worker then reads state).
+        if self.snapshot is None or len(json.dumps(self.snapshot)) > MAX_SNAPSHOT_CHARS:
+            del data["snapshot"]
+        return json.dumps(data)
 
     @classmethod
     def from_json(cls, body: str | bytes) -> ExportMessage:
@@ -76,8 +95,14 @@ class ExportMessage:
         uid, version = data.get("uid"), data.get("version")
         if not isinstance(uid, str) or not isinstance(version, int):
             raise ValueError("export message needs uid (string) and version (integer)")
+        snapshot = data.get("snapshot")  # checked by the worker; anything but an object is ignored
         return cls(uid=uid, version=version, reason=str(data.get("reason", "")),
-                   correlation_id=str(data.get("correlation_id", "")))
+                   correlation_id=str(data.get("correlation_id", "")),
+                   snapshot=snapshot if isinstance(snapshot, dict) else None)
+
+
+#: Largest snapshot (JSON, ASCII-escaped) an export message carries; a guest's entity is a few hundred bytes.
+MAX_SNAPSHOT_CHARS = 16 * 1024
 
 
 def _load_object(body: str | bytes) -> dict[str, Any]:

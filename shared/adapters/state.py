@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +24,16 @@ from shared.settings import StorageSettings
 
 PARTITION = "guest"
 META_PARTITION = "meta"  # small singletons: the users deltaLink, the breaker window, the last reconcile
+SNAPSHOT_ETAG = "ETag"  # the ETag's key in a snapshot (no entity property has that name)
+_WHEN_PROPERTIES = ("GraphReadAt", "NotifiedAt", "ExportedAt", "ArchivedAt")
+#: What each property of a snapshot must be (datetimes travel as ISO 8601 strings).
+_SNAPSHOT_TYPES: dict[str, type | tuple[type, ...]] = {
+    "RowKey": str, "Entry": str, "Status": str, "Version": int, "ExportedVersion": int,
+    **dict.fromkeys(("Reason", "Error", "Warnings", "ObjectSid", "Dn", "SamAccountName", "Domain", "Approval",
+                     *_WHEN_PROPERTIES), str),
+    "LatencyMs": int,
+}
+_SNAPSHOT_REQUIRED = frozenset({"RowKey", "Entry", "Status", "Version", "ExportedVersion"})
 
 
 class ConcurrencyError(Exception):
@@ -92,6 +102,10 @@ class GuestRecord:
 
     @classmethod
     def from_entity(cls, entity: Any) -> GuestRecord:
+        return cls._from_fields(entity, entity.metadata.get("etag") if hasattr(entity, "metadata") else None)
+
+    @classmethod
+    def _from_fields(cls, entity: Mapping[str, Any], etag: str | None) -> GuestRecord:
         def when(name: str) -> datetime | None:
             value = entity.get(name)
             return value if isinstance(value, datetime) else None
@@ -115,8 +129,41 @@ class GuestRecord:
             latency_ms=entity.get("LatencyMs"),
             archived_at=when("ArchivedAt"),
             approval=Approval(entity["Approval"]) if entity.get("Approval") else None,
-            etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
+            etag=etag,
         )
+
+    def to_snapshot(self) -> dict[str, Any]:
+        """The entity as JSON values plus its ETag, for an export message: the worker starts from it instead of
+        reading the record again, and its ETag-guarded save catches a snapshot that went stale."""
+        data = {k: v.isoformat() if isinstance(v, datetime) else v
+                for k, v in self.to_entity().items() if k != "PartitionKey"}
+        data[SNAPSHOT_ETAG] = self.etag
+        return data
+
+    @classmethod
+    def from_snapshot(cls, data: object) -> GuestRecord:
+        """The record of :meth:`to_snapshot`; ValueError when malformed (the caller reads state instead)."""
+        if not isinstance(data, dict):
+            raise ValueError("snapshot is not an object")
+        etag = data.get(SNAPSHOT_ETAG)
+        if not isinstance(etag, str) or not etag:
+            raise ValueError("snapshot has no ETag")
+        fields = dict(data)
+        for name, kinds in _SNAPSHOT_TYPES.items():
+            value = fields.get(name)
+            if value is None and name not in _SNAPSHOT_REQUIRED:
+                continue
+            if not isinstance(value, kinds) or isinstance(value, bool):
+                raise ValueError(f"snapshot property {name} is missing or of the wrong type")
+        try:
+            for name in _WHEN_PROPERTIES:
+                if fields.get(name) is not None:
+                    fields[name] = datetime.fromisoformat(fields[name])
+                    if fields[name].tzinfo is None:
+                        raise ValueError(f"{name} has no time zone")
+            return cls._from_fields(fields, etag)
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+            raise ValueError(f"malformed snapshot: {exc}") from exc
 
     def evolve(self, **changes: Any) -> GuestRecord:
         return replace(self, **changes)

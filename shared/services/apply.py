@@ -9,27 +9,41 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import random
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Protocol
 
+from shared.adapters.graph import GraphThrottledError
 from shared.adapters.queues import ChangeMessage, ExportMessage
 from shared.adapters.state import ConcurrencyError, GuestRecord, StateStore, utcnow
 from shared.domain import DEPROVISION_STATUSES, GraphUser, GuestStatus
-from shared.observability import current_correlation_id
+from shared.observability import current_correlation_id, guest_context
 from shared.rules import ApplyPlan, Decision, plan_apply, scope_exit
 
 log = logging.getLogger("guestsync.apply")
 MAX_ATTEMPTS = 8
+#: Times a change throttled by Graph (429/503 after the SDK's own retries) is queued again with a delay before
+#: the queue's retries take over. Throttling is Graph asking us to wait, not a failure of the message: it must
+#: not spend the message's five dequeues and end a guest's change in the poison queue.
+MAX_DEFERRALS = 12
+MAX_DEFERRAL_SECONDS = 60
 
 
-class GuestReader(Protocol):
+class UserReader(Protocol):
     async def get_user(self, user_id: str) -> GraphUser | None: ...
     async def is_group_member(self, user_id: str, group_id: str) -> bool | None: ...
 
 
+class GuestReader(UserReader, Protocol):
+    async def get_users(self, user_ids: Sequence[str]) -> dict[str, GraphUser | None]: ...
+
+
 async def read_scope(
-    graph: GuestReader, user_id: str, scope_group_id: str | None
+    graph: UserReader, user_id: str, scope_group_id: str | None
 ) -> tuple[GraphUser | None, bool | None]:
     """Read the user and, when a scoping group is set and the user is an enabled guest, its membership."""
     user = await graph.get_user(user_id)
@@ -92,13 +106,57 @@ async def apply_change(
     send_export: Callable[[str], None],
     now: Callable[[], datetime] = utcnow,
     scope_group_id: str | None = None,
-) -> ApplyPlan:
-    """Run the inbound rules for one user and queue an export when AD must change."""
-    user, in_group = await read_scope(graph, message.user_id, scope_group_id)
+) -> list[ApplyPlan]:
+    """Run the inbound rules for the message's users and queue an export for each guest whose AD account must
+    change. The users of one message (one notification POST) are read from Graph together, in one request per
+    15 users, so a burst of member changes costs a few reads instead of one per user."""
     removed = message.change_type.removeprefix("removed:") if message.change_type.startswith("removed:") else None
-    # State and queue calls block: run them off the event loop, which the other functions share.
-    return await asyncio.to_thread(apply_user, message.user_id, user, state, send_export, in_group=in_group,
-                                   removed=removed, read_at=now(), notified_at=message.received)
+    if message.more_user_ids:
+        users = await graph.get_users(message.user_ids)
+    else:
+        users = {message.user_id: await graph.get_user(message.user_id)}
+    plans: list[ApplyPlan] = []
+    for uid in message.user_ids:
+        user = users.get(uid)
+        in_group: bool | None = None
+        if scope_group_id is not None and user is not None and scope_exit(user) is None:
+            in_group = bool(await graph.is_group_member(uid, scope_group_id))
+        with guest_context(uid):
+            # State and queue calls block: run them off the event loop, which the other functions share.
+            plans.append(await asyncio.to_thread(apply_user, uid, user, state, send_export, in_group=in_group,
+                                                 removed=removed, read_at=now(), notified_at=message.received))
+    return plans
+
+
+def deferral_delay(deferrals: int, rand: Callable[[], float] = random.random) -> int:
+    """Seconds before a throttled change is read again: 2, 4, 8 ... up to a minute, with jitter so that a
+    burst deferred together does not come back together. Pure."""
+    base = min(MAX_DEFERRAL_SECONDS, 2 ** (deferrals + 1))
+    return max(1, min(MAX_DEFERRAL_SECONDS, int(base * (0.75 + rand() / 2) + 0.5)))
+
+
+async def apply_or_defer(
+    message: ChangeMessage,
+    graph: GuestReader,
+    state: StateStore,
+    send_export: Callable[[str], None],
+    requeue: Callable[[str, int], None],
+    scope_group_id: str | None = None,
+) -> list[ApplyPlan]:
+    """``apply_change``, but a change that Graph still throttles after the SDK's retries is queued again with a
+    delay (``requeue(body, seconds)``) instead of failing, up to MAX_DEFERRALS times; then it raises and the
+    queue's own retries (and poison queue) apply. Users applied before the throttle are applied again later,
+    which is harmless: apply is idempotent."""
+    try:
+        return await apply_change(message, graph, state, send_export, scope_group_id=scope_group_id)
+    except GraphThrottledError as exc:
+        if message.deferrals >= MAX_DEFERRALS:
+            raise
+        delay = deferral_delay(message.deferrals)
+        requeue(replace(message, deferrals=message.deferrals + 1).to_json(), delay)
+        log.warning("Graph is throttling (%s): %d user(s) read again in %d s (deferral %d of %d)",
+                    exc, len(message.user_ids), delay, message.deferrals + 1, MAX_DEFERRALS)
+        return []
 
 
 def plan_for(user: GraphUser | None, record: GuestRecord | None, *, in_group: bool | None,
@@ -114,6 +172,33 @@ def plan_for(user: GraphUser | None, record: GuestRecord | None, *, in_group: bo
     )
 
 
+class _KnownRecords:
+    """Users this process has met a state record for (bounded, least recently added dropped first). Only a
+    cost hint for ``apply_user``: a wrong guess costs one storage transaction, never a wrong result."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._uids: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __contains__(self, uid: object) -> bool:
+        return uid in self._uids
+
+    def add(self, uid: str) -> None:
+        with self._lock:
+            self._uids[uid] = None
+            self._uids.move_to_end(uid)
+            while len(self._uids) > self._size:
+                self._uids.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._uids.clear()
+
+
+KNOWN_RECORDS = _KnownRecords(100_000)  # ~10 MB at most
+
+
 def apply_user(
     user_id: str,
     user: GraphUser | None,
@@ -124,10 +209,24 @@ def apply_user(
     removed: str | None,
     read_at: datetime,
     notified_at: datetime | None = None,
+    insert_first: bool | None = None,
 ) -> ApplyPlan:
-    """Join a user already read from Graph (None: gone) with its state, save, and queue the export."""
+    """Join a user already read from Graph (None: gone) with its state, save, and queue the export.
+
+    A guest in scope is first inserted as new without reading state (one storage transaction less per new
+    guest); if a record exists the insert fails and the loop reads and plans again. A user out of scope is
+    always read first: it may still hold a record (a guest that became a member). ``insert_first``: whether
+    the caller expects no record (None: no record unless this process has met one for the user; a failed insert
+    costs a transaction, like the read it replaces)."""
+    if insert_first is None:
+        insert_first = user_id not in KNOWN_RECORDS
+    unknown = plan_for(user, None, in_group=in_group, removed=removed)
+    read = not insert_first or unknown.decision is not Decision.EXPORT
     for _ in range(MAX_ATTEMPTS):
-        record = state.get(user_id)
+        record = state.get(user_id) if read else None
+        read = True
+        if record is not None:
+            KNOWN_RECORDS.add(user_id)
         plan = plan_for(user, record, in_group=in_group, removed=removed)
         new = next_record(record, plan, read_at=read_at, notified_at=notified_at)
         if new is None:
@@ -137,9 +236,12 @@ def apply_user(
             saved = state.save(new)
         except ConcurrencyError:
             continue  # someone else wrote this guest: plan again from fresh state
+        KNOWN_RECORDS.add(user_id)
         if plan.decision is Decision.EXPORT or saved.status is GuestStatus.OUT_OF_SCOPE:
-            send_export(ExportMessage(saved.uid, saved.version, plan.reason,
-                                      current_correlation_id() or "").to_json())
+            # The worker would re-read a deprovisioning record anyway: no snapshot for those.
+            snapshot = None if saved.status in DEPROVISION_STATUSES else saved.to_snapshot()
+            send_export(ExportMessage(saved.uid, saved.version, plan.reason, current_correlation_id() or "",
+                                      snapshot).to_json())
         log.info("guest %s: %s (%s)", user_id, plan.decision.value, plan.reason)
         return plan
     raise ConcurrencyError(f"guest {user_id}: state kept changing under {MAX_ATTEMPTS} attempts")

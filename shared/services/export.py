@@ -2,8 +2,10 @@
 
 The same function runs as a queue-triggered function (worker mode ``function``) and inside the on-premises
 agent (``guestsync worker``). It always exports the record as it is *now*, so duplicate or reordered export
-messages converge instead of regressing AD. Initial-only flows (DN, password, userAccountControl) are
-written at creation only; later runs touch only the persistent attributes.
+messages converge instead of regressing AD: a snapshot carried by the message spares the state read, and the
+ETag-guarded save that ends every export catches a stale one (then the record is read and exported again).
+Initial-only flows (DN, password, userAccountControl) are written at creation only; later runs touch only the
+persistent attributes.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from shared.settings import LifecycleSettings
 log = logging.getLogger("guestsync.export")
 MAX_ATTEMPTS = 8
 BREAKER_META = "breaker"
+#: Lifecycle actions never taken from an export message's snapshot, which may be stale: state is read first.
+NOT_FROM_SNAPSHOT = frozenset({ExportAction.RESTORE, ExportAction.DISABLE, ExportAction.DELETE})
 
 
 class GuestDirectory(Protocol):
@@ -172,6 +176,24 @@ def _after(
     )
 
 
+def message_snapshot(message: ExportMessage) -> GuestRecord | None:
+    """The record the message carries, when it may stand in for a state read: well formed, this guest's, not
+    older than the message, and not leaving scope (deprovisioning is planned from fresh state only)."""
+    if message.snapshot is None:
+        return None
+    try:
+        record = GuestRecord.from_snapshot(message.snapshot)
+    except ValueError as exc:
+        log.warning("guest %s: export message snapshot ignored (%s); reading state", message.uid, exc)
+        return None
+    if record.uid != message.uid or record.entry.uid != message.uid:
+        log.warning("guest %s: export message snapshot is another guest's; reading state", message.uid)
+        return None
+    if record.version < message.version or record.status in DEPROVISION_STATUSES:
+        return None
+    return record
+
+
 def export_guest(
     message: ExportMessage,
     state: StateStore,
@@ -182,8 +204,10 @@ def export_guest(
     """Apply one export. AD constraint errors end as a readable error on the guest (not a retry loop);
     an unreachable DC raises so the queue retries and, after 5 tries, parks the message as poison."""
     policy = policy or LifecycleSettings()
+    pending = message_snapshot(message)  # the first attempt starts from it instead of reading state
     for _ in range(MAX_ATTEMPTS):
-        record = state.get(message.uid)
+        snapshot, pending = pending, None
+        record = snapshot if snapshot is not None else state.get(message.uid)
         if record is None:
             return ExportOutcome(message.uid, "skipped", "guest unknown to state")
         if record.status is GuestStatus.HELD and record.approval is None:
@@ -201,6 +225,8 @@ def export_guest(
                 plan = plan_export(status=record.status, reason=record.reason, approval=record.approval,
                                    archived_at=record.archived_at, account=account, desired=desired,
                                    policy=policy, now=at)
+                if snapshot is not None and plan.action in NOT_FROM_SNAPSHOT:
+                    continue  # nothing written yet: plan again from the record as it is now
                 verdict = None
                 if plan.destructive and record.approval is not Approval.APPROVED:
                     verdict = admit_destructive(state, policy, at)

@@ -19,10 +19,12 @@ tenant is. ``dry_run`` (``guestsync plan``) computes the same findings and write
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import pickle
 import sqlite3
 import tempfile
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -182,6 +184,67 @@ class _Index:
                 yield uid
 
 
+class _AccountSpool:
+    """The managed OUs' accounts, scanned in a thread of their own while state loads and Graph pages, and spooled
+    to a file of their own: the LDAP scan (mostly waiting on the DC) overlaps the other phases, and memory stays
+    flat however many accounts there are. The AD phase reads them back in scan order once the scan is done."""
+
+    def __init__(self, folder: str, directory: ReconcileDirectory) -> None:
+        self._path = str(Path(folder) / "accounts.sqlite")
+        self._directory = directory
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._scan, name="reconcile-ad-scan", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _scan(self) -> None:
+        db = sqlite3.connect(self._path)
+        try:
+            db.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;"
+                             "CREATE TABLE account (n INTEGER PRIMARY KEY, blob BLOB);")
+            batch: list[tuple[bytes]] = []
+            for account in self._directory.iter_managed_accounts():
+                if self._stop.is_set():
+                    return
+                batch.append((pickle.dumps(account),))
+                if len(batch) >= 500:
+                    db.executemany("INSERT INTO account (blob) VALUES (?)", batch)
+                    batch.clear()
+            db.executemany("INSERT INTO account (blob) VALUES (?)", batch)
+            db.commit()
+        except BaseException as exc:  # handed to the reconcile, which raises it in its own task
+            self._error = exc
+        finally:
+            db.close()
+
+    async def wait(self, *, cancel: bool = False) -> None:
+        """Until the scan is done (without blocking the event loop; ``cancel`` stops it at the next account);
+        re-raises the scan's error."""
+        if cancel:
+            self._stop.set()
+        await asyncio.to_thread(self._thread.join)
+        if self._error is not None:
+            raise self._error
+
+    def __iter__(self) -> Iterator[AdAccount]:
+        db = sqlite3.connect(self._path)
+        try:
+            last = 0
+            while True:
+                rows = db.execute("SELECT n, blob FROM account WHERE n > ? ORDER BY n LIMIT 500", (last,)).fetchall()
+                if not rows:
+                    return
+                for n, blob in rows:
+                    last = n
+                    account = pickle.loads(blob)  # noqa: S301 (our own temporary file, written in this run)
+                    assert isinstance(account, AdAccount)
+                    yield account
+        finally:
+            db.close()
+
+
 def _unpickle(blob: bytes) -> GuestRecord:
     record = pickle.loads(blob)  # noqa: S301 (our own temporary file, written in this run)
     assert isinstance(record, GuestRecord)
@@ -274,7 +337,7 @@ class Reconciler:
         if not self.dry_run:
             with guest_context(uid, new_correlation_id()):
                 apply_user(uid, user, self.state, self.send_export, in_group=in_group, removed=removed,
-                           read_at=self.now())
+                           read_at=self.now(), insert_first=record is None)
 
     async def _reread(self, uid: str) -> None:
         """Read one user (and its group membership) from Graph, then settle it."""
@@ -286,14 +349,24 @@ class Reconciler:
         with tempfile.TemporaryDirectory(prefix="guestsync-reconcile-") as folder:
             self._index = _Index(folder)
             try:
-                self.report.guests_in_state = self.index.load(iter(self.state), lambda n: self.progress("state", n))
-                if self.policy.scope_group_id:
-                    await self._load_group(self.policy.scope_group_id)
-                await self._graph_phase(full=full)
-                if self.policy.scope_group_id:
-                    await self._group_phase()
-                if self.directory is not None:
-                    self._ad_phase(self.directory)
+                spool = _AccountSpool(folder, self.directory) if self.directory is not None else None
+                if spool is not None:
+                    spool.start()  # the AD scan runs meanwhile; its findings are made after the Graph phase
+                try:
+                    self.report.guests_in_state = self.index.load(iter(self.state),
+                                                                  lambda n: self.progress("state", n))
+                    if self.policy.scope_group_id:
+                        await self._load_group(self.policy.scope_group_id)
+                    await self._graph_phase(full=full)
+                    if self.policy.scope_group_id:
+                        await self._group_phase()
+                except BaseException:
+                    if spool is not None:
+                        await spool.wait(cancel=True)  # never leave the scan thread behind
+                    raise
+                if spool is not None:
+                    await spool.wait()
+                    self._ad_phase(spool)
             finally:
                 self.index.close()
                 self._index = None
@@ -362,9 +435,10 @@ class Reconciler:
         for uid in self.index.new_members():
             await self._reread(uid)
 
-    def _ad_phase(self, directory: ReconcileDirectory) -> None:
+    def _ad_phase(self, accounts: Iterable[AdAccount]) -> None:
+        """Join the scanned accounts to state on objectSid; compare, repair, report."""
         now = self.now()
-        for account in directory.iter_managed_accounts():
+        for account in accounts:
             self.report.ad_accounts += 1
             if self.report.ad_accounts % 500 == 0:
                 self.progress("ad", self.report.ad_accounts)

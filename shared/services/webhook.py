@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from shared.adapters.graph import MAX_IN_VALUES
 from shared.adapters.queues import ChangeMessage
 from shared.adapters.state import utcnow
 from shared.notifications import (
@@ -55,6 +56,9 @@ def answer_validation(params: dict[str, str]) -> Reply | None:
     return Reply(200, token, "text/plain")
 
 
+USERS_PER_MESSAGE = MAX_IN_VALUES
+
+
 def receive_changes(
     body: bytes,
     params: dict[str, str],
@@ -77,14 +81,21 @@ def receive_changes(
         log.warning("malformed notification body refused: %s", exc)
         return _problem(400, str(exc))
     received_at = now().isoformat()
-    seen: set[str] = set()
+    # One queue message per USERS_PER_MESSAGE distinct users of the POST (and change type): the apply step reads
+    # them from Graph in one request, so a burst of (mostly member) changes costs a read per 15 users, not per
+    # user. A user named twice in one POST is applied once (apply re-reads it anyway).
+    first_type: dict[str, str] = {}
+    for change in batch.accepted:
+        first_type.setdefault(change.user_id, change.change_type)
+    by_type: dict[str, list[str]] = {}
+    for user_id, change_type in first_type.items():
+        by_type.setdefault(change_type, []).append(user_id)
     try:
-        for change in batch.accepted:
-            if change.user_id in seen:  # the same user twice in one POST needs one apply
-                continue
-            seen.add(change.user_id)
-            enqueue(ChangeMessage(change.user_id, change.change_type, received_at,
-                                  correlation_id=new_correlation_id()).to_json())
+        for change_type, users in by_type.items():
+            for start in range(0, len(users), USERS_PER_MESSAGE):
+                first, *more = users[start:start + USERS_PER_MESSAGE]
+                enqueue(ChangeMessage(first, change_type, received_at, correlation_id=new_correlation_id(),
+                                      more_user_ids=tuple(more)).to_json())
     except Exception as exc:  # storage unreachable: fail fast, Graph redelivers
         return _not_queued(exc)
     return _batch_reply(batch, "notification")

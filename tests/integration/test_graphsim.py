@@ -173,7 +173,7 @@ def test_subscription_lifecycle_and_notifications(graph: GraphSimulator, graph_s
     graph.hard_delete_user(guest["id"])
     graph.send_lifecycle(sub.id, "reauthorizationRequired")
     graph.wait_for_deliveries()
-    changes = [r["value"][0] for r in receiver.received if "changeType" in r["value"][0]]
+    changes = [item for r in receiver.received for item in r["value"] if "changeType" in item]  # Graph batches
     assert [c["changeType"] for c in changes] == ["updated", "updated", "deleted"]
     assert all(c["clientState"] == "secret" and c["resource"] == f"Users/{guest['id']}" for c in changes)
     lifecycle = [r["value"][0] for r in receiver.received if "lifecycleEvent" in r["value"][0]]

@@ -368,3 +368,25 @@ def test_reauthorization_and_renewal_keep_the_subscription_alive(stack: Stack) -
     assert result.succeeded, result.error
     assert sim.subscriptions[sub_id].expiration > soon + timedelta(days=20)
     assert list(sim.subscriptions) == [sub_id]
+
+
+def test_a_burst_of_member_changes_is_read_from_graph_in_batches(stack: Stack) -> None:
+    sim: Any = stack.sim
+    members = [sim.add_user(displayName=f"Member {i}", userType="Member", userPrincipalName=f"m{i}@contoso.com")
+               for i in range(60)]
+    guests = _provision(stack, 3, "burst")
+    sim.wait_for_deliveries()
+    stack.drain()
+    sim.request_count.clear()
+    for _ in range(3):  # 180 notifications for members, 3 for guests, in a burst
+        for member in members:
+            sim.update_user(member["id"], jobTitle="x")
+    for uid in guests:
+        sim.update_user(uid, givenName="Burst")
+    sim.wait_for_deliveries()
+    stack.wait(lambda: all((r := stack.state.get(u)) is not None and r.entry.given_name == "Burst"
+                           and r.exported_version == r.version for u in guests), "the guests' change")
+    stack.drain()
+    reads = sim.request_count["GET /users"] + sim.request_count["GET /users/{id}"]
+    assert reads <= 183 // 5, sim.request_count  # one request per up to 15 users of a delivery, not one per user
+    assert all(stack.state.get(m["id"]) is None for m in members)

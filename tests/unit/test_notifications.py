@@ -191,3 +191,40 @@ def test_webhook_reports_a_bounded_number_of_refused_items(caplog: pytest.LogCap
     details = json.loads(reply.body)["details"]
     assert len(details) == 21 and details[-1] == "... and 4980 more refused items"
     assert len(caplog.records) == 21 and "4980 more" in caplog.records[-1].getMessage()
+
+
+def _user(n: int) -> str:
+    return f"00000000-0000-0000-0000-{n:012d}"
+
+
+def test_webhook_queues_a_burst_as_messages_of_at_most_15_users_per_change_type() -> None:
+    from shared.adapters.queues import ChangeMessage
+
+    sent: list[str] = []
+    users = [_user(n) for n in range(40)]
+    items = [item(resource=f"Users/{u}", resourceData={"id": u}) for u in users]
+    items += [item(resource=f"Users/{users[0]}", resourceData={"id": users[0]}, changeType="deleted")]  # again
+    items += [item(resource=f"Users/{u}", resourceData={"id": u}, changeType="deleted")
+              for u in (_user(100), _user(101))]
+    reply = receive_changes(body(*items), {}, WebhookSettings((SECRET,)), sent.append)
+    assert reply.status == 202
+    messages = [ChangeMessage.from_json(m) for m in sent]
+    assert [len(m.user_ids) for m in messages] == [15, 15, 10, 2]
+    assert [u for m in messages[:3] for u in m.user_ids] == users  # each user once, in notification order
+    assert {m.change_type for m in messages[:3]} == {"updated"} and messages[3].change_type == "deleted"
+    assert messages[3].user_ids == (_user(100), _user(101))
+    assert len({m.correlation_id for m in messages}) == 4
+
+
+def test_change_message_round_trip_keeps_the_batch_and_the_deferrals() -> None:
+    from shared.adapters.queues import ChangeMessage
+
+    message = ChangeMessage(_user(1), "updated", "2026-11-23T00:00:00+00:00", correlation_id="c",
+                            more_user_ids=(_user(2), _user(3)), deferrals=2)
+    assert ChangeMessage.from_json(message.to_json()) == message
+    single = ChangeMessage(_user(1), "updated", "")
+    assert "more_user_ids" not in single.to_json() and "deferrals" not in single.to_json()
+    assert ChangeMessage.from_json(single.to_json()).user_ids == (_user(1),)
+    hostile = json.dumps({"user_id": _user(1), "more_user_ids": [1, None, _user(2)], "deferrals": "9"})
+    parsed = ChangeMessage.from_json(hostile)
+    assert parsed.user_ids == (_user(1), _user(2)) and parsed.deferrals == 0
