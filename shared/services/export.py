@@ -44,6 +44,8 @@ MAX_ATTEMPTS = 8
 BREAKER_META = "breaker"
 #: Lifecycle actions never taken from an export message's snapshot, which may be stale: state is read first.
 NOT_FROM_SNAPSHOT = frozenset({ExportAction.RESTORE, ExportAction.DISABLE, ExportAction.DELETE})
+#: Age (since the Graph read) up to which a snapshot stands in for the state read; older ones are re-read.
+SNAPSHOT_FRESH_SECONDS = 10.0
 
 
 class GuestDirectory(Protocol):
@@ -176,9 +178,11 @@ def _after(
     )
 
 
-def message_snapshot(message: ExportMessage) -> GuestRecord | None:
+def message_snapshot(message: ExportMessage, now: datetime) -> GuestRecord | None:
     """The record the message carries, when it may stand in for a state read: well formed, this guest's, not
-    older than the message, and not leaving scope (deprovisioning is planned from fresh state only)."""
+    older than the message, not leaving scope (deprovisioning is planned from fresh state only), and read from
+    Graph at most SNAPSHOT_FRESH_SECONDS ago. A message that waited in a backlog reads state: its guest may have
+    left meanwhile (a bulk invite undone by a bulk delete must not create accounts only to disable them)."""
     if message.snapshot is None:
         return None
     try:
@@ -190,6 +194,8 @@ def message_snapshot(message: ExportMessage) -> GuestRecord | None:
         log.warning("guest %s: export message snapshot is another guest's; reading state", message.uid)
         return None
     if record.version < message.version or record.status in DEPROVISION_STATUSES:
+        return None
+    if record.graph_read_at is None or abs((now - record.graph_read_at).total_seconds()) > SNAPSHOT_FRESH_SECONDS:
         return None
     return record
 
@@ -204,7 +210,7 @@ def export_guest(
     """Apply one export. AD constraint errors end as a readable error on the guest (not a retry loop);
     an unreachable DC raises so the queue retries and, after 5 tries, parks the message as poison."""
     policy = policy or LifecycleSettings()
-    pending = message_snapshot(message)  # the first attempt starts from it instead of reading state
+    pending = message_snapshot(message, now())  # the first attempt starts from it instead of reading state
     for _ in range(MAX_ATTEMPTS):
         snapshot, pending = pending, None
         record = snapshot if snapshot is not None else state.get(message.uid)

@@ -20,7 +20,7 @@ from shared.adapters.state import ConcurrencyError, GuestRecord
 from shared.domain import GUEST_USER_ACCOUNT_CONTROL, UAC_ACCOUNTDISABLE, AdAccount, Approval, GraphUser, GuestStatus
 from shared.rules import Decision, inbound, outbound_persistent
 from shared.services.apply import KNOWN_RECORDS, apply_user
-from shared.services.export import export_guest
+from shared.services.export import SNAPSHOT_FRESH_SECONDS, export_guest
 from shared.settings import LifecycleSettings
 
 UID = "6ea91a8d-e32e-41a1-b7bd-d2d185eed0e0"
@@ -279,6 +279,18 @@ def test_new_guest_is_exported_from_the_snapshot_without_reading_state() -> None
     assert export(message, state, directory) == "created"
     assert state.calls == {"replace": 1}
     assert state.records[UID].status is GuestStatus.PROVISIONED and state.records[UID].object_sid == SID
+
+
+def test_a_snapshot_that_waited_in_a_backlog_is_not_trusted_and_state_is_read() -> None:
+    state, directory = MemoryState(), MemoryDirectory()
+    _, [message] = apply(state, guest())
+    apply(state, guest(account_enabled=False))  # the guest left while its export waited behind a backlog
+    state.calls.clear()
+    late = SNAPSHOT_FRESH_SECONDS + 1
+    action = export_guest(message, state, directory, POLICY,  # type: ignore[arg-type]
+                          now=lambda: NOW + timedelta(seconds=late)).action
+    assert action == "unchanged" and directory.writes == []  # no account created for a guest already gone
+    assert state.calls["get"] == 1
 
 
 def test_stale_snapshot_is_caught_by_the_etag_and_converges_on_the_fresh_record() -> None:
