@@ -11,6 +11,8 @@ Scenarios, one after another on the function app (local runner, worker mode ``fu
 * idle: the listeners' polling of the empty queues, per second (host.json maxPollingInterval);
 * ``--guests`` new guests invited (one notification each) until all accounts are in AD;
 * the same guests renamed in Entra (givenName; one notification each) until AD has the new name;
+* ``--trickle`` of those guests renamed again one at a time, each waiting for AD: a change that has the
+  queues to itself (no batching, every queue message received on its own);
 * ``--members`` new members (userType Member, one notification each), which must get nothing;
 * ``--member-repeats``: that many notifications for ``--members // 10`` members (10 changes each), to see
   whether repeated changes of one user are coalesced.
@@ -52,10 +54,12 @@ from graphsim.server import GraphSimulator
 NAME = "cost"
 _REQUEST = re.compile(r"info: (Queue|Table)StorageContextMiddleware: RequestMethod=(\w+) RequestURL=(\S+)")
 POLL = "queue receive (GET messages)"
+Costs = tuple[float, float, float]  # Graph reads, storage transactions (gross), storage net of idle polling
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guests", type=int, default=100, help="new guests, then renamed (100)")
+    parser.add_argument("--trickle", type=int, default=20, help="guest updates one at a time (20; 0 skips)")
     parser.add_argument("--members", type=int, default=1000, help="member notifications, one per new member (1000)")
     parser.add_argument("--member-repeats", type=int, default=1000,
                         help="member notifications over members/10 members, 10 each (1000; 0 skips)")
@@ -173,13 +177,15 @@ def run(args: argparse.Namespace) -> Report:
         with HostProcess(bench, host_json) as host:
             subscribe(bench, host)
             results = _scenarios(bench, log, args)
-    idle_rate, new, update, members, repeats = results
+    idle_rate, new, update, trickle, members, repeats = results
     say("")
     say(f"idle polling: {idle_rate:.2f} storage requests/s")
     report.check("Graph reads per new guest", new[0], 1)
     report.check("storage transactions per new guest (gross)", new[1], 8)
     report.check("Graph reads per guest update", update[0], 1)
     report.check("storage transactions per guest update (gross)", update[1], 8)
+    if trickle is not None:
+        report.check("storage transactions per guest update one at a time (net of idle polling)", trickle[2], 8)
     report.check(f"Graph reads per 1000 member notifications ({args.members} new members)", members[0] * 1000, 999)
     if repeats is not None:
         report.check(f"Graph reads per 1000 member notifications (10 per member, {args.member_repeats} in all)",
@@ -188,8 +194,7 @@ def run(args: argparse.Namespace) -> Report:
 
 
 def _scenarios(bench: BenchStack, log: AzuriteLog,
-               args: argparse.Namespace) -> tuple[float, tuple[float, float, float], tuple[float, float, float],
-                                                  tuple[float, float, float], tuple[float, float, float] | None]:
+               args: argparse.Namespace) -> tuple[float, Costs, Costs, Costs | None, Costs, Costs | None]:
     sim, ou = bench.stack.sim, bench.stack.guest_ou
     admin = bench.stack.dc.admin_connection()
     try:
@@ -218,6 +223,20 @@ def _scenarios(bench: BenchStack, log: AzuriteLog,
             _wait_ad(renamed, "the renamed guests")
         update_result = update.show(idle_rate)
 
+        trickle_result = None
+        if args.trickle:
+            def has_name(uid: str, name: str) -> Callable[[], bool]:
+                def check() -> bool:
+                    admin.search(guest_account_dn(uid, ou), f"(givenName={name})", ldap3.BASE, attributes=["1.1"])
+                    return bool(admin.entries)
+                return check
+
+            with Window(f"guest updates one at a time ({args.trickle})", args.trickle, log, sim) as trickle:
+                for n, uid in enumerate(uids[:args.trickle]):
+                    sim.update_user(uid, givenName=f"Single{n}")
+                    _wait_ad(has_name(uid, f"Single{n}"), "the single update")
+            trickle_result = trickle.show(idle_rate)
+
         with Window(f"member notifications ({args.members} new members)", args.members, log, sim) as members:
             for i in range(args.members):
                 sim.add_user(displayName=f"Member {i}", userType="Member", userPrincipalName=f"m{i}@contoso.com",
@@ -238,7 +257,7 @@ def _scenarios(bench: BenchStack, log: AzuriteLog,
                     sim.update_user(ids[n % people], jobTitle=f"title {n}")
                 _settle_members(repeats)
             repeats_result = repeats.show(idle_rate)
-        return idle_rate, new_result, update_result, members_result, repeats_result
+        return idle_rate, new_result, update_result, trickle_result, members_result, repeats_result
     finally:
         admin.unbind()
 
