@@ -36,6 +36,11 @@ _SNAPSHOT_TYPES: dict[str, type | tuple[type, ...]] = {
 _SNAPSHOT_REQUIRED = frozenset({"RowKey", "Entry", "Status", "Version", "ExportedVersion"})
 
 
+#: What planning reads of a record (``plan_for``, ``plan_export``, the reconcile's findings and exports).
+PLANNING_PROPERTIES = ("RowKey", "Entry", "Status", "Version", "Reason", "Error", "ObjectSid", "Dn", "ArchivedAt",
+                       "Approval")
+
+
 class ConcurrencyError(Exception):
     """Someone else wrote the entity since we read it; re-read and try again."""
 
@@ -241,6 +246,13 @@ class StateStore:
     def __iter__(self) -> Iterator[GuestRecord]:
         for entity in self._table.query_entities(f"PartitionKey eq '{PARTITION}'", results_per_page=1000):
             yield GuestRecord.from_entity(entity)
+
+    def planning_records(self) -> Iterator[GuestRecord]:
+        """Every guest with only the properties the reconcile plans with (a third less to transfer and parse).
+        Read-only views without an ETag: saving one would be refused as an insert of an existing guest."""
+        for entity in self._table.query_entities(f"PartitionKey eq '{PARTITION}'", select=list(PLANNING_PROPERTIES),
+                                                 results_per_page=1000):
+            yield GuestRecord.from_entity(entity).evolve(etag=None)
 
     def with_status(self, *statuses: GuestStatus) -> Iterator[GuestRecord]:
         """Guests in any of ``statuses`` (a server-side filter: only those entities cross the wire)."""

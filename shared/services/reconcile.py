@@ -353,7 +353,7 @@ class Reconciler:
                 if spool is not None:
                     spool.start()  # the AD scan runs meanwhile; its findings are made after the Graph phase
                 try:
-                    self.report.guests_in_state = self.index.load(iter(self.state),
+                    self.report.guests_in_state = self.index.load(self.state.planning_records(),
                                                                   lambda n: self.progress("state", n))
                     if self.policy.scope_group_id:
                         await self._load_group(self.policy.scope_group_id)

@@ -79,3 +79,23 @@ def test_queue_messages_round_trip_base64(azurite, storage_names) -> None:
 def test_bad_export_messages_are_refused(raw: str) -> None:
     with pytest.raises(ValueError):
         ExportMessage.from_json(raw)
+
+
+def test_planning_records_carry_what_planning_reads_and_cannot_be_saved(store: StateStore) -> None:
+    from shared.domain import Approval
+
+    full = store.save(record().evolve(status=GuestStatus.HELD, version=4, exported_version=3, reason="left",
+                                      error="held by the breaker", object_sid="S-1-5-21-1-2-3-1105",
+                                      dn=f"CN={UID},OU=B2BGuest,DC=contoso,DC=com", sam_account_name="alice",
+                                      domain="CONTOSO", archived_at=datetime(2026, 2, 1, tzinfo=UTC),
+                                      approval=Approval.APPROVED, latency_ms=12, warnings="w"))
+    [view] = list(store.planning_records())
+    assert view.etag is None
+    assert (view.uid, view.entry, view.status, view.version, view.reason, view.error, view.object_sid, view.dn,
+            view.archived_at, view.approval) == (full.uid, full.entry, full.status, full.version, full.reason,
+                                                 full.error, full.object_sid, full.dn, full.archived_at,
+                                                 full.approval)
+    assert view.sam_account_name is None and view.notified_at is None and view.latency_ms is None
+    with pytest.raises(ConcurrencyError):  # a partial view never overwrites the full record
+        store.save(view)
+    assert store.get(UID) == full
