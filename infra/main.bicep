@@ -233,6 +233,11 @@ param adValidateCertificate bool = true
 @maxValue(300)
 param adConnectTimeout int = 10
 
+@description('GUESTSYNC_LDAP_CONNECTIONS: LDAPS connections the worker opens at most, one per export in flight.')
+@minValue(1)
+@maxValue(32)
+param ldapConnections int = 4
+
 // ---------------------------------------------------------------------------------------------------------
 // Network (worker mode function) and the on-premises agent (worker mode agent)
 // ---------------------------------------------------------------------------------------------------------
@@ -477,6 +482,7 @@ var appSettings = {
   AD_CA_FILE: isFunctionWorker ? adCaFile : ''
   AD_VALIDATE_CERTIFICATE: isFunctionWorker ? (adValidateCertificate ? 'true' : 'false') : ''
   AD_CONNECT_TIMEOUT: isFunctionWorker ? string(adConnectTimeout) : ''
+  GUESTSYNC_LDAP_CONNECTIONS: isFunctionWorker ? string(ldapConnections) : ''
 }
 
 resource siteAppSettings 'Microsoft.Web/sites/config@2024-04-01' = {

@@ -9,14 +9,15 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from shared import observability
-from shared.adapters.queues import MessageQueue
+from shared.adapters.queues import ExportMessage, MessageQueue
 from shared.adapters.state import StateStore
-from shared.settings import Settings, load_settings
+from shared.settings import DirectorySettings, Settings, load_settings
 
 if TYPE_CHECKING:
-    from shared.adapters.directory import Directory
+    from shared.adapters.directory import Directory, DirectoryPool
     from shared.adapters.graph import GraphClient
     from shared.adapters.mail import Mailer
+    from shared.services.export import ExportOutcome
 
 
 class Services:
@@ -27,6 +28,7 @@ class Services:
         observability.install(settings)
         observability.configure_exporters_once(settings)
         self._graph_lock = threading.Lock()
+        self._export_lock = threading.Lock()  # builds what exports need once, whichever thread comes first
         self._graphs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GraphClient] = weakref.WeakKeyDictionary()
 
     @cached_property
@@ -68,14 +70,36 @@ class Services:
         mail = self.settings.mail
         return mailer_from_settings(mail, self.graph if mail.mode == "graph" else None)
 
-    @cached_property
-    def directory(self) -> Directory:
-        from shared.adapters.directory import Directory
+    def _directory_settings(self) -> DirectorySettings:
         from shared.domain import ConfigurationError
 
         if self.settings.directory is None:
             raise ConfigurationError("setting AD_SERVER is required where the AD worker runs")
-        return Directory(self.settings.directory, archive_ou=self.settings.lifecycle.archive_ou)
+        return self.settings.directory
+
+    @cached_property
+    def directory(self) -> Directory:
+        """One directory (one connection) for single-threaded work: the reconcile's scan, CLI commands."""
+        from shared.adapters.directory import Directory
+
+        return Directory(self._directory_settings(), archive_ou=self.settings.lifecycle.archive_ou)
+
+    @cached_property
+    def directory_pool(self) -> DirectoryPool:
+        """Directories for the exports, one per export in flight, up to GUESTSYNC_LDAP_CONNECTIONS."""
+        from shared.adapters.directory import DirectoryPool
+
+        return DirectoryPool(self._directory_settings(), archive_ou=self.settings.lifecycle.archive_ou)
+
+    def export_guest(self, message: ExportMessage) -> ExportOutcome:
+        """Run one export with a directory lent by the pool for its duration (returned even when the export
+        raises), so exports in parallel threads do not queue on one connection. Blocking: call it in a thread."""
+        from shared.services.export import export_guest
+
+        with self._export_lock:  # cached_property alone does not stop two threads building a second pool
+            pool, state = self.directory_pool, self.state
+        with pool.lease() as directory:
+            return export_guest(message, state, directory, self.settings.lifecycle)
 
 
 _lock = threading.Lock()

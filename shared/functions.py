@@ -18,7 +18,7 @@ from shared.adapters.queues import ChangeMessage, ExportMessage
 from shared.bootstrap import services
 from shared.notifications import LifecycleBatch
 from shared.observability import guest_context
-from shared.services import alerts, apply, export, reconcile, subscriptions, webhook
+from shared.services import alerts, apply, reconcile, subscriptions, webhook
 
 log = logging.getLogger("guestsync.functions")
 
@@ -121,9 +121,9 @@ def make_worker_blueprint() -> func.Blueprint:
         s = services()
         message = ExportMessage.from_json(msg.get_body())
         with guest_context(message.uid, message.correlation_id or None):
-            # LDAP is blocking: off the event loop (to_thread carries the guest context along).
-            outcome = await asyncio.to_thread(export.export_guest, message, s.state, s.directory,
-                                              s.settings.lifecycle)
+            # LDAP is blocking: off the event loop (to_thread carries the guest context along). Each export
+            # borrows a connection of its own from the pool, so parallel exports overlap their round trips.
+            outcome = await asyncio.to_thread(s.export_guest, message)
             # The guest's state is saved: mail the operators about an error or a held deprovisioning (never raises).
             await alerts.report_export(outcome.uid, outcome.action, outcome.detail, s.state, s.mailer)
 

@@ -19,6 +19,10 @@ EMAIL_RE = re.compile(r"[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+")
 DEFAULT_CHANGE_QUEUE = "guestsync-changes"
 DEFAULT_EXPORT_QUEUE = "guestsync-exports"
 DEFAULT_STATE_TABLE = "guestsync"
+#: The export worker's LDAP connections: enough for one guest's searches to overlap another's add; more only
+#: adds load on the DC (every connection is a bind as the service account).
+DEFAULT_LDAP_CONNECTIONS = 4
+MAX_LDAP_CONNECTIONS = 32
 
 #: App settings that trigger bindings refer to as %NAME%; the host needs them set (infra/ sets them),
 #: the local runner fills in these defaults when they are absent.
@@ -87,6 +91,7 @@ class DirectorySettings:
     ca_file: str | None = None  # PEM bundle that signed the DC certificate; None = system store
     validate_certificate: bool = True
     connect_timeout: float = 10.0
+    connections: int = DEFAULT_LDAP_CONNECTIONS  # LDAP connections the export worker may hold at once
 
 
 @dataclass(frozen=True)
@@ -253,6 +258,8 @@ def load_directory_settings(env: Mapping[str, str]) -> DirectorySettings:
         ca_file=_get(env, "AD_CA_FILE"),
         validate_certificate=_bool(env, "AD_VALIDATE_CERTIFICATE", True),
         connect_timeout=timeout,
+        connections=_int(env, "GUESTSYNC_LDAP_CONNECTIONS", DEFAULT_LDAP_CONNECTIONS, 1, MAX_LDAP_CONNECTIONS)
+        or DEFAULT_LDAP_CONNECTIONS,
     )
 
 

@@ -11,7 +11,8 @@ Design points:
 * LDAP results become the exceptions below; ``str()`` of each says in plain words what failed and never
   contains a password.
 * One connection per instance, guarded by a lock (ldap3's sync strategy is not thread-safe); a dropped
-  connection is re-opened once per operation.
+  connection is re-opened once per operation. ``DirectoryPool`` lends instances to one thread at a time, so
+  exports running in parallel each have a connection of their own instead of queueing on one.
 * Lifecycle (disable and archive, restore, delete) only ever moves an account between the guest OU and
   the archive OU, and each operation is idempotent: a retry after a lost answer finds the work done.
   Disabling comes before the move out, enabling after the move back, so a half-done step leaves the
@@ -26,6 +27,7 @@ import re
 import secrets
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
@@ -756,6 +758,98 @@ class Directory:
                 if _PROBE_NAME.fullmatch(_text(_raw(entry), "cn") or ""):
                     found.append(str(entry.get("dn", "")))
         return found
+
+
+class DirectoryPool:
+    """Up to ``size`` Directory instances, each with its own LDAP connection, each lent to one thread at a time.
+
+    One Directory serialises every operation on its connection, so parallel exports sharing one wait for each
+    other's round trips; with a lease per export, one guest's searches overlap another's add. Instances are
+    built on demand (an instance connects on its first operation) and the most recently returned one is lent
+    first, so a quiet worker keeps few connections open. A lent instance is not checked on return: a dropped
+    connection is re-opened by the instance itself on its next operation.
+    """
+
+    def __init__(self, settings: DirectorySettings, *, archive_ou: str | None = None, size: int | None = None) -> None:
+        self.size = settings.connections if size is None else size
+        if self.size < 1:
+            raise ValueError(f"a directory pool needs at least one connection, not {self.size}")
+        self._settings = settings
+        self._archive_ou = archive_ou
+        first = Directory(settings, archive_ou=archive_ou)  # validates the settings now; connects on first use
+        self._built: list[Directory] = [first]
+        self._idle: list[Directory] = [first]
+        self._changed = threading.Condition()
+        self._closed = False
+
+    @property
+    def built(self) -> int:
+        """Instances built so far (never more than ``size``)."""
+        with self._changed:
+            return len(self._built)
+
+    @property
+    def in_use(self) -> int:
+        """Instances lent right now."""
+        with self._changed:
+            return len(self._built) - len(self._idle)
+
+    @contextlib.contextmanager
+    def lease(self, timeout: float | None = None) -> Iterator[Directory]:
+        """A Directory for this thread alone until the block ends; it goes back to the pool even when the block
+        raises. Waits while all ``size`` are lent: DirectoryUnavailableError after ``timeout`` seconds (None:
+        no limit), DirectoryError once the pool is closed."""
+        directory = self._acquire(timeout)
+        try:
+            yield directory
+        finally:
+            self._release(directory)
+
+    def _acquire(self, timeout: float | None) -> Directory:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            while True:
+                if self._closed:
+                    raise DirectoryError("the directory pool is closed")
+                if self._idle:
+                    return self._idle.pop()
+                if len(self._built) < self.size:
+                    directory = Directory(self._settings, archive_ou=self._archive_ou)
+                    self._built.append(directory)
+                    return directory
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise DirectoryUnavailableError(
+                        f"all {self.size} LDAP connections (GUESTSYNC_LDAP_CONNECTIONS) stayed in use for {timeout} s"
+                    )
+                self._changed.wait(remaining)
+
+    def _release(self, directory: Directory) -> None:
+        with self._changed:
+            closed = self._closed
+            if not closed:
+                self._idle.append(directory)
+                self._changed.notify()
+        if closed:
+            directory.close()
+
+    def close(self) -> None:
+        """Close the idle connections now and each lent one when it comes back; later leases are refused.
+        (Closing a lent one now would only make its holder reconnect, leaving a connection nobody closes.)"""
+        with self._changed:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._changed.notify_all()
+        for directory in idle:
+            directory.close()
+
+    def __enter__(self) -> DirectoryPool:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
 
 
 def new_probe_name() -> str:

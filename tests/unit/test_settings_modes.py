@@ -182,6 +182,23 @@ def test_function_worker_mode_needs_the_ad_settings() -> None:
     fails({**AD, "GUESTSYNC_WORKER_MODE": "cloud"}, "GUESTSYNC_WORKER_MODE")
 
 
+@pytest.mark.parametrize(("value", "expected"), [(None, 4), ("", 4), (" 1 ", 1), ("8", 8), ("32", 32)])
+def test_ldap_connections(value: str | None, expected: int) -> None:
+    env = {**BASE, **AD} if value is None else {**BASE, **AD, "GUESTSYNC_LDAP_CONNECTIONS": value}
+    directory = load_settings(env).directory
+    assert directory is not None and directory.connections == expected
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "33", "1000", "four", "2.5"])
+def test_ldap_connections_out_of_range(value: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        load_settings({**BASE, **AD, "GUESTSYNC_LDAP_CONNECTIONS": value})
+    message = str(info.value)
+    assert message.startswith("setting GUESTSYNC_LDAP_CONNECTIONS must be ")
+    assert value in message  # the value that was refused
+    assert "\n" not in message
+
+
 def test_the_cli_prints_one_line_naming_the_setting(monkeypatch: pytest.MonkeyPatch,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     for name in list(__import__("os").environ):
