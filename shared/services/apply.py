@@ -8,14 +8,17 @@ conflict the plan is made again from fresh state, so concurrent or repeated mess
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import random
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime
-from typing import Protocol
+from functools import partial
+from typing import Protocol, TypeVar
 
 from shared.adapters.graph import GraphThrottledError
 from shared.adapters.queues import ChangeMessage, ExportMessage
@@ -31,6 +34,8 @@ MAX_ATTEMPTS = 8
 #: not spend the message's five dequeues and end a guest's change in the poison queue.
 MAX_DEFERRALS = 12
 MAX_DEFERRAL_SECONDS = 60
+_STORAGE_THREADS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="guestsync-apply")
+T = TypeVar("T")
 
 
 class UserReader(Protocol):
@@ -115,17 +120,26 @@ async def apply_change(
         users = await graph.get_users(message.user_ids)
     else:
         users = {message.user_id: await graph.get_user(message.user_id)}
-    plans: list[ApplyPlan] = []
-    for uid in message.user_ids:
+
+    async def one(uid: str) -> ApplyPlan:
         user = users.get(uid)
         in_group: bool | None = None
         if scope_group_id is not None and user is not None and scope_exit(user) is None:
             in_group = bool(await graph.is_group_member(uid, scope_group_id))
         with guest_context(uid):
-            # State and queue calls block: run them off the event loop, which the other functions share.
-            plans.append(await asyncio.to_thread(apply_user, uid, user, state, send_export, in_group=in_group,
-                                                 removed=removed, read_at=now(), notified_at=message.received))
-    return plans
+            return await _blocking(partial(apply_user, uid, user, state, send_export, in_group=in_group,
+                                           removed=removed, read_at=now(), notified_at=message.received))
+
+    # Distinct users: applied side by side (a message holds up to 15).
+    return list(await asyncio.gather(*(one(uid) for uid in message.user_ids)))
+
+
+async def _blocking(call: Callable[[], T]) -> T:
+    """Run a blocking state/queue call on apply's own threads, with the caller's log context. Not the loop's
+    default executor: exports hold those threads through their LDAP round trips, and apply must not queue
+    behind them."""
+    context = contextvars.copy_context()
+    return await asyncio.get_running_loop().run_in_executor(_STORAGE_THREADS, context.run, call)
 
 
 def deferral_delay(deferrals: int, rand: Callable[[], float] = random.random) -> int:
