@@ -236,7 +236,7 @@ param adConnectTimeout int = 10
 @description('GUESTSYNC_LDAP_CONNECTIONS: LDAPS connections the worker opens at most, one per export in flight.')
 @minValue(1)
 @maxValue(32)
-param ldapConnections int = 4
+param ldapConnections int = 8
 
 // ---------------------------------------------------------------------------------------------------------
 // Network (worker mode function) and the on-premises agent (worker mode agent)

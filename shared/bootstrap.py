@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
-from functools import cached_property
+from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property, partial
 from typing import TYPE_CHECKING
 
 from shared import observability
 from shared.adapters.queues import ExportMessage, MessageQueue
 from shared.adapters.state import StateStore
+from shared.concurrency import run_blocking
 from shared.settings import DirectorySettings, Settings, load_settings
 
 if TYPE_CHECKING:
@@ -90,6 +92,17 @@ class Services:
         from shared.adapters.directory import DirectoryPool
 
         return DirectoryPool(self._directory_settings(), archive_ou=self.settings.lifecycle.archive_ou)
+
+    @cached_property
+    def export_threads(self) -> ThreadPoolExecutor:
+        """One thread per pooled LDAP connection: exports run side by side up to the pool's size, whatever the
+        host's default thread count (see shared.concurrency)."""
+        return ThreadPoolExecutor(max_workers=self._directory_settings().connections,
+                                  thread_name_prefix="guestsync-export")
+
+    async def run_export(self, message: ExportMessage) -> ExportOutcome:
+        """``export_guest`` on the export threads, off the event loop (LDAP and storage calls block)."""
+        return await run_blocking(self.export_threads, partial(self.export_guest, message))
 
     def export_guest(self, message: ExportMessage) -> ExportOutcome:
         """Run one export with a directory lent by the pool for its duration (returned even when the export

@@ -7,7 +7,6 @@ local runner, so both worker modes run the same code with the same queue semanti
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 
@@ -121,9 +120,9 @@ def make_worker_blueprint() -> func.Blueprint:
         s = services()
         message = ExportMessage.from_json(msg.get_body())
         with guest_context(message.uid, message.correlation_id or None):
-            # LDAP is blocking: off the event loop (to_thread carries the guest context along). Each export
-            # borrows a connection of its own from the pool, so parallel exports overlap their round trips.
-            outcome = await asyncio.to_thread(s.export_guest, message)
+            # LDAP is blocking: off the event loop, on the export threads. Each export borrows a connection of
+            # its own from the pool, so parallel exports overlap their round trips.
+            outcome = await s.run_export(message)
             # The guest's state is saved: mail the operators about an error or a held deprovisioning (never raises).
             await alerts.report_export(outcome.uid, outcome.action, outcome.detail, s.state, s.mailer)
 

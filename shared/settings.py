@@ -21,7 +21,7 @@ DEFAULT_EXPORT_QUEUE = "guestsync-exports"
 DEFAULT_STATE_TABLE = "guestsync"
 #: The export worker's LDAP connections: enough for one guest's searches to overlap another's add; more only
 #: adds load on the DC (every connection is a bind as the service account).
-DEFAULT_LDAP_CONNECTIONS = 4
+DEFAULT_LDAP_CONNECTIONS = 8
 MAX_LDAP_CONNECTIONS = 32
 
 #: App settings that trigger bindings refer to as %NAME%; the host needs them set (infra/ sets them),

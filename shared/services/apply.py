@@ -8,7 +8,6 @@ conflict the plan is made again from fresh state, so concurrent or repeated mess
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import random
 import threading
@@ -18,11 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime
 from functools import partial
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 from shared.adapters.graph import GraphThrottledError
 from shared.adapters.queues import ChangeMessage, ExportMessage
 from shared.adapters.state import ConcurrencyError, GuestRecord, StateStore, utcnow
+from shared.concurrency import run_blocking
 from shared.domain import DEPROVISION_STATUSES, GraphUser, GuestStatus
 from shared.observability import current_correlation_id, guest_context
 from shared.rules import ApplyPlan, Decision, plan_apply, scope_exit
@@ -34,8 +34,8 @@ MAX_ATTEMPTS = 8
 #: not spend the message's five dequeues and end a guest's change in the poison queue.
 MAX_DEFERRALS = 12
 MAX_DEFERRAL_SECONDS = 60
+#: Apply's own threads for its blocking state and queue calls (see shared.concurrency).
 _STORAGE_THREADS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="guestsync-apply")
-T = TypeVar("T")
 
 
 class UserReader(Protocol):
@@ -127,19 +127,12 @@ async def apply_change(
         if scope_group_id is not None and user is not None and scope_exit(user) is None:
             in_group = bool(await graph.is_group_member(uid, scope_group_id))
         with guest_context(uid):
-            return await _blocking(partial(apply_user, uid, user, state, send_export, in_group=in_group,
-                                           removed=removed, read_at=now(), notified_at=message.received))
+            call = partial(apply_user, uid, user, state, send_export, in_group=in_group, removed=removed,
+                           read_at=now(), notified_at=message.received)
+            return await run_blocking(_STORAGE_THREADS, call)
 
     # Distinct users: applied side by side (a message holds up to 15).
     return list(await asyncio.gather(*(one(uid) for uid in message.user_ids)))
-
-
-async def _blocking(call: Callable[[], T]) -> T:
-    """Run a blocking state/queue call on apply's own threads, with the caller's log context. Not the loop's
-    default executor: exports hold those threads through their LDAP round trips, and apply must not queue
-    behind them."""
-    context = contextvars.copy_context()
-    return await asyncio.get_running_loop().run_in_executor(_STORAGE_THREADS, context.run, call)
 
 
 def deferral_delay(deferrals: int, rand: Callable[[], float] = random.random) -> int:

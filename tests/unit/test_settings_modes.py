@@ -182,7 +182,7 @@ def test_function_worker_mode_needs_the_ad_settings() -> None:
     fails({**AD, "GUESTSYNC_WORKER_MODE": "cloud"}, "GUESTSYNC_WORKER_MODE")
 
 
-@pytest.mark.parametrize(("value", "expected"), [(None, 4), ("", 4), (" 1 ", 1), ("8", 8), ("32", 32)])
+@pytest.mark.parametrize(("value", "expected"), [(None, 8), ("", 8), (" 1 ", 1), ("4", 4), ("32", 32)])
 def test_ldap_connections(value: str | None, expected: int) -> None:
     env = {**BASE, **AD} if value is None else {**BASE, **AD, "GUESTSYNC_LDAP_CONNECTIONS": value}
     directory = load_settings(env).directory
