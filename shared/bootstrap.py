@@ -7,7 +7,7 @@ import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property, partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from shared import observability
 from shared.adapters.queues import ExportMessage, MessageQueue
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from shared.adapters.directory import Directory, DirectoryPool
     from shared.adapters.graph import GraphClient
     from shared.adapters.mail import Mailer
-    from shared.services.export import ExportOutcome
+    from shared.services.export import ExportOutcome, GuestDirectory
 
 
 class Services:
@@ -95,9 +95,10 @@ class Services:
 
     @cached_property
     def export_threads(self) -> ThreadPoolExecutor:
-        """One thread per pooled LDAP connection: exports run side by side up to the pool's size, whatever the
-        host's default thread count (see shared.concurrency)."""
-        return ThreadPoolExecutor(max_workers=self._directory_settings().connections,
+        """Two threads per pooled LDAP connection, whatever the host's default thread count (see
+        shared.concurrency): an export borrows its connection at its first LDAP call, so while some exports
+        read or write state, others use the connections."""
+        return ThreadPoolExecutor(max_workers=2 * self._directory_settings().connections,
                                   thread_name_prefix="guestsync-export")
 
     async def run_export(self, message: ExportMessage) -> ExportOutcome:
@@ -111,8 +112,8 @@ class Services:
 
         with self._export_lock:  # cached_property alone does not stop two threads building a second pool
             pool, state = self.directory_pool, self.state
-        with pool.lease() as directory:
-            return export_guest(message, state, directory, self.settings.lifecycle)
+        with pool.lease_on_first_use() as directory:  # a state read before the first LDAP call holds none
+            return export_guest(message, state, cast("GuestDirectory", directory), self.settings.lifecycle)
 
 
 _lock = threading.Lock()

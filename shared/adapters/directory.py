@@ -805,6 +805,17 @@ class DirectoryPool:
         finally:
             self._release(directory)
 
+    @contextlib.contextmanager
+    def lease_on_first_use(self, timeout: float | None = None) -> Iterator[LazyLease]:
+        """Like ``lease``, but the connection is borrowed only at the first directory call and kept until the
+        block ends: work before it (an export's state read) holds no connection, and every call after it goes
+        over the same one (one DC, so a read sees the write before it)."""
+        lazy = LazyLease(self, timeout)
+        try:
+            yield lazy
+        finally:
+            lazy.release()
+
     def _acquire(self, timeout: float | None) -> Directory:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._changed:
@@ -850,6 +861,31 @@ class DirectoryPool:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+class LazyLease:
+    """A pooled Directory borrowed at its first use (see ``DirectoryPool.lease_on_first_use``)."""
+
+    def __init__(self, pool: DirectoryPool, timeout: float | None) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._directory: Directory | None = None
+
+    @property
+    def borrowed(self) -> bool:
+        return self._directory is not None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if self._directory is None:
+            self._directory = self._pool._acquire(self._timeout)
+        return getattr(self._directory, name)
+
+    def release(self) -> None:
+        directory, self._directory = self._directory, None
+        if directory is not None:
+            self._pool._release(directory)
 
 
 def new_probe_name() -> str:

@@ -88,3 +88,23 @@ def test_close_refuses_leases_and_closes_lent_instances_on_return() -> None:
         with pytest.raises(DirectoryError, match="closed"), pool.lease():
             pass
     assert lent in closed
+
+
+def test_lease_on_first_use_borrows_at_the_first_call_and_keeps_one_instance_until_the_end() -> None:
+    with DirectoryPool(SETTINGS, size=1) as pool:
+        with pool.lease_on_first_use() as lazy:
+            assert not lazy.borrowed and pool.in_use == 0  # e.g. an export reading state holds no connection
+            guest_ou = lazy.guest_ou
+            assert lazy.borrowed and pool.in_use == 1
+            first = lazy._directory
+            assert lazy.guest_ou == guest_ou and lazy._directory is first  # the same connection throughout
+            with pytest.raises(DirectoryUnavailableError), pool.lease(timeout=0.05):
+                pass
+        assert pool.in_use == 0
+        with pytest.raises(RuntimeError), pool.lease_on_first_use() as lazy:
+            _ = lazy.guest_ou
+            raise RuntimeError("export failed")
+        assert pool.in_use == 0
+        with pool.lease_on_first_use():  # never used: nothing borrowed, nothing to give back
+            pass
+        assert (pool.built, pool.in_use) == (1, 0)
