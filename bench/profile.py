@@ -65,3 +65,36 @@ def event_loop_breakdown(folded: Path) -> list[str]:
     lines = [f"event loop thread, {total} samples:"]
     lines += [f"  {count / total:6.1%}  {kind}" for kind, count in categories.most_common()]
     return lines
+
+
+def export_threads_breakdown(folded: Path) -> list[str]:
+    """What the export threads (``guestsync-export-*``) spent their samples on: waiting for the DC, for storage,
+    for a pooled connection, or running Python; and how many of them were busy at all."""
+    categories: Counter[str] = Counter()
+    total = 0
+    for line in folded.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        if "guestsync-export" not in frames[0]:
+            continue
+        samples = int(count)
+        total += samples
+        text = ";".join(frames)
+        leaf = frames[-1]
+        waiting = any(w in leaf for w in _WAIT_LEAVES)
+        if "_worker (" in leaf or ("_worker" in text and "Queue.get" in text) or "SimpleQueue" in text:
+            kind = "idle thread (no export to run)"
+        elif "_acquire" in text and "directory" in text and waiting:
+            kind = "waiting for a pooled LDAP connection"
+        elif "ldap3" in text:
+            kind = "LDAP: " + ("waiting for the DC" if waiting else "ldap3 running Python (BER, TLS)")
+        elif "azure" in text:
+            kind = "storage: " + ("waiting for Azurite" if waiting else "SDK running Python")
+        else:
+            kind = "other: " + ("waiting" if waiting else "running Python")
+        categories[kind] += samples
+    if not total:
+        return ["no samples of export threads"]
+    lines = [f"export threads, {total} samples (all threads together):"]
+    lines += [f"  {count / total:6.1%}  {kind}" for kind, count in categories.most_common()]
+    return lines

@@ -108,7 +108,8 @@ def _e2e(bench: BenchStack, host: HostProcess, guests: int, timeout: float,
                  *meter.lines()]
         if spy is not None and profile_to is not None:
             spy.wait(120)
-            notes += profile.event_loop_breakdown(profile_to) if profile_to.exists() else ["py-spy wrote nothing"]
+            notes += ([*profile.event_loop_breakdown(profile_to), *profile.export_threads_breakdown(profile_to)]
+                      if profile_to.exists() else ["py-spy wrote nothing"])
         elif profile_to is not None:
             notes.append("py-spy not found (set PY_SPY): no profile")
         return elapsed, notes
