@@ -52,10 +52,16 @@ async def read_scope(
 ) -> tuple[GraphUser | None, bool | None]:
     """Read the user and, when a scoping group is set and the user is an enabled guest, its membership."""
     user = await graph.get_user(user_id)
+    return user, await group_membership(graph, user_id, user, scope_group_id)
+
+
+async def group_membership(graph: UserReader, user_id: str, user: GraphUser | None,
+                           scope_group_id: str | None) -> bool | None:
+    """Membership in the scoping group of a user already read: None when there is no scoping group or the user
+    is out of scope anyway (gone, disabled, not a guest), so the group is not asked in vain."""
     if scope_group_id is None or user is None or scope_exit(user) is not None:
-        return user, None
-    member = await graph.is_group_member(user_id, scope_group_id)
-    return user, bool(member)
+        return None
+    return bool(await graph.is_group_member(user_id, scope_group_id))
 
 
 def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
@@ -123,9 +129,7 @@ async def apply_change(
 
     async def one(uid: str) -> ApplyPlan:
         user = users.get(uid)
-        in_group: bool | None = None
-        if scope_group_id is not None and user is not None and scope_exit(user) is None:
-            in_group = bool(await graph.is_group_member(uid, scope_group_id))
+        in_group = await group_membership(graph, uid, user, scope_group_id)
         with guest_context(uid):
             call = partial(apply_user, uid, user, state, send_export, in_group=in_group, removed=removed,
                            read_at=now(), notified_at=message.received)
