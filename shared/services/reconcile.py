@@ -157,31 +157,27 @@ class _Index:
         return bool(row and row[0])
 
     def records(self, where: str) -> Iterator[GuestRecord]:
-        """Records matching a fixed condition, read in pages so the cursor never spans our own updates."""
-        last = ""
-        while True:
-            rows = self._db.execute(
-                f"SELECT uid, record FROM guest WHERE uid > ? AND ({where}) ORDER BY uid LIMIT 500",  # noqa: S608
-                (last,),
-            ).fetchall()
-            if not rows:
-                return
-            for uid, blob in rows:
-                last = uid
-                yield _unpickle(blob)
+        """Records matching a fixed condition."""
+        for _, blob in _pages(self._db, "SELECT uid, record FROM guest WHERE uid > ? AND "  # noqa: S608
+                                        f"({where}) ORDER BY uid LIMIT 500", ""):
+            yield _unpickle(blob)
 
     def new_members(self) -> Iterator[str]:
-        last = ""
-        while True:
-            rows = self._db.execute(
-                "SELECT m.uid FROM member m LEFT JOIN guest g ON g.uid = m.uid "
-                "WHERE g.uid IS NULL AND m.uid > ? ORDER BY m.uid LIMIT 500", (last,)
-            ).fetchall()
-            if not rows:
-                return
-            for (uid,) in rows:
-                last = uid
-                yield uid
+        for (uid,) in _pages(self._db, "SELECT m.uid FROM member m LEFT JOIN guest g ON g.uid = m.uid "
+                                       "WHERE g.uid IS NULL AND m.uid > ? ORDER BY m.uid LIMIT 500", ""):
+            yield uid
+
+
+def _pages(db: sqlite3.Connection, sql: str, first: Any) -> Iterator[Any]:
+    """The rows of ``sql`` (keyed by its first column, ``?`` = the last key seen, ``first`` before any) page by
+    page, so that no cursor stays open across the caller's own updates of the table."""
+    last = first
+    while True:
+        rows = db.execute(sql, (last,)).fetchall()
+        if not rows:
+            return
+        yield from rows
+        last = rows[-1][0]
 
 
 class _AccountSpool:
@@ -231,16 +227,10 @@ class _AccountSpool:
     def __iter__(self) -> Iterator[AdAccount]:
         db = sqlite3.connect(self._path)
         try:
-            last = 0
-            while True:
-                rows = db.execute("SELECT n, blob FROM account WHERE n > ? ORDER BY n LIMIT 500", (last,)).fetchall()
-                if not rows:
-                    return
-                for n, blob in rows:
-                    last = n
-                    account = pickle.loads(blob)  # noqa: S301 (our own temporary file, written in this run)
-                    assert isinstance(account, AdAccount)
-                    yield account
+            for _, blob in _pages(db, "SELECT n, blob FROM account WHERE n > ? ORDER BY n LIMIT 500", 0):
+                account = pickle.loads(blob)  # noqa: S301 (our own temporary file, written in this run)
+                assert isinstance(account, AdAccount)
+                yield account
         finally:
             db.close()
 
