@@ -17,7 +17,7 @@ like Entra's (unsigned: clients must treat Graph tokens as opaque anyway). Sign-
 certificate (``register_certificate``; a client assertion JWT signed RS256 or PS256, as MSAL sends it).
 
 The JSON follows the examples in Microsoft's Graph documentation (see tests that compare the keys with
-``shared/reference/graph-examples`` beside the repository).
+``tests/reference/graph-examples``, copied verbatim from the docs).
 """
 
 from __future__ import annotations

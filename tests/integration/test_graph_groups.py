@@ -2,7 +2,7 @@
 
 The documented response bodies below are copied from Microsoft's Graph docs (microsoftgraph/
 microsoft-graph-docs-contrib, api-reference/v1.0/api/directoryobject-checkmembergroups.md and
-group-list-transitivemembers.md); ``shared/reference/graph-examples`` has no group examples.
+group-list-transitivemembers.md); ``tests/reference/graph-examples`` has no group examples.
 """
 
 from __future__ import annotations

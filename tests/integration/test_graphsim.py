@@ -20,7 +20,7 @@ from shared.settings import GraphSettings
 from tests.plugins.graph import raw_request
 
 pytestmark = pytest.mark.integration
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "graph-examples"
+REFERENCE = Path(__file__).resolve().parents[1] / "reference" / "graph-examples"  # verbatim from the Graph docs
 
 
 def reference(name: str) -> dict[str, Any]:

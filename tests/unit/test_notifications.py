@@ -16,7 +16,7 @@ from shared.notifications import (
 from shared.services.webhook import receive_changes, receive_lifecycle
 from shared.settings import WebhookSettings
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "graph-examples"
+REFERENCE = Path(__file__).resolve().parents[1] / "reference" / "graph-examples"  # verbatim from the Graph docs
 TENANT = "84bd8158-6d4d-4958-8b9f-9d6445542f95"
 USER = "6ea91a8d-e32e-41a1-b7bd-d2d185eed0e0"
 SECRET = "s3cret-client-state"
