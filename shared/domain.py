@@ -149,3 +149,9 @@ class GuestsyncError(Exception):
 
 class ConfigurationError(GuestsyncError):
     """A setting is missing or wrong; the message names the setting."""
+
+
+class SecurityFindingError(GuestsyncError):
+    """A security rule refused the change: a planted or look-alike AD object, a UPN that is not of the kind Entra
+    gives guests. Nothing was written; the guest goes to ``error`` with this reason, flagged as a security finding,
+    and an alert is raised (an error log, the ``guestsync.security.findings`` metric, mail when mail is on)."""

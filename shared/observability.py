@@ -191,6 +191,9 @@ LATENCY = _meter.create_histogram(
 EXPORTS = _meter.create_counter("guestsync.exports", description="AD exports by outcome")
 EXPORT_ERRORS = _meter.create_counter("guestsync.export.errors", description="Exports that ended in a guest error")
 HELD = _meter.create_counter("guestsync.deprovisioning.held", description="Disables/deletes held by the breaker")
+SECURITY_FINDINGS = _meter.create_counter(
+    "guestsync.security.findings", description="Changes refused by a security rule (planted objects, foreign UPNs)"
+)
 RECONCILE_FINDINGS = _meter.create_counter("guestsync.reconcile.findings", description="Drift found by reconcile")
 
 

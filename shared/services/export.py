@@ -25,7 +25,7 @@ from shared.adapters.directory import (
 )
 from shared.adapters.queues import ExportMessage
 from shared.adapters.state import ConcurrencyError, GuestRecord, StateStore, utcnow
-from shared.domain import DEPROVISION_STATUSES, AdAccount, Approval, GuestStatus
+from shared.domain import DEPROVISION_STATUSES, AdAccount, Approval, GuestStatus, SecurityFindingError
 from shared.lifecycle import (
     BreakerVerdict,
     ExportAction,
@@ -35,7 +35,7 @@ from shared.lifecycle import (
     is_disabled,
     plan_export,
 )
-from shared.observability import record_export
+from shared.observability import SECURITY_FINDINGS, record_export
 from shared.rules import attribute_changes, initial_user_account_control, outbound_persistent
 from shared.settings import LifecycleSettings
 
@@ -46,6 +46,8 @@ BREAKER_META = "breaker"
 NOT_FROM_SNAPSHOT = frozenset({ExportAction.RESTORE, ExportAction.DISABLE, ExportAction.DELETE})
 #: Age (since the Graph read) up to which a snapshot stands in for the state read; older ones are re-read.
 SNAPSHOT_FRESH_SECONDS = 10.0
+#: How a guest's error says it is a security finding (status, plan and the alert digest key on it).
+SECURITY_PREFIX = "security: "
 
 
 class GuestDirectory(Protocol):
@@ -246,6 +248,9 @@ def export_guest(
             except (ConstraintError, AccessDeniedError, OutsideManagedOuError, AccountExistsError) as exc:
                 error = str(exc)
                 outcome = ExportOutcome(record.uid, "error", error)
+            except SecurityFindingError as exc:
+                error = f"{SECURITY_PREFIX}{exc}"
+                outcome = ExportOutcome(record.uid, "error", error)
         if outcome.action == "error":
             status = record.status if leaving else GuestStatus.ERROR
             new = record.evolve(status=status, error=error, warnings="; ".join(warnings) or None)
@@ -257,7 +262,10 @@ def export_guest(
         except ConcurrencyError:
             continue  # the record changed while we exported: run again on the fresh record (idempotent)
         record_export(outcome.action, new.latency_ms if new is not None and outcome.action != "unchanged" else None)
-        if outcome.action == "error":
+        if outcome.detail.startswith(SECURITY_PREFIX):
+            SECURITY_FINDINGS.add(1)
+            log.error("guest %s: export refused: %s", record.uid, outcome.detail)
+        elif outcome.action == "error":
             log.warning("guest %s: export failed: %s", record.uid, outcome.detail)
         elif outcome.action == "held":
             log.warning("guest %s: %s", record.uid, outcome.detail)
