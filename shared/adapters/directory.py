@@ -531,6 +531,24 @@ class Directory:
                     user_account_control, account.when_created)
         return self._read_back(dn, what)
 
+    def release_upn(self, dn: str) -> None:
+        """Remove the userPrincipalName of the archived account at ``dn`` (its guest is gone for good), so that a
+        new account may take the name. A delete of every value, not a replace with none: Samba refuses the latter
+        for userPrincipalName. Idempotent: an account without one is left as it is."""
+        self._require_managed(dn)
+        if not self.archive_ou or not is_within(dn, self.archive_ou):
+            raise OutsideManagedOuError(f"refusing to release the UPN of {dn}: only archived accounts give it up")
+        what = f"releasing the userPrincipalName of {dn}"
+
+        def modify(conn: ldap3.Connection) -> dict[str, Any]:
+            conn.modify(dn, {"userPrincipalName": [(ldap3.MODIFY_DELETE, [])]})
+            return dict(conn.result or {})
+
+        result = self._run(what, modify)
+        if result.get("description") not in ("success", "noSuchAttribute"):
+            _raise_for(result, what, dn)
+        log.info("released the userPrincipalName of %s", dn)
+
     def mark_owned(self, account: AdAccount, uid: str) -> None:
         """Write the ownership mark on an account joined to guest ``uid`` by objectSid that lacks it (an account
         from before marks, or one whose mark was cleared by hand); the join, not the mark, made it ours."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Protocol
 
@@ -43,14 +43,14 @@ from shared.lifecycle import (
     plan_export,
 )
 from shared.observability import SECURITY_FINDINGS, record_export
-from shared.rules import attribute_changes, initial_user_account_control, outbound_persistent
+from shared.rules import attribute_changes, gone_for_good, initial_user_account_control, outbound_persistent
 from shared.settings import LifecycleSettings
 
 log = logging.getLogger("guestsync.export")
 MAX_ATTEMPTS = 8
 BREAKER_META = "breaker"
 #: Lifecycle actions never taken from an export message's snapshot, which may be stale: state is read first.
-NOT_FROM_SNAPSHOT = frozenset({ExportAction.RESTORE, ExportAction.DISABLE, ExportAction.DELETE})
+NOT_FROM_SNAPSHOT = frozenset({ExportAction.RESTORE, ExportAction.DISABLE, ExportAction.DELETE, ExportAction.RELEASE})
 #: Age (since the Graph read) up to which a snapshot stands in for the state read; older ones are re-read.
 SNAPSHOT_FRESH_SECONDS = 10.0
 #: How a guest's error says it is a security finding (status, plan and the alert digest key on it).
@@ -68,6 +68,7 @@ class GuestDirectory(Protocol):
         self, dn: str, uid: str, attributes: dict[str, str | None], password: str, user_account_control: int
     ) -> AdAccount: ...
     def mark_owned(self, account: AdAccount, uid: str) -> None: ...
+    def release_upn(self, dn: str) -> None: ...
     def update_guest(self, dn: str, changes: dict[str, str | None]) -> None: ...
     def netbios_domain(self) -> str: ...
     def disable_and_archive(self, dn: str) -> AdAccount: ...
@@ -78,8 +79,8 @@ class GuestDirectory(Protocol):
 @dataclass(frozen=True)
 class ExportOutcome:
     uid: str
-    action: str  # created | joined | adopted | updated | unchanged | restored | disabled | deleted | held | error
-    detail: str = ""  # | skipped
+    action: str  # created | joined | adopted | updated | unchanged | restored | disabled | released | deleted | held
+    detail: str = ""  # | error | skipped
 
 
 def _adoption_allowed(record: GuestRecord, policy: LifecycleSettings, now: datetime) -> bool:
@@ -160,6 +161,13 @@ def _adopt(
                                  initial_user_account_control())
 
 
+def _release(directory: GuestDirectory, account: AdAccount) -> AdAccount:
+    """Clear the userPrincipalName of an archived account whose guest is gone for good (it stays disabled, with
+    its objectSid and sAMAccountName, until deleted per GUESTSYNC_DELETE_AFTER_DAYS)."""
+    directory.release_upn(account.dn)
+    return replace(account, attributes={**account.attributes, "userPrincipalName": None})
+
+
 def _refresh(directory: GuestDirectory, account: AdAccount, desired: dict[str, str | None]) -> None:
     """Write the persistent attributes that differ on an account joined late or brought back (restored)."""
     changes = attribute_changes(desired, account.attributes)
@@ -200,7 +208,12 @@ def _execute(
         _refresh(directory, account, desired)
         return "restored", account
     if plan.action is ExportAction.DISABLE:
-        return "disabled", directory.disable_and_archive(account.dn)
+        account = directory.disable_and_archive(account.dn)
+        if gone_for_good(record.reason, record.archived_at or now, now):
+            account = _release(directory, account)
+        return "disabled", account
+    if plan.action is ExportAction.RELEASE:
+        return "released", _release(directory, account)
     if plan.action is ExportAction.DELETE:
         directory.delete_guest(account.dn)
         return "deleted", None
