@@ -518,6 +518,7 @@ def _network(tree: dict[str, Any], resource: str, **params: Any) -> dict[str, An
 
 def test_storage_network_follows_enable_vnet(parsed: dict[Path, dict[str, Any]]) -> None:
     storage = _tree(parsed, "storage.bicep")
+    assert storage["resources"]["account"]["config"]["properties"]["allowBlobPublicAccess"] is False
     # With a virtual network: private endpoints only, the public endpoint off.
     assert _network(storage, "account", enableVnet=True, agentEgressIpRanges=[]) == {
         "publicNetworkAccess": "Disabled", "defaultAction": "Deny", "bypass": "AzureServices", "ipRules": []}
