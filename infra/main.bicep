@@ -231,6 +231,17 @@ param adBindUser string = ''
 @description('AD_BIND_PASSWORD: that account\'s password (worker mode function only).')
 param adBindPassword string = ''
 
+@secure()
+@description('GUESTSYNC_OWNERSHIP_KEY: 32+ random characters that mark the accounts guestsync creates (worker mode function; the agent has its own copy of the same key).')
+param ownershipKey string = ''
+
+@secure()
+@description('GUESTSYNC_OWNERSHIP_KEY_PREVIOUS: the previous ownership key during a rotation; omit otherwise.')
+param ownershipKeyPrevious string = ''
+
+@description('GUESTSYNC_ADOPT_UNTIL: end of a MIM migration window (ISO 8601 with time zone) during which unmarked CN=<id> accounts are taken over; empty: never.')
+param adoptUntil string = ''
+
 @description('AD_GUEST_OU: DN of the guest OU, e.g. OU=B2BGuest,DC=contoso,DC=com.')
 param adGuestOu string = ''
 
@@ -308,6 +319,8 @@ var createSecret = {
   graphClientCertificate: graphAuth == 'certificate' && !empty(graphClientCertificate)
   graphClientCertificatePassword: graphAuth == 'certificate' && !empty(graphClientCertificatePassword)
   adBindPassword: isFunctionWorker && !empty(adBindPassword)
+  ownershipKey: isFunctionWorker && !empty(ownershipKey)
+  ownershipKeyPrevious: isFunctionWorker && !empty(ownershipKeyPrevious)
   smtpPassword: mailMode == 'smtp' && !empty(smtpPassword)
 }
 
@@ -357,6 +370,8 @@ module keyVault 'modules/keyvault.bicep' = {
     graphClientCertificate: graphClientCertificate
     graphClientCertificatePassword: graphClientCertificatePassword
     adBindPassword: adBindPassword
+    ownershipKey: ownershipKey
+    ownershipKeyPrevious: ownershipKeyPrevious
     smtpPassword: smtpPassword
     create: createSecret
   }
@@ -587,6 +602,9 @@ var appSettings = {
   AD_VALIDATE_CERTIFICATE: isFunctionWorker ? (adValidateCertificate ? 'true' : 'false') : ''
   AD_CONNECT_TIMEOUT: isFunctionWorker ? string(adConnectTimeout) : ''
   GUESTSYNC_LDAP_CONNECTIONS: isFunctionWorker ? string(ldapConnections) : ''
+  GUESTSYNC_OWNERSHIP_KEY: createSecret.ownershipKey ? '@Microsoft.KeyVault(SecretUri=${secretUris.ownershipKey})' : ''
+  GUESTSYNC_OWNERSHIP_KEY_PREVIOUS: createSecret.ownershipKeyPrevious ? '@Microsoft.KeyVault(SecretUri=${secretUris.ownershipKeyPrevious})' : ''
+  GUESTSYNC_ADOPT_UNTIL: isFunctionWorker ? adoptUntil : ''
 }
 
 resource siteAppSettings 'Microsoft.Web/sites/config@2024-04-01' = {

@@ -52,6 +52,14 @@ param graphClientCertificatePassword string = ''
 param adBindPassword string = ''
 
 @secure()
+@description('GUESTSYNC_OWNERSHIP_KEY (worker mode function).')
+param ownershipKey string = ''
+
+@secure()
+@description('GUESTSYNC_OWNERSHIP_KEY_PREVIOUS (worker mode function, during a rotation).')
+param ownershipKeyPrevious string = ''
+
+@secure()
 @description('SMTP_PASSWORD (GUESTSYNC_MAIL=smtp).')
 param smtpPassword string = ''
 
@@ -167,6 +175,26 @@ module adBindPasswordSecret 'secret.bicep' = if (create.adBindPassword) {
   }
 }
 
+module ownershipKeySecret 'secret.bicep' = if (create.ownershipKey) {
+  name: 'secret-ownership-key'
+  params: {
+    vaultName: vault.name
+    secretName: 'ownership-key'
+    value: ownershipKey
+    readerPrincipalId: identityPrincipalId
+  }
+}
+
+module ownershipKeyPreviousSecret 'secret.bicep' = if (create.ownershipKeyPrevious) {
+  name: 'secret-ownership-key-previous'
+  params: {
+    vaultName: vault.name
+    secretName: 'ownership-key-previous'
+    value: ownershipKeyPrevious
+    readerPrincipalId: identityPrincipalId
+  }
+}
+
 module smtpPasswordSecret 'secret.bicep' = if (create.smtpPassword) {
   name: 'secret-smtp-password'
   params: {
@@ -189,5 +217,7 @@ output secretUris object = {
   graphClientCertificate: '${vault.properties.vaultUri}secrets/graph-client-certificate'
   graphClientCertificatePassword: '${vault.properties.vaultUri}secrets/graph-client-certificate-password'
   adBindPassword: '${vault.properties.vaultUri}secrets/ad-bind-password'
+  ownershipKey: '${vault.properties.vaultUri}secrets/ownership-key'
+  ownershipKeyPrevious: '${vault.properties.vaultUri}secrets/ownership-key-previous'
   smtpPassword: '${vault.properties.vaultUri}secrets/smtp-password'
 }

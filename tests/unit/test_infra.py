@@ -645,7 +645,8 @@ def test_app_reads_each_secret_through_its_own_role_assignment(parsed: dict[Path
     assert {module["config"]["config"]["params"]["secretName"] if "condition" in module["config"]
             else module["config"]["params"]["secretName"] for module in secrets.values()} == {
         "graph-client-state", "webhook-function-key", "graph-client-state-previous", "graph-client-secret",
-        "graph-client-certificate", "graph-client-certificate-password", "ad-bind-password", "smtp-password"}
+        "graph-client-certificate", "graph-client-certificate-password", "ad-bind-password", "smtp-password",
+        "ownership-key", "ownership-key-previous"}
     assert not [r for r in vault["resources"].values() if r["type"] == "Microsoft.KeyVault/vaults/secrets"]
     secret = _tree(parsed, "secret.bicep")
     (reader,) = _role_assignments(secret).values()
