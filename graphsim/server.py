@@ -74,12 +74,15 @@ _FILTER_USER_TYPE = re.compile(r"^\s*userType\s+eq\s+'(?P<value>[^']*)'\s*$", re
 _FILTER_ID_IN = re.compile(r"^id in \((?P<ids>\s*'[^']*'(?:\s*,\s*'[^']*')*\s*)\)$", re.IGNORECASE)
 MAX_IN_VALUES = 15
 #: Application permissions granted by default, and the ones each kind of request accepts (any one of them).
-DEFAULT_APP_ROLES = frozenset({"User.Read.All", "GroupMember.Read.All", "Mail.Send"})
+DEFAULT_APP_ROLES = frozenset({"User.Read.All", "GroupMember.Read.All", "Mail.Send", "Organization.Read.All"})
 USER_READ_ROLES = frozenset({"User.Read.All", "User.ReadWrite.All", "Directory.Read.All",
                              "Directory.ReadWrite.All"})
 GROUP_MEMBER_READ_ROLES = frozenset({"GroupMember.Read.All", "GroupMember.ReadWrite.All", "Group.Read.All",
                                      "Group.ReadWrite.All", "Directory.Read.All", "Directory.ReadWrite.All"})
 MAIL_SEND_ROLES = frozenset({"Mail.Send"})
+ORGANIZATION_READ_ROLES = frozenset({"Organization.Read.All", "Directory.Read.All", "Organization.ReadWrite.All",
+                                     "Directory.ReadWrite.All"})
+ORGANIZATION_PROPERTIES = ("id", "displayName", "verifiedDomains")
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 CLOCK_SKEW = timedelta(minutes=5)
 
@@ -179,6 +182,8 @@ class GraphSimulator:
     ) -> None:
         self.tenant_id = tenant_id
         self.tenant_domain = tenant_domain
+        #: The tenant's verified domains as /organization lists them (the initial one first).
+        self.verified_domains: list[dict[str, Any]] = self._default_domains()
         self.client_id = client_id
         self.client_secret = client_secret or secrets.token_urlsafe(24)
         self.page_size = page_size
@@ -251,8 +256,13 @@ class GraphSimulator:
             self._drop_next = 0
             self._throttle.clear()
             self.app_roles = set(DEFAULT_APP_ROLES)
+            self.verified_domains = self._default_domains()
             self._certificates.clear()
             self._delta_epoch += 1
+
+    def _default_domains(self) -> list[dict[str, Any]]:
+        return [{"capabilities": "Email, OfficeCommunicationsOnline", "isDefault": True, "isInitial": True,
+                 "name": self.tenant_domain, "type": "Managed"}]
 
     # -- control API (what an admin does in Entra) ------------------------------------------------------
     def add_user(self, **props: Any) -> dict[str, Any]:
@@ -600,6 +610,10 @@ class GraphSimulator:
         self._require_roles(method, route)
         if route.lower() == "/users" and method == "GET":
             return 200, self._list_users(params), {}
+        if route.lower() == "/organization":
+            if method != "GET":
+                raise GraphHttpError(405, "Request_BadRequest", "Method not allowed")
+            return 200, self._list_organization(params), {}
         if route.lower() in ("/users/delta", "/users/delta()") and method == "GET":
             return 200, self._delta(params), {}
         match = re.match(r"^/users/([^/]+)$", route, re.IGNORECASE)
@@ -731,6 +745,8 @@ class GraphSimulator:
         needed: frozenset[str] | None = None
         if re.fullmatch(r"/users/[^/]+/sendmail", lowered):
             needed = MAIL_SEND_ROLES
+        elif lowered == "/organization":
+            needed = ORGANIZATION_READ_ROLES
         elif re.fullmatch(r"/users/[^/]+/checkmembergroups", lowered) or lowered.startswith("/groups/"):
             needed = GROUP_MEMBER_READ_ROLES
         elif lowered == "/users" or lowered.startswith("/users/") or (lowered == "/subscriptions"
@@ -752,6 +768,17 @@ class GraphSimulator:
             "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
             "tenant_region_scope": "EU",
         }
+
+    def _list_organization(self, params: dict[str, str]) -> dict[str, Any]:
+        """``GET /organization``: a collection of the one tenant (``$select`` of id, displayName,
+        verifiedDomains; Graph's shape, see organization-list in the docs)."""
+        select = self._select(params, ORGANIZATION_PROPERTIES, ORGANIZATION_PROPERTIES, "microsoft.graph.organization")
+        with self._lock:
+            org = {"id": self.tenant_id, "displayName": "Contoso",
+                   "verifiedDomains": [dict(d) for d in self.verified_domains]}
+        context = (f"{CONTEXT}#organization" if select == ORGANIZATION_PROPERTIES
+                   else f"{CONTEXT}#organization({','.join(select)})")
+        return {"@odata.context": context, "value": [{k: org[k] for k in select}]}
 
     def _list_users(self, params: dict[str, str]) -> dict[str, Any]:
         select = self._select(params)

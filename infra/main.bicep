@@ -130,6 +130,9 @@ param graphClientCertificatePassword string = ''
 ])
 param workerMode string = 'agent'
 
+@description('GUESTSYNC_UPN_SUFFIXES: comma-separated UPN suffixes allowed for guests besides the tenant\'s initial domain (guests moved to a verified custom domain); empty: the initial domain only.')
+param upnSuffixes string = ''
+
 @description('GUESTSYNC_SCOPE_GROUP_ID: object id of an Entra group whose transitive members get accounts; empty: all guests.')
 param scopeGroupId string = ''
 
@@ -577,6 +580,7 @@ var appSettings = {
   GUESTSYNC_DEPROVISION: deprovision
   GUESTSYNC_DELETE_AFTER_DAYS: deleteAfterDays
   GUESTSYNC_SCOPE_GROUP_ID: scopeGroupId
+  GUESTSYNC_UPN_SUFFIXES: upnSuffixes
   GUESTSYNC_BREAKER_THRESHOLD: string(breakerThreshold)
   GUESTSYNC_BREAKER_WINDOW_MINUTES: string(breakerWindowMinutes)
 

@@ -15,7 +15,7 @@ import re
 import secrets
 import string
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from ldap3.core.exceptions import LDAPInvalidDnError
 from ldap3.utils.conv import escape_filter_chars
@@ -45,6 +45,10 @@ _PASSWORD_TOKEN_DELIMITERS = re.compile(r"[,.\-_#\t ]+")
 _PASSWORD_SYMBOLS = "!#$%&()*+-./:;<=>?@[]^_{|}~"  # noqa: S105 (an alphabet)
 _PASSWORD_ALPHABET = string.ascii_letters + string.digits + _PASSWORD_SYMBOLS
 _HEX_PAIR = re.compile(r"[0-9a-fA-F]{2}")
+#: What Entra puts between the invited address and the tenant's suffix in a guest's UPN.
+GUEST_UPN_MARKER = "#EXT#"
+#: A DNS name: labels of letters, digits and inner hyphens, dot-separated (a UPN suffix or AD domain name).
+_DNS_NAME = re.compile(r"(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 
 def utf16_length(value: str) -> int:
@@ -97,6 +101,41 @@ def validate_export(attributes: Mapping[str, str | None]) -> list[str]:
         elif upn.startswith("@") or upn.endswith("@"):
             problems.append(f"userPrincipalName {upn!r} needs a name before and a suffix after the '@'")
     return problems
+
+
+def normalise_dns_name(name: str) -> str | None:
+    """``name`` as AD and Entra compare DNS names (lower case, no trailing dot), or None if it is not one."""
+    folded = name.strip().lower().rstrip(".")
+    return folded if _DNS_NAME.fullmatch(folded) else None
+
+
+def guest_upn_problem(upn: str | None, allowed_suffixes: Collection[str]) -> str | None:
+    """Why ``upn`` is not a UPN of the kind Entra gives B2B guests (``<something>#EXT#@<suffix>``, the suffix
+    one of ``allowed_suffixes``), or None when it is one. Pure.
+
+    The shadow account's UPN is what App Proxy asks KCD tickets for: a guest whose Entra UPN names an on-premises
+    account (``Administrator@contoso.com``, or ``p@<domain>``, the implicit UPN of sAMAccountName ``p``) must
+    never get an account, nor be mistaken for that account. Entra writes every guest UPN with the ``#EXT#``
+    marker and the tenant's initial domain; an admin may move guests to a verified custom domain, which is why
+    more suffixes can be allowed (GUESTSYNC_UPN_SUFFIXES). Suffixes compare case-insensitively and exactly (a
+    subdomain of an allowed suffix is not allowed).
+    """
+    if not upn:
+        return "the guest has no userPrincipalName (Entra gives every guest one ending in #EXT#@<tenant domain>)"
+    if upn.count("@") != 1:
+        return f"userPrincipalName {upn!r} is not of the kind Entra gives guests: it must contain exactly one '@'"
+    local, suffix = upn.split("@")
+    marker = len(GUEST_UPN_MARKER)
+    if local[-marker:].upper() != GUEST_UPN_MARKER or len(local) <= marker:
+        return (f"userPrincipalName {upn!r} is not of the kind Entra gives guests (<something>{GUEST_UPN_MARKER}@"
+                "<suffix>); it could name an on-premises account, so no account is made for it")
+    allowed = sorted({n for n in (normalise_dns_name(a) for a in allowed_suffixes) if n})
+    if suffix.lower() not in allowed:
+        listed = ", ".join(allowed) if allowed else (
+            "none: the tenant's initial domain is not known yet and GUESTSYNC_UPN_SUFFIXES is empty")
+        return (f"userPrincipalName {upn!r} has the suffix {suffix!r}, which is not allowed for guests (allowed: "
+                f"{listed}; add more with GUESTSYNC_UPN_SUFFIXES)")
+    return None
 
 
 def fit_cosmetic(attributes: Mapping[str, str | None]) -> tuple[dict[str, str | None], list[str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +15,8 @@ from shared.adapters.queues import ExportMessage, MessageQueue
 from shared.adapters.state import StateStore
 from shared.concurrency import run_blocking
 from shared.settings import DirectorySettings, Settings, load_settings
+
+log = logging.getLogger("guestsync.bootstrap")
 
 if TYPE_CHECKING:
     from shared.adapters.directory import Directory, DirectoryPool
@@ -103,7 +106,22 @@ class Services:
 
     async def run_export(self, message: ExportMessage) -> ExportOutcome:
         """``export_guest`` on the export threads, off the event loop (LDAP and storage calls block)."""
+        from shared.services import tenant
+
+        if await run_blocking(self.export_threads, partial(tenant.known_initial_domain, self.state)) is None:
+            # Apply stores it before it queues an export; a message from before that reads it here, once.
+            try:
+                await tenant.ensure_initial_domain(self.graph, self.state)
+            except Exception as exc:  # no Graph credentials here: the export refuses what it cannot check
+                log.warning("cannot read the tenant's initial domain from Graph here (%s): only "
+                            "GUESTSYNC_UPN_SUFFIXES are allowed as guest UPN suffixes", exc)
         return await run_blocking(self.export_threads, partial(self.export_guest, message))
+
+    def upn_suffixes(self) -> frozenset[str]:
+        """The UPN suffixes guests may have: GUESTSYNC_UPN_SUFFIXES and the tenant's initial domain (from state)."""
+        from shared.services.tenant import allowed_suffixes
+
+        return allowed_suffixes(self.state, self.settings.upn_suffixes)
 
     def export_guest(self, message: ExportMessage) -> ExportOutcome:
         """Run one export with a directory lent by the pool for its duration (returned even when the export
@@ -113,7 +131,8 @@ class Services:
         with self._export_lock:  # cached_property alone does not stop two threads building a second pool
             pool, state = self.directory_pool, self.state
         with pool.lease_on_first_use() as directory:  # a state read before the first LDAP call holds none
-            return export_guest(message, state, cast("GuestDirectory", directory), self.settings.lifecycle)
+            return export_guest(message, state, cast("GuestDirectory", directory), self.settings.lifecycle,
+                                upn_suffixes=self.upn_suffixes())
 
 
 _lock = threading.Lock()

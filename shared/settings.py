@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from shared.ad_rules import normalise_dns_name
 from shared.domain import ConfigurationError, is_guid
 
 EMAIL_RE = re.compile(r"[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+")
@@ -163,6 +164,8 @@ class Settings:
     storage: StorageSettings = field(default_factory=StorageSettings)
     mail: MailSettings = field(default_factory=MailSettings)
     app_insights: str | None = field(default=None, repr=False)  # APPLICATIONINSIGHTS_CONNECTION_STRING
+    #: UPN suffixes allowed for guests besides the tenant's initial domain (GUESTSYNC_UPN_SUFFIXES), lower case.
+    upn_suffixes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.storage_connection and not self.storage.connection_string:
@@ -388,6 +391,21 @@ def load_graph_settings(env: Mapping[str, str]) -> GraphSettings:
     return graph
 
 
+def load_upn_suffixes(env: Mapping[str, str]) -> tuple[str, ...]:
+    """GUESTSYNC_UPN_SUFFIXES: comma-separated DNS names a guest's UPN may end in besides the tenant's initial
+    domain (for guests moved to a verified custom domain in Entra)."""
+    suffixes: list[str] = []
+    for item in (_get(env, "GUESTSYNC_UPN_SUFFIXES") or "").split(","):
+        if not item.strip():
+            continue
+        name = normalise_dns_name(item.strip().removeprefix("@"))
+        if name is None or "." not in name:
+            raise ConfigurationError(f"setting GUESTSYNC_UPN_SUFFIXES: {item.strip()!r} is not a DNS domain name "
+                                     "(write them like fabrikam.com,contoso.onmicrosoft.com)")
+        suffixes.append(name)
+    return tuple(dict.fromkeys(suffixes))
+
+
 def load_mail_settings(env: Mapping[str, str]) -> MailSettings:
     mode = _choice(env, "GUESTSYNC_MAIL", "none", MAIL_MODES)
     to = tuple(a.strip() for a in (_get(env, "GUESTSYNC_MAIL_TO") or "").split(",") if a.strip())
@@ -455,4 +473,5 @@ def load_settings(env: Mapping[str, str] | None = None, *, need_directory: bool 
         webhook=webhook,
         directory=directory,
         lifecycle=lifecycle,
+        upn_suffixes=load_upn_suffixes(env),
     )

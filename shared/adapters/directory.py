@@ -29,7 +29,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -87,6 +87,36 @@ _UNAVAILABLE_RESULTS = frozenset({"busy", "unavailable", "timeLimitExceeded", "a
 PROBE_PREFIX = "guestsync-probe-"
 PROBE_DESCRIPTION = "guestsync check probe account (created and deleted by guestsync check; safe to delete)"
 _PROBE_NAME = re.compile(r"guestsync-probe-[0-9a-f]{12}")
+
+
+#: The Global Catalog over TLS (LDAPS to the GC): the whole forest, with the attributes uniqueness needs.
+GLOBAL_CATALOG_TLS_PORT = 3269
+
+
+@dataclass(frozen=True)
+class ForestDomain:
+    dns_name: str  # lower case, e.g. contoso.com
+    naming_context: str  # DC=contoso,DC=com
+
+
+@dataclass(frozen=True)
+class Forest:
+    """What name uniqueness needs to know about the forest (read from CN=Partitions)."""
+
+    own: ForestDomain  # the domain of the guest OU
+    domains: tuple[ForestDomain, ...]
+    upn_suffixes: frozenset[str]  # extra UPN suffixes of the forest, lower case
+    global_catalog: bool  # whether the DC we talk to is a Global Catalog
+
+    @property
+    def names(self) -> frozenset[str]:
+        """Every suffix an implicit or explicit UPN of this forest can end in."""
+        return frozenset({d.dns_name for d in self.domains} | self.upn_suffixes)
+
+    def domain_of(self, dn: str) -> ForestDomain | None:
+        """The domain whose naming context holds ``dn`` (the deepest one, for child domains)."""
+        holders = [d for d in self.domains if is_within(dn, d.naming_context)]
+        return max(holders, key=lambda d: len(d.naming_context), default=None)
 
 
 class DirectoryError(GuestsyncError):
@@ -189,17 +219,20 @@ class Directory:
         self._conn: ldap3.Connection | None = None
         self._naming: tuple[str, str] | None = None  # (defaultNamingContext, configurationNamingContext)
         self._netbios: str | None = None
+        self._forest_info: Forest | None = None
+        self._gc_conn: ldap3.Connection | None = None  # the Global Catalog, for forest-wide uniqueness checks
 
     # --- connection ---------------------------------------------------------------------------------------
     @property
     def _where(self) -> str:
         return f"ldaps://{self._host}:{self._port}"
 
-    def _connect(self) -> ldap3.Connection:
-        """Open and bind a new connection (a fresh Server each time: ldap3 remembers failed addresses)."""
+    def _connect(self, port: int | None = None) -> ldap3.Connection:
+        """Open and bind a new connection (a fresh Server each time: ldap3 remembers failed addresses) to the
+        DC's LDAPS port, or to ``port`` on the same host (the Global Catalog)."""
         s = self._settings
         server = ldap3.Server(
-            self._host, port=self._port, use_ssl=True, tls=self._tls, get_info=ldap3.NONE,
+            self._host, port=port or self._port, use_ssl=True, tls=self._tls, get_info=ldap3.NONE,
             connect_timeout=s.connect_timeout,
         )
         conn = ldap3.Connection(
@@ -264,6 +297,9 @@ class Directory:
         conn, self._conn = self._conn, None
         if conn is not None:
             _close_quietly(conn)
+        gc_conn, self._gc_conn = self._gc_conn, None
+        if gc_conn is not None:
+            _close_quietly(gc_conn)
 
     def _run(self, what: str, operation: Callable[[ldap3.Connection], T]) -> T:
         """Run ``operation`` on the bound connection; on a dropped connection reconnect once and retry."""
@@ -422,34 +458,129 @@ class Directory:
             raise ConstraintError("; ".join(problems))
 
     def _check_unique(self, dn: str, values: Mapping[str, str | None]) -> None:
-        """Refuse a sAMAccountName or userPrincipalName that another object in the domain already has."""
+        """Refuse a sAMAccountName or userPrincipalName that another account in the forest already answers to,
+        explicitly or implicitly, as Windows AD and its KDC see it; the error names the account that holds it.
+
+        A new UPN ``p@s`` clashes with an explicit userPrincipalName ``p@s`` (any case) anywhere in the forest,
+        and, when ``s`` is a domain's DNS name or one of the forest's UPN suffixes, with the implicit UPN of an
+        account whose sAMAccountName is ``p`` and that has no userPrincipalName (in that domain; for a UPN suffix,
+        in any domain). A new sAMAccountName ``x`` clashes with the same sAMAccountName in this domain and with
+        an explicit UPN ``x@<this domain's DNS name>``. Samba lets some of these through or reports them as
+        something else, so they are caught here, before the add or modify.
+        """
         sam, upn = values.get("sAMAccountName"), values.get("userPrincipalName")
+        if not sam and not upn:
+            return
+        forest = self._forest()
+        implicit: tuple[str, str] | None = None  # (p, s) when p@s may be someone's implicit UPN
         clauses = []
-        if sam:
-            clauses.append(f"(sAMAccountName={escape_filter_value(sam)})")
         if upn:
             clauses.append(f"(userPrincipalName={escape_filter_value(upn)})")
-        if not clauses:
-            return
-        default_nc, _ = self._naming_contexts()
+            prefix, _, suffix = upn.rpartition("@")
+            if prefix and suffix.lower() in forest.names:
+                implicit = (prefix, suffix.lower())
+                clauses.append(f"(&(sAMAccountName={escape_filter_value(prefix)})(!(userPrincipalName=*)))")
+        if sam:
+            clauses.append(f"(sAMAccountName={escape_filter_value(sam)})")
+            clauses.append(f"(userPrincipalName={escape_filter_value(f'{sam}@{forest.own.dns_name}')})")
         search_filter = f"(|{''.join(clauses)})"
-        what = "checking sAMAccountName/userPrincipalName uniqueness"
-        entries = self._run(
-            what,
-            lambda c: self._search(c, default_nc, search_filter, ldap3.SUBTREE,
-                                   ["sAMAccountName", "userPrincipalName"], what, size_limit=10),
-        )
-        for entry in entries:
-            other = str(entry.get("dn", ""))
+        for other, raw in self._forest_search(forest, search_filter):
             if same_dn(other, dn):
                 continue
-            raw = _raw(entry)
-            if sam and (_text(raw, "sAMAccountName") or "").casefold() == sam.casefold():
+            their_sam, their_upn = _text(raw, "sAMAccountName") or "", _text(raw, "userPrincipalName") or ""
+            home = forest.domain_of(other)
+            if upn and their_upn.casefold() == upn.casefold():
+                where = "domain" if home is forest.own else f"forest (domain {home.dns_name if home else '?'})"
+                raise ConstraintError(f"userPrincipalName {upn!r} is already used by another account in the "
+                                      f"{where} ({other})")
+            if implicit and not their_upn and their_sam.casefold() == implicit[0].casefold() and home is not None and (
+                    implicit[1] == home.dns_name or implicit[1] in forest.upn_suffixes):
+                raise ConstraintError(
+                    f"userPrincipalName {upn!r} is already the implicit UPN of {other} (sAMAccountName "
+                    f"{their_sam!r} in {home.dns_name}, no userPrincipalName of its own): Kerberos and logons would "
+                    "find that account under this name")
+            if sam and home is forest.own and their_sam.casefold() == sam.casefold():
                 raise ConstraintError(f"sAMAccountName {sam!r} is already in use by another account in the "
                                       f"domain ({other})")
-            if upn and (_text(raw, "userPrincipalName") or "").casefold() == upn.casefold():
-                raise ConstraintError(f"userPrincipalName {upn!r} is already used by another account in the "
-                                      f"domain ({other})")
+            if sam and their_upn.casefold() == f"{sam}@{forest.own.dns_name}".casefold():
+                raise ConstraintError(
+                    f"sAMAccountName {sam!r} would give the implicit UPN {sam}@{forest.own.dns_name}, which is the "
+                    f"userPrincipalName of {other}")
+
+    def _forest(self) -> Forest:
+        """The forest's domains (crossRef dnsRoot and nCName under CN=Partitions), its UPN suffixes (uPNSuffixes
+        of CN=Partitions) and whether this DC is a Global Catalog; read once per instance."""
+        if self._forest_info is None:
+            default_nc, config_nc = self._naming_contexts()
+            partitions = f"CN=Partitions,{config_nc}"
+            what = "reading the forest's domains and UPN suffixes"
+
+            def read(conn: ldap3.Connection) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+                root = self._search(conn, "", "(objectClass=*)", ldap3.BASE, ["isGlobalCatalogReady"], what)
+                top = self._search(conn, partitions, "(objectClass=*)", ldap3.BASE, ["uPNSuffixes"], what)
+                refs = self._search(conn, partitions, "(&(objectClass=crossRef)(nETBIOSName=*)(dnsRoot=*))",
+                                    ldap3.LEVEL, ["dnsRoot", "nCName"], what)
+                return root, top, refs
+
+            root, top, refs = self._run(what, read)
+            domains = []
+            for entry in refs:
+                raw = _raw(entry)
+                dns_name, nc = _text(raw, "dnsRoot"), _text(raw, "nCName")
+                if dns_name and nc:
+                    domains.append(ForestDomain(dns_name.lower().rstrip("."), nc))
+            own = next((d for d in domains if same_dn(d.naming_context, default_nc)), None)
+            if own is None:
+                raise DirectoryError(f"no crossRef with a dnsRoot for {default_nc} under {partitions}")
+            suffixes = frozenset(
+                bytes(v).decode("utf-8").lower().rstrip(".") if isinstance(v, bytes | bytearray) else str(v).lower()
+                for v in (_raw(top[0]).get("upnsuffixes", []) if top else []))
+            gc_ready = (_text(_raw(root[0]), "isGlobalCatalogReady") or "").upper() == "TRUE" if root else False
+            self._forest_info = Forest(own=own, domains=tuple(domains), upn_suffixes=suffixes,
+                                       global_catalog=gc_ready)
+        return self._forest_info
+
+    def _forest_search(self, forest: Forest, search_filter: str) -> list[tuple[str, dict[str, list[bytes]]]]:
+        """(DN, attributes) of the users matching ``search_filter`` in the whole forest: from the Global Catalog
+        (this DC, port 3269 over TLS) when it is one, else from each domain naming context this DC holds (a
+        domain it does not hold answers with a referral, which is logged and skipped)."""
+        attributes = ["sAMAccountName", "userPrincipalName"]
+        what = "checking sAMAccountName/userPrincipalName uniqueness"
+        found: list[tuple[str, dict[str, list[bytes]]]] = []
+        if forest.global_catalog:
+            with self._lock:
+                for attempt in (1, 2):
+                    try:
+                        if self._gc_conn is None or self._gc_conn.closed:
+                            self._gc_conn = self._connect(GLOBAL_CATALOG_TLS_PORT)
+                        entries = self._search(self._gc_conn, "", search_filter, ldap3.SUBTREE, attributes,
+                                               f"{what} in the Global Catalog", size_limit=20)
+                        break
+                    except (LDAPCommunicationError, LDAPResponseTimeoutError) as exc:
+                        conn, self._gc_conn = self._gc_conn, None
+                        if conn is not None:
+                            _close_quietly(conn)
+                        if attempt == 2:
+                            raise DirectoryUnavailableError(f"{what}: lost the Global Catalog connection twice "
+                                                            f"({exc})") from None
+            return [(str(e.get("dn", "")), _raw(e)) for e in entries]
+        for domain in forest.domains:
+            def search(conn: ldap3.Connection, base: str = domain.naming_context) -> list[dict[str, Any]] | None:
+                conn.search(base, search_filter, ldap3.SUBTREE, attributes=attributes, size_limit=20)
+                result = conn.result or {}
+                if result.get("description") == "referral":
+                    return None
+                if result.get("description") not in ("success", "noSuchObject", "sizeLimitExceeded"):
+                    _raise_for(result, what, base)
+                return [r for r in (conn.response or []) if r.get("type") == "searchResEntry"]
+
+            entries_or_none = self._run(what, search)
+            if entries_or_none is None:
+                log.warning("%s: %s is not held by %s and there is no Global Catalog here; accounts of that "
+                            "domain were not checked", what, domain.dns_name, self._where)
+                continue
+            found.extend((str(e.get("dn", "")), _raw(e)) for e in entries_or_none)
+        return found
 
     def create_guest(
         self, uid: str, attributes: Mapping[str, str | None], password: str, user_account_control: int

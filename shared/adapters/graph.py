@@ -28,6 +28,7 @@ from msgraph.generated.groups.item.transitive_members.graph_user.graph_user_requ
 from msgraph.generated.models.o_data_errors.o_data_error import ODataError
 from msgraph.generated.models.subscription import Subscription as GraphSubscription
 from msgraph.generated.models.user import User
+from msgraph.generated.organization.organization_request_builder import OrganizationRequestBuilder
 from msgraph.generated.users.delta.delta_request_builder import DeltaRequestBuilder
 from msgraph.generated.users.item.check_member_groups.check_member_groups_post_request_body import (
     CheckMemberGroupsPostRequestBody,
@@ -247,6 +248,22 @@ class GraphClient:
                 return None
             raise _error(exc) from None
         return _user_from_json(data) if data.get("id") else None
+
+    async def get_initial_domain(self) -> str:
+        """The tenant's initial domain (``<name>.onmicrosoft.com``), lower case: the suffix Entra gives guest
+        UPNs. ``GET /organization?$select=verifiedDomains``, the entry with ``isInitial`` true (needs the
+        application permission Organization.Read.All)."""
+        query = OrganizationRequestBuilder.OrganizationRequestBuilderGetQueryParameters(select=["verifiedDomains"])
+        request = self._client.organization.to_get_request_information(RequestConfiguration(query_parameters=query))
+        try:
+            body = await self._get_json(request)
+        except ODataError as exc:
+            raise _error(exc) from None
+        for organization in body.get("value") or []:
+            for domain in (organization.get("verifiedDomains") or []) if isinstance(organization, dict) else []:
+                if isinstance(domain, dict) and domain.get("isInitial") is True and _text(domain.get("name")):
+                    return str(domain["name"]).lower()
+        raise GraphError(200, None, "GET /organization returned no verified domain with isInitial true")
 
     async def get_users(self, user_ids: Sequence[str]) -> dict[str, GraphUser | None]:
         """Several users in one request per 15 ids (``$filter=id in (…)``, Graph's limit for ``in``); an id

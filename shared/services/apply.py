@@ -26,6 +26,7 @@ from shared.concurrency import run_blocking
 from shared.domain import DEPROVISION_STATUSES, GraphUser, GuestStatus
 from shared.observability import current_correlation_id, guest_context
 from shared.rules import ApplyPlan, Decision, plan_apply, scope_exit
+from shared.services.tenant import ensure_initial_domain
 
 log = logging.getLogger("guestsync.apply")
 MAX_ATTEMPTS = 8
@@ -45,6 +46,7 @@ class UserReader(Protocol):
 
 class GuestReader(UserReader, Protocol):
     async def get_users(self, user_ids: Sequence[str]) -> dict[str, GraphUser | None]: ...
+    async def get_initial_domain(self) -> str: ...
 
 
 async def read_scope(
@@ -128,6 +130,10 @@ async def apply_change(
         users = await graph.get_users(message.user_ids)
     else:
         users = {message.user_id: await graph.get_user(message.user_id)}
+    if any(user is not None and scope_exit(user) is None for user in users.values()):
+        # The export checks the guest's UPN suffix against the tenant's initial domain: keep it in state (one
+        # Graph read a day, see shared.services.tenant), so the export never asks Graph per guest.
+        await ensure_initial_domain(graph, state)
 
     async def one(uid: str) -> ApplyPlan:
         user = users.get(uid)

@@ -11,12 +11,12 @@ persistent attributes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Protocol
 
-from shared.ad_rules import fit_cosmetic, new_password, validate_export
+from shared.ad_rules import fit_cosmetic, guest_upn_problem, new_password, validate_export
 from shared.adapters.directory import (
     AccessDeniedError,
     AccountExistsError,
@@ -44,6 +44,7 @@ from shared.lifecycle import (
 )
 from shared.observability import SECURITY_FINDINGS, record_export
 from shared.rules import attribute_changes, gone_for_good, initial_user_account_control, outbound_persistent
+from shared.services.tenant import allowed_suffixes
 from shared.settings import LifecycleSettings
 
 log = logging.getLogger("guestsync.export")
@@ -290,9 +291,14 @@ def export_guest(
     directory: GuestDirectory,
     policy: LifecycleSettings | None = None,
     now: Callable[[], datetime] = utcnow,
+    upn_suffixes: Collection[str] | None = None,
 ) -> ExportOutcome:
     """Apply one export. AD constraint errors end as a readable error on the guest (not a retry loop);
-    an unreachable DC raises so the queue retries and, after 5 tries, parks the message as poison."""
+    an unreachable DC raises so the queue retries and, after 5 tries, parks the message as poison.
+
+    A guest whose UPN is not of the kind Entra gives guests, or ends in a suffix not in ``upn_suffixes`` (None:
+    the tenant's initial domain as stored in state; see shared.services.tenant), is refused before any LDAP
+    call as a security finding."""
     policy = policy or LifecycleSettings()
     pending = message_snapshot(message, now())  # the first attempt starts from it instead of reading state
     for _ in range(MAX_ATTEMPTS):
@@ -306,6 +312,10 @@ def export_guest(
         leaving = record.status in DEPROVISION_STATUSES
         problems = [] if leaving else validate_export(desired)
         error: str | None = "; ".join(problems) if problems else None
+        if error is None and not leaving:
+            allowed = allowed_suffixes(state, ()) if upn_suffixes is None else upn_suffixes
+            refused = guest_upn_problem(desired.get("userPrincipalName"), allowed)
+            error = f"{SECURITY_PREFIX}{refused}" if refused else None
         new: GuestRecord | None = record
         outcome = ExportOutcome(record.uid, "error", error or "")
         security: SecurityKind | None = None

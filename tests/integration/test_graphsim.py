@@ -276,7 +276,7 @@ def test_missing_application_permissions_get_403_authorization_request_denied(
     guest = graph.invite_guest("perm@fabrikam.com", "Perm")
     group = graph.add_group("Scope")
     graph.add_group_member(group["id"], guest["id"])
-    assert graph.app_roles == {"User.Read.All", "GroupMember.Read.All", "Mail.Send"}
+    assert graph.app_roles == {"User.Read.All", "GroupMember.Read.All", "Mail.Send", "Organization.Read.All"}
 
     graph.app_roles = {"GroupMember.Read.All"}
     status, body = raw_request(graph, "GET", "/v1.0/users?$top=1&$select=id")
@@ -311,7 +311,7 @@ def test_missing_application_permissions_get_403_authorization_request_denied(
     assert raw_request(graph, "GET", f"/v1.0/groups/{group['id']}")[0] == 200
 
     graph.reset()
-    assert graph.app_roles == {"User.Read.All", "GroupMember.Read.All", "Mail.Send"}
+    assert graph.app_roles == {"User.Read.All", "GroupMember.Read.All", "Mail.Send", "Organization.Read.All"}
 
 
 def test_tokens_carry_the_granted_roles(graph: GraphSimulator) -> None:
@@ -325,7 +325,7 @@ def test_tokens_carry_the_granted_roles(graph: GraphSimulator) -> None:
         assert status == 200 and body is not None
         return str(body["access_token"])
 
-    assert token_roles(token()) == ["GroupMember.Read.All", "Mail.Send", "User.Read.All"]
+    assert token_roles(token()) == ["GroupMember.Read.All", "Mail.Send", "Organization.Read.All", "User.Read.All"]
     graph.app_roles = set()
     assert token_roles(token()) == []  # Entra leaves the roles claim out when nothing is granted
     status, body, _ = graph.handle("POST", f"/{graph.tenant_id}/oauth2/v2.0/token", {}, {},
@@ -432,3 +432,35 @@ def test_client_assertion_is_verified(graph: GraphSimulator, tmp_path: Path) -> 
                       ("not-a-jwt", "AADSTS50027")):
         status, body = token(bad)
         assert status == 401 and body["error"] == "invalid_client" and code in body["error_description"], body
+
+
+def test_organization_lists_the_verified_domains_as_graph_does(graph: GraphSimulator,
+                                                                graph_settings: GraphSettings) -> None:
+    """``GET /organization`` in the shape of the docs' example, and the adapter finds the initial domain."""
+    doc = reference("organization-list.json")
+    status, body = raw_request(graph, "GET", "/v1.0/organization")
+    assert status == 200 and set(body) == set(doc) and body["@odata.context"] == doc["@odata.context"]
+    assert set(body["value"][0]) <= set(doc["value"][0])
+    assert set(body["value"][0]["verifiedDomains"][0]) == set(doc["value"][0]["verifiedDomains"][0])
+    status, selected = raw_request(graph, "GET", "/v1.0/organization?$select=verifiedDomains")
+    assert status == 200 and set(selected["value"][0]) == {"verifiedDomains"}
+    assert selected["@odata.context"].endswith("#organization(verifiedDomains)")
+
+    graph.verified_domains = [
+        {**doc["value"][0]["verifiedDomains"][0], "name": "fabrikam.com", "isInitial": False},
+        {**doc["value"][0]["verifiedDomains"][0], "name": "Contoso.onmicrosoft.com", "isDefault": False},
+    ]
+
+    async def initial() -> str:
+        async with GraphClient(graph_settings) as client:
+            return await client.get_initial_domain()
+
+    assert run(initial()) == "contoso.onmicrosoft.com"
+    assert graph.request_count["GET /organization"] == 3
+
+    graph.app_roles = {"User.Read.All"}  # Organization.Read.All (or a Directory role) is needed
+    from shared.adapters.graph import GraphError
+
+    with pytest.raises(GraphError) as info:
+        run(initial())
+    assert (info.value.status, info.value.code) == (403, "Authorization_RequestDenied")

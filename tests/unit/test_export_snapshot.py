@@ -144,13 +144,17 @@ class MemoryDirectory:
         self.writes.append("delete")
         del self.accounts[UID]
 
+#: The guests' UPN suffix, allowed as the worker allows it (GUESTSYNC_UPN_SUFFIXES and the initial domain).
+UPN_SUFFIXES = ("contoso.com",)
+
 
 def desired(rec: GuestRecord) -> dict[str, str | None]:
     return fit_cosmetic(outbound_persistent(rec.entry))[0]
 
 
 def export(message: ExportMessage, state: MemoryState, directory: MemoryDirectory) -> str:
-    return export_guest(message, state, directory, POLICY, now=lambda: NOW).action  # type: ignore[arg-type]
+    return export_guest(message, state, directory, POLICY, now=lambda: NOW,  # type: ignore[arg-type]
+                        upn_suffixes=UPN_SUFFIXES).action
 
 
 def message_for(rec: GuestRecord, *, version: int | None = None) -> ExportMessage:
@@ -301,7 +305,7 @@ def test_a_snapshot_that_waited_in_a_backlog_is_not_trusted_and_state_is_read() 
     state.calls.clear()
     late = SNAPSHOT_FRESH_SECONDS + 1
     action = export_guest(message, state, directory, POLICY,  # type: ignore[arg-type]
-                          now=lambda: NOW + timedelta(seconds=late)).action
+                          now=lambda: NOW + timedelta(seconds=late), upn_suffixes=UPN_SUFFIXES).action
     assert action == "unchanged" and directory.writes == []  # no account created for a guest already gone
     assert state.calls["get"] == 1
 

@@ -465,7 +465,7 @@ def _export_without_account(status: GuestStatus, policy: LifecycleSettings) -> t
     state = _State(GuestRecord(uid=GUEST_ID, entry=entry, status=status, reason="user was deleted in Entra ID"))
     directory = _Directory()
     outcome = export_guest(ExportMessage(GUEST_ID, 1, "test"), state, directory, policy,  # type: ignore[arg-type]
-                           now=lambda: NOW)
+                           now=lambda: NOW, upn_suffixes=("contoso.onmicrosoft.com",))
     return outcome.action, directory.writes
 
 
