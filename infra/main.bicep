@@ -444,6 +444,7 @@ var appSettings = {
   // Webhook and subscription
   GUESTSYNC_NOTIFICATION_URL: '${webhookBase}/notifications'
   GUESTSYNC_LIFECYCLE_URL: '${webhookBase}/lifecycle'
+  GUESTSYNC_WEBHOOK_KEY: '@Microsoft.KeyVault(SecretUri=${uri(secretUris.graphClientState, 'webhook-function-key')})'
   GUESTSYNC_SUBSCRIPTION_SCHEDULE: subscriptionSchedule
 
   // Queues, state, worker
