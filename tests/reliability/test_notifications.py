@@ -178,7 +178,7 @@ def _assert_refused_answer(status: int, content_type: str, raw: bytes, *, items:
     if status == 202:
         assert not items, "a batch of invalid items was accepted"
         return
-    assert status in (400, 403), status
+    assert status in (400, 403, 413), status  # 413: a body over MAX_BODY_BYTES
     assert content_type.startswith("application/json"), content_type
     answer = json.loads(raw)
     assert isinstance(answer, dict) and isinstance(answer.get("error"), str) and answer["error"]
@@ -227,6 +227,7 @@ def test_forged_foreign_malformed_and_oversized_notifications_are_refused(
         for path in (NOTIFICATIONS, LIFECYCLE):
             status, content_type, raw = post(stack, body, path)
             _assert_refused_answer(status, content_type, raw, items=_has_items(body))
+            assert (status == 413) is (len(body) > MAX_BODY_BYTES), (status, len(body))
     assert spy.take() == []
 
     # 100,000 junk items in one body: refused with a bounded answer and a bounded number of log lines.
