@@ -1264,7 +1264,7 @@ class _Handler(BaseHTTPRequestHandler):
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             return _Body(self._read_chunked())
         text = (self.headers.get("Content-Length") or "0").strip()
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):
             raise ValueError("Content-Length is not a non-negative number")
         length = int(text)
         if length > MAX_REQUEST_BODY:

@@ -80,7 +80,7 @@ def screen(params: Mapping[str, str], headers: Mapping[str, str]) -> Reply | Non
     length = _header(headers, "Content-Length")
     if length is not None:
         text = length.strip()
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):
             return _problem(400, "Content-Length is not a number")
         if int(text) > MAX_BODY_BYTES:
             log.warning("notification body of %s bytes refused unread (the limit is %d)", text, MAX_BODY_BYTES)
@@ -89,7 +89,7 @@ def screen(params: Mapping[str, str], headers: Mapping[str, str]) -> Reply | Non
         return None
     media_type = (_header(headers, "Content-Type") or "").split(";", 1)[0].strip().lower()
     if media_type != JSON_MEDIA_TYPE:
-        return _problem(415, f"notifications must be {JSON_MEDIA_TYPE}, not {media_type or 'untyped'}")
+        return _problem(415, f"notifications must be {JSON_MEDIA_TYPE}, not {media_type[:100] or 'untyped'}")
     return None
 
 

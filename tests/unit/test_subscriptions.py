@@ -10,9 +10,9 @@ import asyncio
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from shared.adapters.graph import Subscription, SubscriptionConflictError
 import pytest
 
+from shared.adapters.graph import Subscription, SubscriptionConflictError
 from shared.domain import ConfigurationError
 from shared.services.subscriptions import ensure_subscription, handle_lifecycle, keyed_url, url_without_key
 from shared.settings import Settings, WebhookSettings
