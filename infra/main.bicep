@@ -89,20 +89,35 @@ param graphClientId string = ''
 param graphClientState string
 
 @secure()
+@minLength(32)
+@maxLength(128)
+@description('GUESTSYNC_WEBHOOK_KEY: the function key (named graph) the notification and lifecycle URLs carry as ?code=; kept in Key Vault. azd generates one when it is not set.')
+@metadata({
+  azd: {
+    type: 'generate'
+    config: {
+      length: 64
+      noSpecial: true
+    }
+  }
+})
+param webhookFunctionKey string
+
+@secure()
 @description('GRAPH_CLIENT_STATE_PREVIOUS: the previous clientState, accepted during a rotation; omit otherwise.')
-param graphClientStatePrevious string?
+param graphClientStatePrevious string = ''
 
 @secure()
 @description('GRAPH_CLIENT_SECRET: client secret of the app registration (GRAPH_AUTH=client_secret only).')
-param graphClientSecret string?
+param graphClientSecret string = ''
 
 @secure()
 @description('GRAPH_CLIENT_CERTIFICATE: base64 PFX (or PEM) with the private key (GRAPH_AUTH=certificate only).')
-param graphClientCertificate string?
+param graphClientCertificate string = ''
 
 @secure()
 @description('GRAPH_CLIENT_CERTIFICATE_PASSWORD: password of that PFX, if it has one (GRAPH_AUTH=certificate only).')
-param graphClientCertificatePassword string?
+param graphClientCertificatePassword string = ''
 
 // ---------------------------------------------------------------------------------------------------------
 // guestsync behaviour
@@ -200,7 +215,7 @@ param smtpUsername string = ''
 
 @secure()
 @description('SMTP_PASSWORD, with SMTP_USERNAME (GUESTSYNC_MAIL=smtp only).')
-param smtpPassword string?
+param smtpPassword string = ''
 
 // ---------------------------------------------------------------------------------------------------------
 // On-premises AD (worker mode function only; in agent mode the agent has these settings)
@@ -214,7 +229,18 @@ param adBindUser string = ''
 
 @secure()
 @description('AD_BIND_PASSWORD: that account\'s password (worker mode function only).')
-param adBindPassword string?
+param adBindPassword string = ''
+
+@secure()
+@description('GUESTSYNC_OWNERSHIP_KEY: 32+ random characters that mark the accounts guestsync creates (worker mode function; the agent has its own copy of the same key).')
+param ownershipKey string = ''
+
+@secure()
+@description('GUESTSYNC_OWNERSHIP_KEY_PREVIOUS: the previous ownership key during a rotation; omit otherwise.')
+param ownershipKeyPrevious string = ''
+
+@description('GUESTSYNC_ADOPT_UNTIL: end of a MIM migration window (ISO 8601 with time zone) during which unmarked CN=<id> accounts are taken over; empty: never.')
+param adoptUntil string = ''
 
 @description('AD_GUEST_OU: DN of the guest OU, e.g. OU=B2BGuest,DC=contoso,DC=com.')
 param adGuestOu string = ''
@@ -242,7 +268,7 @@ param ldapConnections int = 8
 // Network (worker mode function) and the on-premises agent (worker mode agent)
 // ---------------------------------------------------------------------------------------------------------
 
-@description('Integrate the app with a virtual network (worker mode function: the route to the domain controllers).')
+@description('Integrate the app with a virtual network (worker mode function: the route to the domain controllers) and reach storage and Key Vault through private endpoints only (their public network access off).')
 param enableVnet bool = false
 
 @description('With enableVnet: resource id of an existing subnet delegated to Microsoft.App/environments (e.g. in a network peered with the hub); empty: create a virtual network.')
@@ -254,11 +280,20 @@ param vnetAddressPrefix string = '10.20.0.0/16'
 @description('With enableVnet and no existingSubnetId: the integration subnet.')
 param integrationSubnetPrefix string = '10.20.1.0/24'
 
+@description('With enableVnet and no existingSubnetId: the subnet of the private endpoints (storage blob, queue, table; Key Vault).')
+param privateEndpointSubnetPrefix string = '10.20.2.0/24'
+
+@description('With enableVnet and existingSubnetId: resource id of an existing subnet (not delegated) for the private endpoints; the private DNS zones are linked to the network of existingSubnetId.')
+param existingPrivateEndpointSubnetId string = ''
+
 @description('With enableVnet and no existingSubnetId: comma-separated DNS servers (e.g. the domain controllers); empty: Azure DNS.')
 param vnetDnsServers string = ''
 
-@description('Worker mode agent: object id of the service principal the on-premises agent signs in with; it gets queue and table data roles on the storage account. Empty: none.')
+@description('Worker mode agent: object id of the service principal the on-premises agent signs in with; it gets the queue data role on each of guestsync\'s queues and the table data role on the state table (nothing on the account). Empty: none.')
 param agentPrincipalId string = ''
+
+@description('With enableVnet, for an agent without a private route to the storage account: comma-separated public egress addresses or CIDR ranges of the agent\'s servers; the storage account\'s public endpoint then accepts these only. Empty: public endpoint off.')
+param agentEgressIpRanges string = ''
 
 // ---------------------------------------------------------------------------------------------------------
 // Names and modes
@@ -273,15 +308,20 @@ var deploymentContainerName = 'app-package'
 
 var isFunctionWorker = workerMode == 'function'
 var createVnet = enableVnet && empty(existingSubnetId)
+// Comma-separated lists without lambdas (pycep, the parser checkov uses, has none): addresses hold no spaces.
+var dnsServers = empty(vnetDnsServers) ? [] : split(replace(vnetDnsServers, ' ', ''), ',')
+var agentEgressRanges = empty(agentEgressIpRanges) ? [] : split(replace(agentEgressIpRanges, ' ', ''), ',')
 
 // A secret exists (and its app setting refers to it) only when the chosen modes use it and it was given.
 var createSecret = {
-  graphClientStatePrevious: !empty(graphClientStatePrevious ?? '')
-  graphClientSecret: graphAuth == 'client_secret' && !empty(graphClientSecret ?? '')
-  graphClientCertificate: graphAuth == 'certificate' && !empty(graphClientCertificate ?? '')
-  graphClientCertificatePassword: graphAuth == 'certificate' && !empty(graphClientCertificatePassword ?? '')
-  adBindPassword: isFunctionWorker && !empty(adBindPassword ?? '')
-  smtpPassword: mailMode == 'smtp' && !empty(smtpPassword ?? '')
+  graphClientStatePrevious: !empty(graphClientStatePrevious)
+  graphClientSecret: graphAuth == 'client_secret' && !empty(graphClientSecret)
+  graphClientCertificate: graphAuth == 'certificate' && !empty(graphClientCertificate)
+  graphClientCertificatePassword: graphAuth == 'certificate' && !empty(graphClientCertificatePassword)
+  adBindPassword: isFunctionWorker && !empty(adBindPassword)
+  ownershipKey: isFunctionWorker && !empty(ownershipKey)
+  ownershipKeyPrevious: isFunctionWorker && !empty(ownershipKeyPrevious)
+  smtpPassword: mailMode == 'smtp' && !empty(smtpPassword)
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -308,6 +348,9 @@ module storage 'modules/storage.bicep' = {
     stateTableName: stateTableName
     identityPrincipalId: identity.properties.principalId
     agentPrincipalId: agentPrincipalId
+    enableVnet: enableVnet
+    agentEgressIpRanges: agentEgressRanges
+    logAnalyticsWorkspaceId: monitoring.outputs.workspaceId
   }
 }
 
@@ -318,12 +361,17 @@ module keyVault 'modules/keyvault.bicep' = {
     location: location
     tags: allTags
     identityPrincipalId: identity.properties.principalId
+    enableVnet: enableVnet
+    logAnalyticsWorkspaceId: monitoring.outputs.workspaceId
     graphClientState: graphClientState
+    webhookFunctionKey: webhookFunctionKey
     graphClientStatePrevious: graphClientStatePrevious
     graphClientSecret: graphClientSecret
     graphClientCertificate: graphClientCertificate
     graphClientCertificatePassword: graphClientCertificatePassword
     adBindPassword: adBindPassword
+    ownershipKey: ownershipKey
+    ownershipKeyPrevious: ownershipKeyPrevious
     smtpPassword: smtpPassword
     create: createSecret
   }
@@ -348,11 +396,29 @@ module network 'modules/network.bicep' = if (createVnet) {
     tags: allTags
     addressPrefix: vnetAddressPrefix
     integrationSubnetPrefix: integrationSubnetPrefix
-    dnsServers: empty(vnetDnsServers) ? [] : map(split(vnetDnsServers, ','), server => trim(server))
+    privateEndpointSubnetPrefix: privateEndpointSubnetPrefix
+    dnsServers: dnsServers
   }
 }
 
 var subnetId = createVnet ? network.outputs.integrationSubnetId : existingSubnetId
+var vnetId = createVnet ? network.outputs.id : first(split(existingSubnetId, '/subnets/'))
+var privateEndpointSubnetId = createVnet ? network.outputs.privateEndpointSubnetId : existingPrivateEndpointSubnetId
+
+// With enableVnet, storage and Key Vault have public network access off: the app reaches them here.
+module privateLink 'modules/privatelink.bicep' = if (enableVnet) {
+  name: 'privatelink'
+  params: {
+    location: location
+    tags: allTags
+    vnetId: vnetId
+    subnetId: privateEndpointSubnetId
+    storageAccountId: storage.outputs.id
+    storageAccountName: storage.outputs.name
+    keyVaultId: keyVault.outputs.id
+    keyVaultName: keyVault.outputs.name
+  }
+}
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   name: 'plan-guestsync-${resourceToken}'
@@ -388,6 +454,9 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
     virtualNetworkSubnetId: enableVnet ? subnetId : null
     siteConfig: {
       minTlsVersion: '1.2'
+      scmMinTlsVersion: '1.2'
+      ftpsState: 'Disabled'
+      http20Enabled: true
     }
     functionAppConfig: {
       deployment: {
@@ -410,6 +479,55 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
       }
     }
   }
+}
+
+// No FTP and no basic (user name and password) publishing on the app or its scm site: deployments sign in
+// with Entra ID (azd and the Azure CLI do).
+resource ftpPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
+  parent: site
+  name: 'ftp'
+  properties: {
+    allow: false
+  }
+}
+
+resource scmPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
+  parent: site
+  name: 'scm'
+  properties: {
+    allow: false
+  }
+}
+
+// The app's own log (every function invocation, guestsync's log lines) in the workspace.
+resource siteDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'app-logs-to-log-analytics'
+  scope: site
+  properties: {
+    workspaceId: monitoring.outputs.workspaceId
+    logs: [
+      {
+        category: 'FunctionAppLogs'
+        enabled: true
+      }
+    ]
+  }
+}
+
+// The function key `graph` that Graph's notification and lifecycle URLs carry (?code=): the webhook
+// functions refuse calls without it, in addition to checking clientState. Its value is the Key Vault secret
+// webhook-function-key (GUESTSYNC_WEBHOOK_KEY below), so the app puts it in the URLs it subscribes with.
+// Rotation: set a new value (azd env set GUESTSYNC_WEBHOOK_KEY ...; azd provision), which updates the key and
+// the secret together, then let the subscription check re-create the subscription (README, Operations).
+resource webhookKey 'Microsoft.Web/sites/host/functionKeys@2024-04-01' = {
+  name: '${site.name}/default/graph'
+  properties: {
+    name: 'graph'
+    value: webhookFunctionKey
+  }
+  dependsOn: [
+    siteAppSettings
+  ]
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -444,7 +562,7 @@ var appSettings = {
   // Webhook and subscription
   GUESTSYNC_NOTIFICATION_URL: '${webhookBase}/notifications'
   GUESTSYNC_LIFECYCLE_URL: '${webhookBase}/lifecycle'
-  GUESTSYNC_WEBHOOK_KEY: '@Microsoft.KeyVault(SecretUri=${uri(secretUris.graphClientState, 'webhook-function-key')})'
+  GUESTSYNC_WEBHOOK_KEY: '@Microsoft.KeyVault(SecretUri=${secretUris.webhookFunctionKey})'
   GUESTSYNC_SUBSCRIPTION_SCHEDULE: subscriptionSchedule
 
   // Queues, state, worker
@@ -484,6 +602,9 @@ var appSettings = {
   AD_VALIDATE_CERTIFICATE: isFunctionWorker ? (adValidateCertificate ? 'true' : 'false') : ''
   AD_CONNECT_TIMEOUT: isFunctionWorker ? string(adConnectTimeout) : ''
   GUESTSYNC_LDAP_CONNECTIONS: isFunctionWorker ? string(ldapConnections) : ''
+  GUESTSYNC_OWNERSHIP_KEY: createSecret.ownershipKey ? '@Microsoft.KeyVault(SecretUri=${secretUris.ownershipKey})' : ''
+  GUESTSYNC_OWNERSHIP_KEY_PREVIOUS: createSecret.ownershipKeyPrevious ? '@Microsoft.KeyVault(SecretUri=${secretUris.ownershipKeyPrevious})' : ''
+  GUESTSYNC_ADOPT_UNTIL: isFunctionWorker ? adoptUntil : ''
 }
 
 resource siteAppSettings 'Microsoft.Web/sites/config@2024-04-01' = {

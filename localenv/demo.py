@@ -105,6 +105,7 @@ def local_stack(workdir: Path) -> Iterator[LocalStack]:
             "AD_GUEST_OU": guest_ou,
             "AD_ARCHIVE_OU": archive_ou,
             "AD_CA_FILE": str(dc.ca_file),
+            "GUESTSYNC_OWNERSHIP_KEY": secrets.token_urlsafe(36),
             "GRAPH_CA_FILE": str(pki.ca_file),
             **BINDING_DEFAULTS,
         }

@@ -25,6 +25,7 @@ import ssl
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import Any
 
 import ldap3
 from ldap3.core.exceptions import LDAPException
+from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import escape_rdn
 
 from localenv.certs import LocalPki, create_local_pki
@@ -39,11 +41,93 @@ from shared.ad_rules import format_sid, new_password
 
 LDAPS_PORT = 636
 #: Bump when the way the template is provisioned changes, so stale caches are not reused.
-TEMPLATE_FORMAT = 1
+TEMPLATE_FORMAT = 3
 TEMPLATE_READY = "guestsync-template.json"
-#: schemaIDGUID of the ``user`` class and the rightsGUID of the Reset-Password extended right (AD schema).
-USER_CLASS_GUID = "bf967aba-0de6-11d0-a285-00aa003049e2"
-RESET_PASSWORD_GUID = "00299570-246d-11d0-a768-00aa006e0529"  # noqa: S105 (a schema GUID)
+#: What the guest worker writes on the accounts in the guest and archive OUs after it created them (an LDAP add
+#: needs the Create Child right only): the attributes kept in sync (shared.rules.PERSISTENT_ATTRIBUTES),
+#: userAccountControl (disable, enable, adoption), adminDescription (the ownership mark, written by an
+#: adoption) and cn and name (the RDN attribute and name, which AD checks on a modify DN). README's dsacls
+#: commands grant exactly these (tests/integration/test_delegation.py compares them).
+DELEGATED_WRITE_ATTRIBUTES: tuple[str, ...] = (
+    "sAMAccountName",
+    "givenName",
+    "mail",
+    "sn",
+    "userPrincipalName",
+    "displayName",
+    "userAccountControl",
+    "adminDescription",
+    "cn",
+    "name",
+)
+#: The Reset-Password extended right (cn of its controlAccessRight object in CN=Extended-Rights).
+RESET_PASSWORD_RIGHT = "User-Force-Change-Password"  # noqa: S105 (the name of a right, not a password)
+#: The well-known OWNER RIGHTS SID: an ACE for it replaces the owner's implicit READ_CONTROL and WRITE_DAC.
+OWNER_RIGHTS_SID = "S-1-3-4"
+#: msDS-KeyCredentialLink and its back link as Windows Server 2016 (schema version 87) defines them: Samba
+#: 4.17 provisions the 2012 R2 schema, which lacks them, and the tests must show that the service account
+#: cannot write the key credentials of a guest (shadow credentials) on a schema that has them.
+_KEY_CREDENTIAL_LINK_SCHEMA: tuple[str, str] = ("""\
+dn: CN=ms-DS-Key-Credential-Link,CN=Schema,CN=Configuration,{base_dn}
+changetype: add
+objectClass: top
+objectClass: attributeSchema
+cn: ms-DS-Key-Credential-Link
+attributeID: 1.2.840.113556.1.4.2328
+attributeSyntax: 2.5.5.7
+isSingleValued: FALSE
+linkID: 2220
+showInAdvancedViewOnly: TRUE
+adminDisplayName: ms-DS-Key-Credential-Link
+oMObjectClass:: KoZIhvcUAQEBCw==
+adminDescription: Contains key material and usage.
+oMSyntax: 127
+searchFlags: 0
+lDAPDisplayName: msDS-KeyCredentialLink
+schemaIDGUID:: D9ZHW5BgskCfNypN6I8wYw==
+attributeSecurityGUID:: pm0CmzwNXEaL7lGZ1xZcug==
+systemOnly: FALSE
+systemFlags: 16
+
+dn: CN=ms-DS-Key-Credential-Link-BL,CN=Schema,CN=Configuration,{base_dn}
+changetype: add
+objectClass: top
+objectClass: attributeSchema
+cn: ms-DS-Key-Credential-Link-BL
+attributeID: 1.2.840.113556.1.4.2329
+attributeSyntax: 2.5.5.1
+isSingleValued: FALSE
+linkID: 2221
+showInAdvancedViewOnly: TRUE
+adminDisplayName: ms-DS-Key-Credential-Link-BL
+oMObjectClass:: KwwCh3McAIVK
+oMSyntax: 127
+searchFlags: 0
+lDAPDisplayName: msDS-KeyCredentialLink-BL
+schemaIDGUID:: iNeKk18i7k6Tua0koVnh2w==
+systemOnly: FALSE
+systemFlags: 17
+
+dn:
+changetype: modify
+replace: schemaUpdateNow
+schemaUpdateNow: 1
+""", """\
+dn: CN=User,CN=Schema,CN=Configuration,{base_dn}
+changetype: modify
+add: systemMayContain
+systemMayContain: msDS-KeyCredentialLink
+
+dn: CN=Top,CN=Schema,CN=Configuration,{base_dn}
+changetype: modify
+add: systemMayContain
+systemMayContain: msDS-KeyCredentialLink-BL
+
+dn:
+changetype: modify
+replace: schemaUpdateNow
+schemaUpdateNow: 1
+""")
 #: smb.conf [global] keys we set ourselves; provision's values for them are dropped.
 _OWN_KEYS = (
     "interfaces",
@@ -135,10 +219,31 @@ def _ensure_template(realm: str, domain: str) -> tuple[Path, dict[str, str]]:
             raise RuntimeError(
                 f"samba-tool domain provision failed (exit {result.returncode}):\n{_tail(cache / 'provision.log')}"
             )
+        _add_key_credential_link(target, realm, cache / "provision.log")
         meta = {"root": str(target), "admin_password": password, "realm": realm.upper(), "domain": domain.upper()}
         ready.write_text(json.dumps(meta))
         os.chmod(ready, 0o600)
         return target, meta
+
+
+def _add_key_credential_link(target: Path, realm: str, log_file: Path) -> None:
+    """Extend the freshly provisioned schema with msDS-KeyCredentialLink (a 2016 forest has it; see above).
+    Two steps: the class can name the attribute only once the schema has been reloaded with it."""
+    base_dn = ",".join(f"DC={label}" for label in realm.lower().split("."))
+    for step, ldif in enumerate(_KEY_CREDENTIAL_LINK_SCHEMA):
+        path = target / f"schema-2016-{step}.ldif"
+        path.write_text(ldif.format(base_dn=base_dn))
+        result = subprocess.run(
+            ["ldbmodify", "-H", f"tdb://{target}/private/sam.ldb", f"--configfile={target}/etc/smb.conf",
+             "--option=dsdb:schema update allowed=true", str(path)],
+            capture_output=True, text=True, timeout=120,
+        )
+        path.unlink()
+        with log_file.open("a") as log:
+            log.write(result.stdout + result.stderr)
+        if result.returncode != 0:
+            raise RuntimeError(f"adding msDS-KeyCredentialLink to the schema failed (exit {result.returncode}):\n"
+                               f"{_tail(log_file)}")
 
 
 def _strong_password() -> str:
@@ -396,21 +501,82 @@ class SambaDC:
         finally:
             conn.unbind()
 
+    def security_descriptor(self, dn: str) -> str:
+        """The security descriptor of ``dn`` in SDDL, read from the local sam.ldb (as the system)."""
+        result = subprocess.run(
+            ["samba-tool", "dsacl", "get", "-H", f"tdb://{self.sam_ldb}", "-s", str(self.smb_conf),
+             f"--objectdn={dn}"],
+            capture_output=True, text=True, timeout=120,
+        )
+        sddl = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+        if result.returncode != 0 or not sddl.startswith("O:"):
+            raise RuntimeError(f"samba-tool dsacl get on {dn} failed: {result.stderr.strip()[-800:]}")
+        return sddl
+
+    def schema_guids(self, names: Sequence[str]) -> dict[str, str]:
+        """schemaIDGUID of each attribute or class (by lDAPDisplayName), read from this DC's own schema, so that
+        the delegation names exactly what this forest defines (a name it does not define is an error)."""
+        schema = f"CN=Schema,CN=Configuration,{self.base_dn}"
+        wanted = "".join(f"(lDAPDisplayName={escape_filter_chars(name)})" for name in names)
+        conn = self.admin_connection()
+        try:
+            conn.search(schema, f"(|{wanted})", ldap3.LEVEL, attributes=["lDAPDisplayName", "schemaIDGUID"])
+            found = {
+                bytes(e["raw_attributes"]["lDAPDisplayName"][0]).decode().lower():
+                    str(uuid.UUID(bytes_le=bytes(e["raw_attributes"]["schemaIDGUID"][0])))
+                for e in conn.response or [] if e.get("type") == "searchResEntry"
+            }
+        finally:
+            conn.unbind()
+        missing = [name for name in names if name.lower() not in found]
+        if missing:
+            raise RuntimeError(f"not in the schema of {self.realm}: {', '.join(missing)}")
+        return {name: found[name.lower()] for name in names}
+
+    def extended_right_guid(self, cn: str) -> str:
+        """rightsGuid of an extended right (controlAccessRight ``cn`` in CN=Extended-Rights)."""
+        dn = f"CN={escape_rdn(cn)},CN=Extended-Rights,CN=Configuration,{self.base_dn}"
+        conn = self.admin_connection()
+        try:
+            conn.search(dn, "(objectClass=controlAccessRight)", ldap3.BASE, attributes=["rightsGuid"])
+            if not conn.entries:
+                raise RuntimeError(f"extended right {cn} not found in {self.realm}")
+            return bytes(conn.entries[0].rightsGuid.raw_values[0]).decode().lower()
+        finally:
+            conn.unbind()
+
+    def delegation_sddl(self, trustee_sid: str) -> str:
+        """The ACEs ``delegate_user_admin`` adds to an OU (README's dsacls commands, in SDDL)."""
+        guids = self.schema_guids(["user", *DELEGATED_WRITE_ATTRIBUTES])
+        user = guids.pop("user")
+        reset_password = self.extended_right_guid(RESET_PASSWORD_RIGHT)
+        return "".join([
+            # on the OU: create and delete user objects (also what a move between the OUs needs)
+            f"(OA;;CCDC;{user};;{trustee_sid})",
+            # on the users below it: read all properties, list, read the security descriptor, delete
+            f"(OA;CIIO;RPLCLORCSD;;{user};{trustee_sid})",
+            # ... reset the password (adoption sets a fresh one)
+            f"(OA;CIIO;CR;{reset_password};{user};{trustee_sid})",
+            # ... write exactly the attributes guestsync writes, one ACE each (no property sets)
+            *(f"(OA;CIIO;WP;{guid};{user};{trustee_sid})" for guid in guids.values()),
+            # ... and the owner (the service account owns what it creates) gets read control only: no implicit
+            # WRITE_DAC, with which it could grant itself any other right on its accounts
+            f"(OA;CIIO;RC;;{user};{OWNER_RIGHTS_SID})",
+        ])
+
     def delegate_user_admin(self, trustee_sid: str, ou_dn: str) -> None:
-        """Grant ``trustee_sid``, on ``ou_dn`` only, what the guest worker needs and nothing more: create and
-        delete user objects in the OU, and on the users below it read/write all properties, delete and
-        reset the password. (The delegation an AD admin would set up with the Delegation of Control wizard.)
+        """Grant ``trustee_sid``, on ``ou_dn`` only, what the guest worker needs and nothing more (README's
+        dsacls commands): create and delete user objects in the OU; on the users below it read all properties,
+        delete, reset the password and write the attributes in DELEGATED_WRITE_ATTRIBUTES, none other (not
+        msDS-KeyCredentialLink, altSecurityIdentities, servicePrincipalName, ...); and take the owner's implicit
+        right to rewrite the DACL away (OWNER RIGHTS), since the service account owns the accounts it creates.
 
         Delegated on both the guest and the archive OU, this is also all that archiving and restoring need:
-        disabling writes userAccountControl (write property), and moving an account from one OU to the other
-        needs Delete on the account (SD) or Delete Child on its OU, Create Child user on the other OU, and
-        write property on its name/cn, all of them granted here and nowhere else.
+        disabling writes userAccountControl, and moving an account from one OU to the other needs Delete on the
+        account (or Delete Child on its OU), Create Child user on the other OU, and write property on its name
+        and cn, all of them granted here and nowhere else.
         """
-        sddl = (
-            f"(OA;;CCDC;{USER_CLASS_GUID};;{trustee_sid})"
-            f"(OA;CIIO;RPWPLCLORCSD;;{USER_CLASS_GUID};{trustee_sid})"
-            f"(OA;CIIO;CR;{RESET_PASSWORD_GUID};{USER_CLASS_GUID};{trustee_sid})"
-        )
+        sddl = self.delegation_sddl(trustee_sid)
         # samba-tool on the local sam.ldb (as the system, like an admin on the DC console): LDAP cannot take
         # SDDL, and this keeps the admin password off command lines.
         result = subprocess.run(

@@ -8,6 +8,9 @@ Lengths are counted in UTF-16 code units, as AD stores and limits them.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import re
 import secrets
 import string
@@ -236,3 +239,39 @@ def sid_filter_value(sid: str) -> str:
 def escape_filter_value(value: str) -> str:
     """Escape ``* ( ) \\ NUL`` so that a value from Graph can only ever be a value in a filter."""
     return str(escape_filter_chars(value))
+
+
+# --- ownership ----------------------------------------------------------------------------------------------
+#: Where guestsync's ownership mark lives. adminDescription is single-valued, on every user object in Windows AD
+#: and Samba, unused by Windows itself, and Entra Connect's default sync rules skip users whose adminDescription
+#: starts with ``User_``: the mark also keeps a shadow account out of Entra Connect if the OU filter is ever lost.
+OWNERSHIP_ATTRIBUTE = "adminDescription"
+OWNERSHIP_PREFIX = "User_guestsync:v1:"
+
+
+def ownership_mark(key: str, uid: str) -> str:
+    """The mark written on the account of guest ``uid`` at creation (or adoption): an HMAC-SHA256 of the uid under
+    the ownership key (GUESTSYNC_OWNERSHIP_KEY). Whoever can create objects in the OU can write adminDescription
+    on a planted object, but cannot compute the mark without the key; copying the mark of a deleted account onto a
+    look-alike is caught by the objectSid join, which is never re-linked."""
+    digest = hmac.new(key.encode("utf-8"), f"guestsync-owner|{uid.lower()}".encode(), hashlib.sha256).digest()
+    return OWNERSHIP_PREFIX + base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
+
+
+def carries_mark(keys: Iterable[str], uid: str, value: str | None) -> bool:
+    """Whether ``value`` is the ownership mark of ``uid`` under any of ``keys`` (current, then previous); constant
+    time per key."""
+    if not value or not value.startswith(OWNERSHIP_PREFIX):
+        return False
+    given = value.encode("utf-8")
+    return any(hmac.compare_digest(given, ownership_mark(key, uid).encode("utf-8")) for key in keys)
+
+
+def uid_from_dn(dn: str) -> str | None:
+    """The guest id in ``CN=<uid>,...`` (lower case), or None when the first RDN is not a CN holding a GUID."""
+    avas = _rdns(dn)
+    if not avas:
+        return None
+    first = dict(avas[0])
+    value = first.get("cn")
+    return value.lower() if value is not None and len(avas[0]) == 1 and GUID_RE.fullmatch(value) else None

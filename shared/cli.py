@@ -128,10 +128,12 @@ def collect_status(*, graph: bool = True) -> dict[str, Any]:
 
     s = _services()
     counts = s.state.counts()
+    error_records = list(s.state.with_status(GuestStatus.ERROR))
     errors = [
         {"uid": r.uid, "userPrincipalName": r.entry.user_principal_name, "error": r.error}
-        for r in s.state.with_status(GuestStatus.ERROR)
+        for r in error_records
     ]
+    security = [_adoptable_item(r) for r in error_records if r.security is not None]
     held = [_held_item(r) for r in s.state.with_status(GuestStatus.HELD)]
     names = (s.settings.change_queue, s.settings.export_queue, s.settings.change_poison_queue,
              s.settings.export_poison_queue)
@@ -146,6 +148,7 @@ def collect_status(*, graph: bool = True) -> dict[str, Any]:
         "pendingExports": depths[s.settings.export_queue],
         "queues": depths,
         "errors": errors,
+        "securityFindings": security,
         "held": held,
         "poisonMessages": {name: bodies for name, bodies in poison.items() if bodies},
         "subscriptions": _subscription_status(s) if graph else {"error": "not checked (--no-graph)"},
@@ -197,6 +200,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("Held by the mass-change breaker (`guestsync approve --all` or `--reject`):")
         for item in status["held"]:
             print(f"  {item['uid']}  {item['userPrincipalName']}: {item['reason']}")
+    if status["securityFindings"]:
+        print("SECURITY: changes refused (nothing was written; see `guestsync adopt` for objects to take over):")
+        for item in status["securityFindings"]:
+            print(f"  {item['uid']}  {item['userPrincipalName']} [{item['finding']}]: {item['error']}")
     if status["errors"]:
         print("Guests with errors:")
         for err in status["errors"]:
@@ -301,6 +308,37 @@ def cmd_approve(args: argparse.Namespace) -> int:
     return 0 if all(a.outcome in ("approved", "rejected") for a in answers) else 1
 
 
+def _adoptable_item(record: Any) -> dict[str, Any]:
+    return {"uid": record.uid, "userPrincipalName": record.entry.user_principal_name,
+            "finding": record.security.value if record.security else None, "error": record.error}
+
+
+def cmd_adopt(args: argparse.Namespace) -> int:
+    from shared.services import approvals
+
+    s = _services()
+    found = list(approvals.adoptable(s.state)) if args.all or not args.uid else []
+    uids = [r.uid for r in found] if args.all else list(args.uid)
+    if not uids:
+        if args.json:
+            print(json.dumps({"adoptable": [_adoptable_item(r) for r in found]}, indent=2))
+            return 0
+        if not found:
+            print("No guest has an object to take over. (`guestsync plan` lists CN=<uid> objects without the mark.)")
+            return 0
+        print("Objects guestsync did not create, at guests' CN=<uid> (take over: guestsync adopt --all | UID...):")
+        for r in found:
+            print(f"  {r.uid}  {r.entry.user_principal_name}\n      {r.error}")
+        return 0
+    answers = approvals.adopt(s.state, uids, s.export_queue.send)
+    if args.json:
+        print(json.dumps([a.__dict__ for a in answers], indent=2))
+    else:
+        for a in answers:
+            print(f"  {a.outcome:<13} {a.uid}  {a.detail}")
+    return 0 if all(a.outcome == "adopting" for a in answers) else 1
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from shared.services import preflight
 
@@ -354,6 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
     approve.add_argument("--reject", action="store_true", help="keep the accounts instead of deprovisioning")
     approve.add_argument("--json", action="store_true")
     approve.set_defaults(func=cmd_approve)
+    adopt = sub.add_parser("adopt", help="take over objects at guests' CN=<uid> that guestsync did not create "
+                                         "(fresh password, userAccountControl 262656, ownership mark)")
+    adopt.add_argument("uid", nargs="*", help="guest object ids (Graph id); none: list what can be taken over")
+    adopt.add_argument("--all", action="store_true", help="every guest whose CN=<uid> holds an unmarked object")
+    adopt.add_argument("--json", action="store_true")
+    adopt.set_defaults(func=cmd_adopt)
     check = sub.add_parser("check", help="preflight: settings, Graph, webhook, subscription, storage, AD")
     check.add_argument("--json", action="store_true")
     check.add_argument("--no-probe", action="store_true", help="no AD writes (skip the probe account)")

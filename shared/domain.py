@@ -109,6 +109,8 @@ class AdAccount:
     sam_account_name: str | None
     user_account_control: int | None
     attributes: dict[str, str | None] = field(default_factory=dict)
+    marked: bool = False  # carries guestsync's ownership mark for the uid in its CN (see ad_rules.ownership_mark)
+    when_created: str | None = None  # AD generalized time, e.g. 20261130101500.0Z (shown for adoptable objects)
 
     @property
     def disabled(self) -> bool:
@@ -151,7 +153,21 @@ class ConfigurationError(GuestsyncError):
     """A setting is missing or wrong; the message names the setting."""
 
 
+class SecurityKind(StrEnum):
+    """Why a change was refused for security (recorded on the guest; ``status`` and ``plan`` list them)."""
+
+    FOREIGN_OBJECT = "foreign_object"  # CN=<uid> holds another object (objectSid) than the one joined to the guest
+    UNMARKED = "unmarked"  # CN=<uid> exists without guestsync's ownership mark: adoptable, by an operator only
+    NOT_A_USER = "not_a_user"  # CN=<uid> is held by a computer or another object that is not a person
+    RULE = "rule"  # the guest's values break a security rule (e.g. a UPN not of the kind Entra gives guests)
+
+
 class SecurityFindingError(GuestsyncError):
     """A security rule refused the change: a planted or look-alike AD object, a UPN that is not of the kind Entra
     gives guests. Nothing was written; the guest goes to ``error`` with this reason, flagged as a security finding,
     and an alert is raised (an error log, the ``guestsync.security.findings`` metric, mail when mail is on)."""
+
+    def __init__(self, message: str, kind: SecurityKind = SecurityKind.RULE, dn: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.dn = dn

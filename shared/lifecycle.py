@@ -23,7 +23,7 @@ from shared.domain import (
     Approval,
     GuestStatus,
 )
-from shared.rules import attribute_changes
+from shared.rules import attribute_changes, gone_for_good
 from shared.settings import LifecycleSettings
 
 
@@ -33,6 +33,7 @@ class ExportAction(StrEnum):
     RESTORE = "restore"  # the guest is back: move home from the archive OU, enable, refresh attributes
     DISABLE = "disable"  # the guest left scope: disable and move to the archive OU
     DELETE = "delete"  # archived longer than the grace period: delete the account
+    RELEASE = "release"  # the guest is gone for good: its archived, disabled account gives up the UPN
     NONE = "none"  # nothing to write
 
 
@@ -100,6 +101,9 @@ def plan_export(
                                                    f"grace period of {policy.delete_after_days} day(s) over")
         if not is_disabled(account):
             return ExportPlan(ExportAction.DISABLE, f"{why}; archived account was enabled again")
+        if gone_for_good(reason, archived_at, now) and account.attributes.get("userPrincipalName"):
+            return ExportPlan(ExportAction.RELEASE, f"{why}; the guest is gone for good, so the archived account "
+                                                    "releases its userPrincipalName for a new invitation")
         return ExportPlan(ExportAction.NONE, f"{why}; account already disabled in the archive OU")
     changes = attribute_changes(desired, account.attributes) if account is not None else dict(desired)
     if account is None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from shared.domain import (
@@ -113,6 +114,24 @@ class ApplyPlan:
     reason: str
 
 
+#: scope_exit's reasons for a user Graph no longer returns (``gone_for_good`` tells them apart).
+PERMANENTLY_DELETED = "user was permanently deleted in Entra ID"
+SOFT_DELETED = "user was deleted in Entra ID (restorable for 30 days)"
+NOT_FOUND = "user no longer exists in Entra ID"
+#: How long Entra keeps a deleted user restorable (deleted items) before purging it for good.
+RESTORE_WINDOW = timedelta(days=30)
+
+
+def gone_for_good(reason: str | None, archived_at: datetime | None, now: datetime) -> bool:
+    """Whether the guest can never come back under the same object id: permanently deleted, or deleted and past
+    Entra's 30-day restore window. Its archived account then gives up the UPN, so that the same address invited
+    again (a new object id, the same UPN) gets an account. A disabled guest, a member or one outside the scoping
+    group still exists in Entra and keeps its UPN."""
+    if reason == PERMANENTLY_DELETED:
+        return True
+    return reason in (SOFT_DELETED, NOT_FOUND) and archived_at is not None and now >= archived_at + RESTORE_WINDOW
+
+
 def scope_exit(user: GraphUser | None, *, in_group: bool | None = None, removed: str | None = None) -> str | None:
     """Why a user is not (or no longer) in scope, or None when it is: the deprovisioning triggers.
 
@@ -121,10 +140,10 @@ def scope_exit(user: GraphUser | None, *, in_group: bool | None = None, removed:
     """
     if user is None:
         if removed == "deleted":
-            return "user was permanently deleted in Entra ID"
+            return PERMANENTLY_DELETED
         if removed == "changed":
-            return "user was deleted in Entra ID (restorable for 30 days)"
-        return "user no longer exists in Entra ID"
+            return SOFT_DELETED
+        return NOT_FOUND
     if not in_scope(user):
         return f"userType changed to {user.user_type!r}"
     if user.account_enabled is False:

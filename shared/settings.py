@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from shared.domain import ConfigurationError, is_guid
 
@@ -92,6 +93,9 @@ class DirectorySettings:
     validate_certificate: bool = True
     connect_timeout: float = 10.0
     connections: int = DEFAULT_LDAP_CONNECTIONS  # LDAP connections the export worker may hold at once
+    #: HMAC keys of the ownership mark (GUESTSYNC_OWNERSHIP_KEY, then GUESTSYNC_OWNERSHIP_KEY_PREVIOUS): new marks
+    #: use the first, marks under either are recognised (rotation).
+    ownership_keys: tuple[str, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,8 @@ class LifecycleSettings:
     scope_group_id: str | None = None  # only transitive members of this Entra group are in scope
     breaker_threshold: int = 25  # disables + deletes allowed in one rolling window before holding
     breaker_window_minutes: int = 60
+    #: Until when an unmarked CN=<uid> (a MIM-era account) is adopted without an operator's `guestsync adopt`.
+    adopt_until: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -239,7 +245,39 @@ def load_lifecycle_settings(env: Mapping[str, str], *, need_archive: bool) -> Li
         scope_group_id=group.lower() if group else None,
         breaker_threshold=_int(env, "GUESTSYNC_BREAKER_THRESHOLD", 25, 1, 1_000_000) or 25,
         breaker_window_minutes=_int(env, "GUESTSYNC_BREAKER_WINDOW_MINUTES", 60, 1, 525_600) or 60,
+        adopt_until=_instant(_get(env, "GUESTSYNC_ADOPT_UNTIL"), "GUESTSYNC_ADOPT_UNTIL"),
     )
+
+
+def _instant(value: str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigurationError(f"setting {name} must be an ISO 8601 date and time, e.g. 2026-12-31T18:00:00Z, "
+                                 f"not {value!r}") from None
+    if when.tzinfo is None:
+        raise ConfigurationError(f"setting {name} needs a time zone (e.g. 2026-12-31T18:00:00Z), not {value!r}")
+    return when
+
+
+#: The shortest ownership key accepted: 256 bits of randomness as 32 or more characters (e.g. a base64 secret).
+MIN_OWNERSHIP_KEY = 32
+
+
+def _ownership_keys(env: Mapping[str, str]) -> tuple[str, ...]:
+    keys = [_require(env, "GUESTSYNC_OWNERSHIP_KEY",
+                     "the secret that marks the AD accounts guestsync creates; from Key Vault, e.g. 48 random "
+                     "base64 characters (openssl rand -base64 36)")]
+    previous = _get(env, "GUESTSYNC_OWNERSHIP_KEY_PREVIOUS")
+    if previous is not None:
+        keys.append(previous)
+    for name, key in zip(("GUESTSYNC_OWNERSHIP_KEY", "GUESTSYNC_OWNERSHIP_KEY_PREVIOUS"), keys, strict=False):
+        if len(key) < MIN_OWNERSHIP_KEY:
+            raise ConfigurationError(f"setting {name} must be at least {MIN_OWNERSHIP_KEY} characters of random "
+                                     "secret (e.g. openssl rand -base64 36)")
+    return tuple(keys)
 
 
 def load_directory_settings(env: Mapping[str, str]) -> DirectorySettings:
@@ -262,6 +300,7 @@ def load_directory_settings(env: Mapping[str, str]) -> DirectorySettings:
         connect_timeout=timeout,
         connections=_int(env, "GUESTSYNC_LDAP_CONNECTIONS", DEFAULT_LDAP_CONNECTIONS, 1, MAX_LDAP_CONNECTIONS)
         or DEFAULT_LDAP_CONNECTIONS,
+        ownership_keys=_ownership_keys(env),
     )
 
 

@@ -52,3 +52,4 @@ resource publisher 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
 
 output name string = appInsights.name
 output connectionString string = appInsights.properties.ConnectionString
+output workspaceId string = workspace.id

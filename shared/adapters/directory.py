@@ -29,6 +29,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -46,13 +47,17 @@ from ldap3.utils.dn import parse_dn
 from ldap3.utils.log import PROTOCOL, log_enabled
 
 from shared.ad_rules import (
+    OWNERSHIP_ATTRIBUTE,
+    carries_mark,
     escape_filter_value,
     format_sid,
     guest_dn,
     is_within,
     new_password,
+    ownership_mark,
     same_dn,
     sid_filter_value,
+    uid_from_dn,
     validate_export,
 )
 from shared.domain import (
@@ -69,7 +74,7 @@ log = logging.getLogger("guestsync.directory")
 T = TypeVar("T")
 
 USER_OBJECT_CLASSES = ["top", "person", "organizationalPerson", "user"]
-READ_ATTRIBUTES = [*PERSISTENT_ATTRIBUTES, "objectSid", "userAccountControl"]
+READ_ATTRIBUTES = [*PERSISTENT_ATTRIBUTES, "objectSid", "userAccountControl", OWNERSHIP_ATTRIBUTE, "whenCreated"]
 PAGED_RESULTS_OID = "1.2.840.113556.1.4.319"
 #: What lifecycle operations act on: people only (a computer object is objectClass=user as well).
 PERSON_FILTER = "(&(objectCategory=person)(objectClass=user))"
@@ -151,6 +156,11 @@ class Directory:
 
     def __init__(self, settings: DirectorySettings, *, archive_ou: str | None = None) -> None:
         self._settings = settings
+        if not settings.ownership_keys:
+            raise ConfigurationError("setting GUESTSYNC_OWNERSHIP_KEY is required where guestsync writes to AD: it "
+                                     "marks the accounts guestsync creates, so that a planted object is never "
+                                     "taken for one")
+        self._keys = settings.ownership_keys
         self.guest_ou = _valid_dn(settings.guest_ou, "AD_GUEST_OU")
         self.archive_ou = _valid_dn(archive_ou, "AD_ARCHIVE_OU") if archive_ou else None
         if self.archive_ou and (same_dn(self.archive_ou, self.guest_ou) or is_within(self.archive_ou, self.guest_ou)
@@ -315,17 +325,18 @@ class Directory:
         return self._naming
 
     def find_guest(self, uid: str) -> AdAccount | None:
-        """The shadow account CN=<uid> in the guest OU, or None."""
+        """The user account (a person: never a computer) at CN=<uid> in the guest OU, or None. Whether it is
+        guestsync's is for the caller to decide: see ``AdAccount.marked`` and the objectSid join."""
+        return self._read_person(guest_dn(uid, self.guest_ou))
+
+    def holder_of(self, uid: str) -> str | None:
+        """The DN of whatever object (of any class) holds CN=<uid> in the guest OU, or None."""
         dn = guest_dn(uid, self.guest_ou)
-        entries = self._run(
-            f"reading {dn}",
-            lambda c: self._search(c, dn, "(objectClass=user)", ldap3.BASE, READ_ATTRIBUTES, f"reading {dn}"),
-        )
-        return _account(entries[0]) if entries else None
+        return dn if self._exists(dn) else None
 
     def find_by_sid(self, sid: str) -> AdAccount | None:
         """The account with this objectSid inside the managed OUs (survives renames and moves), or None."""
-        search_filter = f"(&(objectClass=user)(objectSid={sid_filter_value(sid)}))"
+        search_filter = f"(&{PERSON_FILTER}(objectSid={sid_filter_value(sid)}))"
         for ou in self.managed_ous:
             what = f"searching {ou} for {sid}"
 
@@ -334,7 +345,7 @@ class Directory:
 
             entries = self._run(what, search)
             if entries:
-                return _account(entries[0])
+                return self._account(entries[0])
         return None
 
     def netbios_domain(self) -> str:
@@ -364,7 +375,7 @@ class Directory:
                 page, cookie = self._page(ou, page_size, cookie, retry=first)
                 first = False
                 for entry in page:
-                    yield _account(entry)
+                    yield self._account(entry)
 
     def _page(
         self, ou: str, page_size: int, cookie: bytes | None, *, retry: bool
@@ -443,8 +454,9 @@ class Directory:
     def create_guest(
         self, uid: str, attributes: Mapping[str, str | None], password: str, user_account_control: int
     ) -> AdAccount:
-        """Create CN=<uid> in the guest OU with its initial password and userAccountControl; return it as read
-        back. Raises AccountExistsError if the object is already there (the caller adopts it)."""
+        """Create CN=<uid> in the guest OU with its initial password, userAccountControl and guestsync's ownership
+        mark, in one add; return it as read back. Raises AccountExistsError if an object is already there: the
+        caller decides whether it is guestsync's (the mark) or must be left alone."""
         dn = guest_dn(uid, self.guest_ou)
         self._require_managed(dn)
         if log_enabled(PROTOCOL):
@@ -459,6 +471,7 @@ class Directory:
             **values,
             "unicodePwd": f'"{password}"'.encode("utf-16-le"),
             "userAccountControl": int(user_account_control),
+            OWNERSHIP_ATTRIBUTE: ownership_mark(self._keys[0], uid),
         }
 
         def add(conn: ldap3.Connection) -> dict[str, Any]:
@@ -476,10 +489,88 @@ class Directory:
         if result.get("description") != "success":
             _raise_for(result, f"creating {dn}", dn, values=values, secret=password)
         log.info("created %s (sAMAccountName %s)", dn, values.get("sAMAccountName"))
-        account = self.find_guest(uid)
+        return self._read_back(dn, f"creating {dn}")
+
+    def adopt_guest(
+        self, dn: str, uid: str, attributes: Mapping[str, str | None], password: str, user_account_control: int
+    ) -> AdAccount:
+        """Take over the user account at ``dn`` for guest ``uid`` (an operator's explicit decision, or the
+        migration window): in one modify, a fresh password, the initial userAccountControl, guestsync's ownership
+        mark and the persistent attributes that differ, so whatever password or flags the object had before
+        (a planted known password, MIM's guessable one) stop working at once. Returns it as read back."""
+        self._require_managed(dn)
+        if uid_from_dn(dn) != uid.lower():
+            raise OutsideManagedOuError(f"refusing to adopt {dn} for guest {uid}: its CN is not the guest's id")
+        if log_enabled(PROTOCOL):
+            raise ConfigurationError("ldap3 library logging is at PROTOCOL detail or above, which would write the "
+                                     "adopted account's new password to the log; lower it")
+        account = self._read_person(dn)
         if account is None:
-            raise DirectoryError(f"{dn} was created but cannot be read back")
-        return account
+            raise AccountNotFoundError(f"cannot adopt {dn}: there is no user account there")
+        values = {k: v for k, v in attributes.items() if v is not None and v != ""}
+        self._check_values(values)
+        changes = {name: value for name, value in values.items() if account.attributes.get(name) != value}
+        self._check_unique(dn, changes)
+        modification: dict[str, list[tuple[str, list[Any]]]] = {
+            name: [(ldap3.MODIFY_REPLACE, [value])] for name, value in changes.items()
+        }
+        modification["unicodePwd"] = [(ldap3.MODIFY_REPLACE, [f'"{password}"'.encode("utf-16-le")])]
+        modification["userAccountControl"] = [(ldap3.MODIFY_REPLACE, [str(int(user_account_control))])]
+        modification[OWNERSHIP_ATTRIBUTE] = [(ldap3.MODIFY_REPLACE, [ownership_mark(self._keys[0], uid)])]
+        what = f"adopting {dn}"
+
+        def modify(conn: ldap3.Connection) -> dict[str, Any]:
+            conn.modify(dn, modification)
+            return dict(conn.result or {})
+
+        result = self._run(what, modify)
+        if result.get("description") != "success":
+            _raise_for(result, what, dn, values=changes, secret=password)
+        log.warning("AUDIT adopted %s for guest %s (objectSid %s, userAccountControl %s -> %d, created %s): fresh "
+                    "password, ownership mark", dn, uid, account.object_sid, account.user_account_control,
+                    user_account_control, account.when_created)
+        return self._read_back(dn, what)
+
+    def release_upn(self, dn: str) -> None:
+        """Remove the userPrincipalName of the archived account at ``dn`` (its guest is gone for good), so that a
+        new account may take the name. A delete of every value, not a replace with none: Samba refuses the latter
+        for userPrincipalName. Idempotent: an account without one is left as it is."""
+        self._require_managed(dn)
+        if not self.archive_ou or not is_within(dn, self.archive_ou):
+            raise OutsideManagedOuError(f"refusing to release the UPN of {dn}: only archived accounts give it up")
+        what = f"releasing the userPrincipalName of {dn}"
+
+        def modify(conn: ldap3.Connection) -> dict[str, Any]:
+            conn.modify(dn, {"userPrincipalName": [(ldap3.MODIFY_DELETE, [])]})
+            return dict(conn.result or {})
+
+        result = self._run(what, modify)
+        if result.get("description") not in ("success", "noSuchAttribute"):
+            _raise_for(result, what, dn)
+        log.info("released the userPrincipalName of %s", dn)
+
+    def mark_owned(self, account: AdAccount, uid: str) -> None:
+        """Write the ownership mark on an account joined to guest ``uid`` by objectSid that lacks it (an account
+        from before marks, or one whose mark was cleared by hand); the join, not the mark, made it ours."""
+        self._require_managed(account.dn)
+        what = f"marking {account.dn}"
+
+        def modify(conn: ldap3.Connection) -> dict[str, Any]:
+            conn.modify(account.dn, {OWNERSHIP_ATTRIBUTE: [(ldap3.MODIFY_REPLACE, [ownership_mark(self._keys[0],
+                                                                                                  uid)])]})
+            return dict(conn.result or {})
+
+        result = self._run(what, modify)
+        if result.get("description") != "success":
+            _raise_for(result, what, account.dn)
+        log.info("wrote the ownership mark on %s", account.dn)
+
+    def _account(self, entry: Mapping[str, Any]) -> AdAccount:
+        account = _account(entry)
+        uid = uid_from_dn(account.dn)
+        mark = _text(_raw(entry), OWNERSHIP_ATTRIBUTE)
+        marked = uid is not None and carries_mark(self._keys, uid, mark)
+        return replace(account, marked=marked) if marked else account
 
     def _is_sam_clash(self, result: Mapping[str, Any], dn: str) -> bool:
         """entryAlreadyExists means either 'this DN exists' or (Windows and Samba) 'sAMAccountName taken'."""
@@ -522,7 +613,7 @@ class Directory:
         entries = self._run(
             what, lambda c: self._search(c, dn, PERSON_FILTER, ldap3.BASE, READ_ATTRIBUTES, what)
         )
-        return _account(entries[0]) if entries else None
+        return self._account(entries[0]) if entries else None
 
     def _exists(self, dn: str) -> bool:
         """Whether any object at all is at ``dn`` (a clash is a clash, whatever its class)."""
@@ -920,6 +1011,7 @@ def _account(entry: Mapping[str, Any]) -> AdAccount:
         sam_account_name=_text(raw, "sAMAccountName"),
         user_account_control=int(uac) if uac else None,
         attributes={name: _text(raw, name) for name in PERSISTENT_ATTRIBUTES},
+        when_created=_text(raw, "whenCreated"),
     )
 
 

@@ -19,7 +19,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, Re
 from azure.data.tables import TableClient, UpdateMode
 
 from shared.adapters.storage import table_service
-from shared.domain import Approval, GuestStatus, MetaverseEntry
+from shared.domain import Approval, GuestStatus, MetaverseEntry, SecurityKind
 from shared.settings import StorageSettings
 
 PARTITION = "guest"
@@ -30,7 +30,8 @@ _WHEN_PROPERTIES = ("GraphReadAt", "NotifiedAt", "ExportedAt", "ArchivedAt")
 _SNAPSHOT_TYPES: dict[str, type | tuple[type, ...]] = {
     "RowKey": str, "Entry": str, "Status": str, "Version": int, "ExportedVersion": int,
     **dict.fromkeys(("Reason", "Error", "Warnings", "ObjectSid", "Dn", "SamAccountName", "Domain", "Approval",
-                     *_WHEN_PROPERTIES), str),
+                     "Security", *_WHEN_PROPERTIES), str),
+    "Adopt": bool,
     "LatencyMs": int,
 }
 _SNAPSHOT_REQUIRED = frozenset({"RowKey", "Entry", "Status", "Version", "ExportedVersion"})
@@ -38,7 +39,7 @@ _SNAPSHOT_REQUIRED = frozenset({"RowKey", "Entry", "Status", "Version", "Exporte
 
 #: What planning reads of a record (``plan_for``, ``plan_export``, the reconcile's findings and exports).
 PLANNING_PROPERTIES = ("RowKey", "Entry", "Status", "Version", "Reason", "Error", "ObjectSid", "Dn", "ArchivedAt",
-                       "Approval")
+                       "Approval", "Security", "Adopt")
 
 
 class ConcurrencyError(Exception):
@@ -71,6 +72,8 @@ class GuestRecord:
     latency_ms: int | None = None  # last invite/change-to-account latency
     archived_at: datetime | None = None  # when the account was disabled and moved to the archive OU
     approval: Approval | None = None  # operator's answer to a held deprovisioning
+    security: SecurityKind | None = None  # set with ``error`` when a security rule refused the export
+    adopt: bool = False  # an operator chose to take over the object at CN=<uid> (``guestsync adopt``)
     etag: str | None = field(default=None, compare=False)
 
     @property
@@ -100,6 +103,8 @@ class GuestRecord:
             "LatencyMs": self.latency_ms,
             "ArchivedAt": self.archived_at,
             "Approval": self.approval.value if self.approval else None,
+            "Security": self.security.value if self.security else None,
+            "Adopt": True if self.adopt else None,
         }
         # Table Storage has no null: an absent property is how "None" is stored (REPLACE drops it).
         entity.update({k: v for k, v in optional.items() if v is not None})
@@ -134,6 +139,8 @@ class GuestRecord:
             latency_ms=entity.get("LatencyMs"),
             archived_at=when("ArchivedAt"),
             approval=Approval(entity["Approval"]) if entity.get("Approval") else None,
+            security=SecurityKind(entity["Security"]) if entity.get("Security") else None,
+            adopt=bool(entity.get("Adopt")),
             etag=etag,
         )
 
@@ -158,7 +165,7 @@ class GuestRecord:
             value = fields.get(name)
             if value is None and name not in _SNAPSHOT_REQUIRED:
                 continue
-            if not isinstance(value, kinds) or isinstance(value, bool):
+            if not isinstance(value, kinds) or (isinstance(value, bool) and kinds is not bool):
                 raise ValueError(f"snapshot property {name} is missing or of the wrong type")
         try:
             for name in _WHEN_PROPERTIES:

@@ -122,6 +122,8 @@ async def apply_change(
     change. The users of one message (one notification POST) are read from Graph together, in one request per
     15 users, so a burst of member changes costs a few reads instead of one per user."""
     removed = message.change_type.removeprefix("removed:") if message.change_type.startswith("removed:") else None
+    if message.change_type == "deleted":
+        removed = "deleted"  # Graph notifies a permanent delete as "deleted" (a soft delete arrives as "updated")
     if message.more_user_ids:
         users = await graph.get_users(message.user_ids)
     else:
@@ -248,7 +250,9 @@ def apply_user(
         except ConcurrencyError:
             continue  # someone else wrote this guest: plan again from fresh state
         KNOWN_RECORDS.add(user_id)
-        if plan.decision is Decision.EXPORT or saved.status is GuestStatus.OUT_OF_SCOPE:
+        if plan.decision in (Decision.EXPORT, Decision.OUT_OF_SCOPE):
+            # Out of scope: deprovision, or (already archived, now for another reason) e.g. release the UPN of a
+            # guest now gone for good; the worker plans from the record and writes nothing when nothing is due.
             # The worker would re-read a deprovisioning record anyway: no snapshot for those.
             snapshot = None if saved.status in DEPROVISION_STATUSES else saved.to_snapshot()
             send_export(ExportMessage(saved.uid, saved.version, plan.reason, current_correlation_id() or "",

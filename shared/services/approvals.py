@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from shared.adapters.queues import ExportMessage
 from shared.adapters.state import ConcurrencyError, GuestRecord, StateStore
-from shared.domain import Approval, GuestStatus
+from shared.domain import Approval, GuestStatus, SecurityKind
 
 log = logging.getLogger("guestsync.approvals")
 
@@ -21,7 +21,7 @@ log = logging.getLogger("guestsync.approvals")
 @dataclass(frozen=True)
 class Answer:
     uid: str
-    outcome: str  # approved | rejected | not-held | unknown
+    outcome: str  # approved | rejected | not-held | adopting | not-adoptable | unknown
     detail: str = ""
 
 
@@ -59,4 +59,40 @@ def _answer_one(state: StateStore, uid: str, send_export: Callable[[str], None],
             send_export(ExportMessage(saved.uid, saved.version, "deprovisioning approved by an operator").to_json())
         log.warning("guest %s: held deprovisioning %s by an operator", uid, decision.value)
         return Answer(uid, decision.value, record.reason or "")
+    raise ConcurrencyError(f"guest {uid}: state kept changing")
+
+
+# --- adoption: taking over a CN=<uid> that guestsync did not create ---------------------------------------------
+
+#: Security findings an operator may resolve by taking the object over.
+ADOPTABLE = frozenset({SecurityKind.UNMARKED, SecurityKind.FOREIGN_OBJECT})
+
+
+def adoptable(state: StateStore) -> Iterator[GuestRecord]:
+    """Guests whose export found an object at CN=<uid> that is not theirs (unmarked, or not the joined one)."""
+    return (r for r in state.with_status(GuestStatus.ERROR) if r.security in ADOPTABLE)
+
+
+def adopt(state: StateStore, uids: Iterable[str], send_export: Callable[[str], None]) -> list[Answer]:
+    """Record the operator's decision to take over each guest's CN=<uid> and queue the export that does it (fresh
+    password, userAccountControl 262656, ownership mark; audited in the worker's log)."""
+    return [_adopt_one(state, uid.strip().lower(), send_export) for uid in uids]
+
+
+def _adopt_one(state: StateStore, uid: str, send_export: Callable[[str], None]) -> Answer:
+    for _ in range(8):
+        record = state.get(uid)
+        if record is None:
+            return Answer(uid, "unknown", "no such guest in state")
+        if record.security not in ADOPTABLE:
+            return Answer(uid, "not-adoptable", "no object to take over was found for this guest "
+                                                f"(status {record.status.value})")
+        try:
+            saved = state.save(record.evolve(adopt=True))
+        except ConcurrencyError:
+            continue
+        send_export(ExportMessage(saved.uid, saved.version, "takeover approved by an operator").to_json())
+        log.warning("AUDIT guest %s: an operator approved taking over %s (%s)", uid, record.dn or f"CN={uid}",
+                    record.security.value if record.security else "")
+        return Answer(uid, "adopting", record.error or "")
     raise ConcurrencyError(f"guest {uid}: state kept changing")

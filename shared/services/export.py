@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Protocol
 
@@ -25,7 +25,14 @@ from shared.adapters.directory import (
 )
 from shared.adapters.queues import ExportMessage
 from shared.adapters.state import ConcurrencyError, GuestRecord, StateStore, utcnow
-from shared.domain import DEPROVISION_STATUSES, AdAccount, Approval, GuestStatus, SecurityFindingError
+from shared.domain import (
+    DEPROVISION_STATUSES,
+    AdAccount,
+    Approval,
+    GuestStatus,
+    SecurityFindingError,
+    SecurityKind,
+)
 from shared.lifecycle import (
     BreakerVerdict,
     ExportAction,
@@ -36,14 +43,14 @@ from shared.lifecycle import (
     plan_export,
 )
 from shared.observability import SECURITY_FINDINGS, record_export
-from shared.rules import attribute_changes, initial_user_account_control, outbound_persistent
+from shared.rules import attribute_changes, gone_for_good, initial_user_account_control, outbound_persistent
 from shared.settings import LifecycleSettings
 
 log = logging.getLogger("guestsync.export")
 MAX_ATTEMPTS = 8
 BREAKER_META = "breaker"
 #: Lifecycle actions never taken from an export message's snapshot, which may be stale: state is read first.
-NOT_FROM_SNAPSHOT = frozenset({ExportAction.RESTORE, ExportAction.DISABLE, ExportAction.DELETE})
+NOT_FROM_SNAPSHOT = frozenset({ExportAction.RESTORE, ExportAction.DISABLE, ExportAction.DELETE, ExportAction.RELEASE})
 #: Age (since the Graph read) up to which a snapshot stands in for the state read; older ones are re-read.
 SNAPSHOT_FRESH_SECONDS = 10.0
 #: How a guest's error says it is a security finding (status, plan and the alert digest key on it).
@@ -52,10 +59,16 @@ SECURITY_PREFIX = "security: "
 
 class GuestDirectory(Protocol):
     def find_guest(self, uid: str) -> AdAccount | None: ...
+    def holder_of(self, uid: str) -> str | None: ...
     def find_by_sid(self, sid: str) -> AdAccount | None: ...
     def create_guest(
         self, uid: str, attributes: dict[str, str | None], password: str, user_account_control: int
     ) -> AdAccount: ...
+    def adopt_guest(
+        self, dn: str, uid: str, attributes: dict[str, str | None], password: str, user_account_control: int
+    ) -> AdAccount: ...
+    def mark_owned(self, account: AdAccount, uid: str) -> None: ...
+    def release_upn(self, dn: str) -> None: ...
     def update_guest(self, dn: str, changes: dict[str, str | None]) -> None: ...
     def netbios_domain(self) -> str: ...
     def disable_and_archive(self, dn: str) -> AdAccount: ...
@@ -66,39 +79,97 @@ class GuestDirectory(Protocol):
 @dataclass(frozen=True)
 class ExportOutcome:
     uid: str
-    action: str  # created | adopted | updated | unchanged | restored | disabled | deleted | held | error | skipped
-    detail: str = ""
+    action: str  # created | joined | adopted | updated | unchanged | restored | disabled | released | deleted | held
+    detail: str = ""  # | error | skipped
 
 
-def _locate(directory: GuestDirectory, record: GuestRecord) -> AdAccount | None:
-    """Join to AD: by objectSid once known, else adopt an existing CN=<uid> in the guest OU.
+def _adoption_allowed(record: GuestRecord, policy: LifecycleSettings, now: datetime) -> bool:
+    """An operator chose to take this guest's CN=<uid> over, or the migration window is open."""
+    return record.adopt or (policy.adopt_until is not None and now < policy.adopt_until)
 
-    A guest in scope that was never joined is not looked up first: the create meets an existing CN=<uid>
-    as "already exists" and adopts it then, which saves a search on every new guest."""
+
+def _describe(account: AdAccount) -> str:
+    return (f"objectSid {account.object_sid}, userAccountControl {account.user_account_control}, "
+            f"created {account.when_created or 'at an unknown time'}")
+
+
+def _join(
+    directory: GuestDirectory, record: GuestRecord, policy: LifecycleSettings, now: datetime
+) -> tuple[AdAccount | None, bool]:
+    """Join to AD: (the guest's account or None, whether it must be adopted first).
+
+    By objectSid once known, and never re-linked to another: if the joined account is gone and another object
+    now holds CN=<uid>, that is a security finding (replaced or planted), unless an operator chose to take it
+    over. A guest never joined is not looked up (the create meets an existing CN=<uid> as "already exists",
+    which saves a search on every new guest), except when it is leaving: then only a marked account is ours."""
     if record.object_sid:
         account = directory.find_by_sid(record.object_sid)
         if account is not None:
-            return account
-    elif record.status not in DEPROVISION_STATUSES:
-        return None
-    return directory.find_guest(record.uid)
+            return account, False
+        other = directory.find_guest(record.uid)
+        if other is None:
+            return None, False  # deleted in AD: created again (or, for a leaving guest, nothing to deprovision)
+        if record.adopt:
+            return other, True
+        raise SecurityFindingError(
+            f"{other.dn} is not the account joined to this guest (objectSid {record.object_sid} is gone; this "
+            f"object has {_describe(other)}): it was replaced or planted. Nothing was written to it. Delete it "
+            f"(a new account is then created), or take it over with `guestsync adopt {record.uid}`",
+            SecurityKind.FOREIGN_OBJECT, other.dn)
+    if record.status not in DEPROVISION_STATUSES:
+        return None, False
+    account = directory.find_guest(record.uid)
+    if account is not None and not account.marked:
+        log.warning("guest %s: %s has no ownership mark; not deprovisioned (it is not guestsync's)", record.uid,
+                    account.dn)
+        return None, False
+    return account, False
 
 
-def _create(directory: GuestDirectory, record: GuestRecord, desired: dict[str, str | None]) -> tuple[str, AdAccount]:
+def _create(
+    directory: GuestDirectory, record: GuestRecord, desired: dict[str, str | None], policy: LifecycleSettings,
+    now: datetime,
+) -> tuple[str, AdAccount]:
     avoid = tuple(v for v in (desired.get("sAMAccountName"), desired.get("displayName")) if v)
     try:
         return "created", directory.create_guest(record.uid, desired, new_password(avoid=avoid),
                                                  initial_user_account_control())
     except AccountExistsError:
-        account = directory.find_guest(record.uid)  # created meanwhile by another worker: adopt it
-        if account is None:
-            raise
-    _refresh(directory, account, desired)
-    return "adopted", account
+        account = directory.find_guest(record.uid)
+    if account is None:
+        holder = directory.holder_of(record.uid) or f"CN={record.uid}"
+        raise SecurityFindingError(
+            f"{holder} exists and is not a user account (a computer or another object holds the guest's name): "
+            "nothing was written to it; remove it, and the account is created", SecurityKind.NOT_A_USER, holder)
+    if account.marked:  # ours: an earlier attempt created it but its answer (or the join's save) was lost
+        _refresh(directory, account, desired)
+        return "joined", account
+    if _adoption_allowed(record, policy, now):
+        return "adopted", _adopt(directory, record, account, desired)
+    raise SecurityFindingError(
+        f"{account.dn} exists and was not created by guestsync (no ownership mark; {_describe(account)}): "
+        f"nothing was written to it. If it is this guest's (a MIM-era account), take it over with "
+        f"`guestsync adopt {record.uid}` (fresh password, userAccountControl {initial_user_account_control()}, "
+        "ownership mark); otherwise delete it", SecurityKind.UNMARKED, account.dn)
+
+
+def _adopt(
+    directory: GuestDirectory, record: GuestRecord, account: AdAccount, desired: dict[str, str | None]
+) -> AdAccount:
+    avoid = tuple(v for v in (desired.get("sAMAccountName"), desired.get("displayName")) if v)
+    return directory.adopt_guest(account.dn, record.uid, desired, new_password(avoid=avoid),
+                                 initial_user_account_control())
+
+
+def _release(directory: GuestDirectory, account: AdAccount) -> AdAccount:
+    """Clear the userPrincipalName of an archived account whose guest is gone for good (it stays disabled, with
+    its objectSid and sAMAccountName, until deleted per GUESTSYNC_DELETE_AFTER_DAYS)."""
+    directory.release_upn(account.dn)
+    return replace(account, attributes={**account.attributes, "userPrincipalName": None})
 
 
 def _refresh(directory: GuestDirectory, account: AdAccount, desired: dict[str, str | None]) -> None:
-    """Write the persistent attributes that differ on an account found (adopted) or brought back (restored)."""
+    """Write the persistent attributes that differ on an account joined late or brought back (restored)."""
     changes = attribute_changes(desired, account.attributes)
     if changes:
         directory.update_guest(account.dn, changes)
@@ -123,26 +194,33 @@ def admit_destructive(state: StateStore, policy: LifecycleSettings, now: datetim
 
 def _execute(
     directory: GuestDirectory, record: GuestRecord, plan: ExportPlan, account: AdAccount | None,
-    desired: dict[str, str | None],
+    desired: dict[str, str | None], policy: LifecycleSettings, now: datetime,
 ) -> tuple[str, AdAccount | None]:
     """Carry out one planned AD write; returns (outcome action, the account afterwards)."""
     if plan.action is ExportAction.CREATE:
-        return _create(directory, record, desired)
+        return _create(directory, record, desired, policy, now)
     if account is None:  # nothing to deprovision (a guest that left before its first export)
         return "unchanged", None
+    if not account.marked:
+        directory.mark_owned(account, record.uid)  # joined by objectSid: ours, whatever its adminDescription says
     if plan.action is ExportAction.RESTORE:
         account = directory.restore_guest(account.dn)
         _refresh(directory, account, desired)
         return "restored", account
     if plan.action is ExportAction.DISABLE:
-        return "disabled", directory.disable_and_archive(account.dn)
+        account = directory.disable_and_archive(account.dn)
+        if gone_for_good(record.reason, record.archived_at or now, now):
+            account = _release(directory, account)
+        return "disabled", account
+    if plan.action is ExportAction.RELEASE:
+        return "released", _release(directory, account)
     if plan.action is ExportAction.DELETE:
         directory.delete_guest(account.dn)
         return "deleted", None
     if plan.action is ExportAction.UPDATE:
         directory.update_guest(account.dn, plan.changes)
-        return ("updated" if record.object_sid == account.object_sid else "adopted"), account
-    return ("unchanged" if record.object_sid == account.object_sid else "adopted"), account
+        return "updated", account
+    return "unchanged", account
 
 
 def _after(
@@ -160,6 +238,8 @@ def _after(
             archived_at=(record.archived_at or now) if archived else record.archived_at,
             approval=None if action == "disabled" else record.approval,
             error=None,
+            security=None,
+            adopt=False,
             **joined,
         )
     assert account is not None
@@ -176,6 +256,8 @@ def _after(
         notified_at=None,
         archived_at=None,
         approval=None,
+        security=None,
+        adopt=False,
         **joined,
     )
 
@@ -226,10 +308,15 @@ def export_guest(
         error: str | None = "; ".join(problems) if problems else None
         new: GuestRecord | None = record
         outcome = ExportOutcome(record.uid, "error", error or "")
+        security: SecurityKind | None = None
+        adopted = False
         if error is None:
             try:
                 at = now()
-                account = _locate(directory, record)
+                account, takeover = _join(directory, record, policy, at)
+                if takeover and account is not None:
+                    account = _adopt(directory, record, account, desired)
+                    adopted = True
                 plan = plan_export(status=record.status, reason=record.reason, approval=record.approval,
                                    archived_at=record.archived_at, account=account, desired=desired,
                                    policy=policy, now=at)
@@ -242,7 +329,9 @@ def export_guest(
                     new = record.evolve(status=GuestStatus.HELD, error=verdict.reason)
                     outcome = ExportOutcome(record.uid, "held", verdict.reason)
                 else:
-                    action, after = _execute(directory, record, plan, account, desired)
+                    action, after = _execute(directory, record, plan, account, desired, policy, at)
+                    if adopted and action in ("updated", "unchanged"):
+                        action = "adopted"
                     new = _after(record, action, after, desired, warnings, directory, policy, at)
                     outcome = ExportOutcome(record.uid, action, plan.reason)
             except (ConstraintError, AccessDeniedError, OutsideManagedOuError, AccountExistsError) as exc:
@@ -250,10 +339,11 @@ def export_guest(
                 outcome = ExportOutcome(record.uid, "error", error)
             except SecurityFindingError as exc:
                 error = f"{SECURITY_PREFIX}{exc}"
+                security = exc.kind
                 outcome = ExportOutcome(record.uid, "error", error)
         if outcome.action == "error":
             status = record.status if leaving else GuestStatus.ERROR
-            new = record.evolve(status=status, error=error, warnings="; ".join(warnings) or None)
+            new = record.evolve(status=status, error=error, security=security, warnings="; ".join(warnings) or None)
         try:
             if new is None:
                 state.delete(record.uid)

@@ -521,8 +521,9 @@ def _check_table(settings: Settings) -> CheckResult:
 
 
 # --- Active Directory ------------------------------------------------------------------------------------------
-_RIGHTS_FIX = ("delegate to the service account, on the guest OU and the archive OU: create and delete user objects, "
-               "write all properties, reset password (README, Deployment step 2)")
+_RIGHTS_FIX = ("delegate to the service account, on the guest OU and the archive OU, the rights listed in README, "
+               "Deployment step 2: create and delete user objects, read, write only the listed attributes, reset "
+               "password (never write all properties)")
 
 
 def check_directory(directory: Directory, settings: Settings, *, probe: bool) -> list[CheckResult]:

@@ -32,11 +32,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from shared.ad_rules import fit_cosmetic
+from shared.ad_rules import fit_cosmetic, uid_from_dn
 from shared.adapters.graph import DeltaExpiredError, DeltaPage
 from shared.adapters.queues import ExportMessage
 from shared.adapters.state import GuestRecord, StateStore, utcnow
-from shared.domain import DEPROVISION_STATUSES, AdAccount, GraphUser, GuestStatus, is_guid
+from shared.domain import DEPROVISION_STATUSES, AdAccount, GraphUser, GuestStatus
 from shared.lifecycle import ExportAction, plan_export
 from shared.observability import RECONCILE_FINDINGS, guest_context, new_correlation_id
 from shared.rules import GUEST_USER_TYPE, Decision, outbound_persistent
@@ -65,7 +65,7 @@ class Finding:
     """One thing the reconcile found: ``action`` is what is (or, in a plan, would be) done about it."""
 
     uid: str
-    action: str  # create | update | restore | disable | delete | save | foreign
+    action: str  # create | update | restore | disable | delete | save | join | foreign | adoptable | security
     reason: str
     user_principal_name: str | None = None
     dn: str | None = None
@@ -254,14 +254,6 @@ def _predicted(plan_decision: Decision, record: GuestRecord | None, policy: Life
     return "update"
 
 
-def _uid_from_dn(dn: str) -> str | None:
-    first = dn.split(",", 1)[0]
-    if first[:3].upper() != "CN=":
-        return None
-    value = first[3:]
-    return value.lower() if is_guid(value) else None
-
-
 class Reconciler:
     """One reconcile run: ``await Reconciler(...).run(full=...)``. ``send_export`` queues AD work; Graph-side
     changes are applied to state directly (the same rules as the apply function), except in a dry run, which
@@ -434,14 +426,8 @@ class Reconciler:
                 self.progress("ad", self.report.ad_accounts)
             record = self.index.by_sid(account.object_sid) if account.object_sid else None
             if record is None:
-                uid = _uid_from_dn(account.dn)
-                candidate = self.index.get(uid) if uid else None
-                if candidate is not None and candidate.object_sid is None:
-                    record = candidate  # created, but the worker had not saved the join yet: adopt it
-                else:
-                    self._found(Finding(uid or "-", "foreign", "object in a managed OU that guestsync does "
-                                        "not own (no guest with its objectSid); left alone", dn=account.dn))
-                    continue
+                self._unjoined(account)
+                continue
             self.index.mark(record.uid, "ad_seen")
             if self.index.is_handled(record.uid):
                 continue  # the Graph phase already queued this guest's export
@@ -464,6 +450,33 @@ class Reconciler:
                 why = "export still outstanding" if record.status is GuestStatus.PENDING else (
                     f"retrying after error: {record.error}")
                 self._export(record, "create", why, None)
+
+    def _unjoined(self, account: AdAccount) -> None:
+        """An account no guest is joined to by objectSid. One that carries the mark of a guest never joined was
+        created by guestsync but its join was not saved: the guest's export joins it. Anything else is a finding
+        and the object is left alone; the export queued for its guest records the finding on the guest (it
+        refuses to write to the object) so that ``status`` shows it until an operator acts."""
+        uid = uid_from_dn(account.dn)
+        candidate = self.index.get(uid) if uid else None
+        if candidate is None:
+            self._found(Finding(uid or "-", "foreign", "object in a managed OU that guestsync does not own (no guest "
+                                "with its objectSid or its name); left alone", dn=account.dn))
+            return
+        self.index.mark(candidate.uid, "ad_seen")
+        if self.index.is_handled(candidate.uid):
+            return  # the Graph phase already queued this guest's export
+        details = (f"objectSid {account.object_sid}, userAccountControl {account.user_account_control}, created "
+                   f"{account.when_created or 'at an unknown time'}")
+        if candidate.object_sid is None and account.marked:
+            action, why = "join", "account created by guestsync whose join was not saved; joining it"
+        elif candidate.object_sid is None:
+            action, why = "adoptable", (f"CN={uid} exists without guestsync's ownership mark ({details}); "
+                                        f"`guestsync adopt {uid}` takes it over, nothing is written until then")
+        else:
+            action, why = "security", (f"a different object holds CN={uid} than the account joined to the guest "
+                                       f"(objectSid {candidate.object_sid}); this one has {details}: replaced or "
+                                       "planted, left alone")
+        self._export(candidate, action, why, account.dn)
 
     def _export(self, record: GuestRecord, action: str, reason: str, dn: str | None) -> None:
         self._found(Finding(record.uid, action, reason, record.entry.user_principal_name, dn))

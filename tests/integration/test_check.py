@@ -273,7 +273,8 @@ def test_probe_left_by_a_crashed_run_is_recognised_and_removed(stack: Stack, sam
     ({"GRAPH_AUTH": "client_secret", "GRAPH_TENANT_ID": "84bd8158-6d4d-4958-8b9f-9d6445542f95",
       "GRAPH_CLIENT_ID": "24d3b144-21ae-4080-943f-7067b395b913"}, "GRAPH_CLIENT_SECRET"),
     ({"AD_SERVER": "ldaps://dc1.contoso.com", "AD_BIND_USER": "svc", "AD_BIND_PASSWORD": "x",
-      "AD_GUEST_OU": "OU=B2BGuest,DC=contoso,DC=com", "AD_ARCHIVE_OU": "OU=Archive,OU=B2BGuest,DC=contoso,DC=com"},
+      "AD_GUEST_OU": "OU=B2BGuest,DC=contoso,DC=com", "AD_ARCHIVE_OU": "OU=Archive,OU=B2BGuest,DC=contoso,DC=com",
+      "GUESTSYNC_OWNERSHIP_KEY": "a-test-ownership-key-of-32-chars-or-more"},
      "AD_ARCHIVE_OU"),
 ])
 def test_configuration_error_fails_naming_the_setting(monkeypatch: pytest.MonkeyPatch, env: dict[str, str],

@@ -392,6 +392,51 @@ def test_a_burst_of_member_changes_is_read_from_graph_in_batches(stack: Stack) -
     assert all(stack.state.get(m["id"]) is None for m in members)
 
 
+def _upn_in_ad(stack: Stack, uid: str) -> str | None:
+    base = stack.guest_ou.split(",", 1)[1]
+    stack.admin.search(base, f"(&(objectClass=user)(cn={uid}))", ldap3.SUBTREE, attributes=["userPrincipalName"])
+    values = stack.admin.entries[0].entry_attributes_as_dict.get("userPrincipalName") if stack.admin.entries else None
+    return values[0] if values else None
+
+
+def test_reinvite_after_a_permanent_delete_gets_a_new_account(stack: Stack) -> None:
+    sim: Any = stack.sim
+    first = sim.invite_guest("again@fabrikam.com", "Again Guest", "Again", "Guest")
+    stack.wait(lambda: stack.settled([first["id"]]), "the first account")
+    sid = _sid(stack, first["id"])
+    sim.hard_delete_user(first["id"])
+    _assert_archived(stack, first["id"], sid)  # disabled, in the archive OU, same objectSid...
+    stack.wait(lambda: _upn_in_ad(stack, first["id"]) is None, "the archived account to release its UPN")
+
+    second = sim.invite_guest("again@fabrikam.com", "Again Guest", "Again", "Guest")  # new id, same UPN
+    assert second["id"] != first["id"] and second["userPrincipalName"] == first["userPrincipalName"]
+    stack.wait(lambda: _status(stack, second["id"]) in (GuestStatus.PROVISIONED, GuestStatus.ERROR), "re-invite")
+    record = stack.state.get(second["id"])
+    assert record is not None and record.status is GuestStatus.PROVISIONED, record.error
+    assert _upn_in_ad(stack, second["id"]) == second["userPrincipalName"]
+    archived = stack.state.get(first["id"])
+    assert archived is not None and archived.status is GuestStatus.ARCHIVED and archived.object_sid == sid
+
+
+def test_a_soft_deleted_guest_past_the_restore_window_releases_its_upn(stack: Stack) -> None:
+    from datetime import timedelta
+
+    sim: Any = stack.sim
+    (uid,) = _provision(stack, prefix="window")
+    sid = _sid(stack, uid)
+    sim.delete_user(uid)  # soft delete: restorable for 30 days, the UPN stays with the archived account
+    _assert_archived(stack, uid, sid)
+    stack.reconcile()
+    stack.drain()
+    assert _upn_in_ad(stack, uid) is not None, "within the restore window the UPN is kept"
+    record = stack.state.get(uid)
+    assert record is not None and record.archived_at is not None
+    stack.state.save(record.evolve(archived_at=record.archived_at - timedelta(days=31)))
+    stack.reconcile()
+    stack.wait(lambda: _upn_in_ad(stack, uid) is None, "the UPN released after the restore window")
+    assert _status(stack, uid) is GuestStatus.ARCHIVED
+
+
 def test_a_lifecycle_storm_costs_one_reconcile_and_one_re_creation(stack: Stack,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from shared.services import reconcile

@@ -7,6 +7,7 @@ in production; tests that need to look behind its back use ``admin_ldap``.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ GUEST_OU_RDN = "OU=B2BGuest"
 ARCHIVE_OU_RDN = "OU=B2BGuestArchive"
 SERVICE_ACCOUNT = "svc-guestsync"
 TREE_DELETE_OID = "1.2.840.113556.1.4.805"
+#: The test session's ownership key (GUESTSYNC_OWNERSHIP_KEY): random per session, like a Key Vault secret.
+OWNERSHIP_KEY = secrets.token_urlsafe(36)
 
 
 @dataclass
@@ -71,6 +74,7 @@ def directory_settings(samba_dc: GuestsyncDC) -> DirectorySettings:
         bind_password=samba_dc.service_password,
         guest_ou=samba_dc.guest_ou,
         ca_file=str(samba_dc.ca_file),
+        ownership_keys=(OWNERSHIP_KEY,),
     )
 
 
@@ -84,6 +88,7 @@ def directory_env(directory_settings: DirectorySettings, samba_dc: GuestsyncDC) 
         "AD_GUEST_OU": directory_settings.guest_ou,
         "AD_ARCHIVE_OU": samba_dc.archive_ou,
         "AD_CA_FILE": str(directory_settings.ca_file),
+        "GUESTSYNC_OWNERSHIP_KEY": directory_settings.ownership_keys[0],
     }
 
 

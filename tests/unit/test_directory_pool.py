@@ -13,7 +13,8 @@ from shared.domain import ConfigurationError
 from shared.settings import DirectorySettings
 
 SETTINGS = DirectorySettings(server="ldaps://dc1.contoso.com", bind_user="svc@contoso.com",
-                             bind_password="pw-123456", guest_ou="OU=B2BGuest,DC=contoso,DC=com", connections=2)
+                             bind_password="pw-123456", guest_ou="OU=B2BGuest,DC=contoso,DC=com", connections=2,
+                             ownership_keys=("k" * 32,))
 
 
 def test_size_comes_from_the_settings_and_instances_are_built_on_demand() -> None:

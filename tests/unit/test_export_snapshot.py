@@ -90,10 +90,23 @@ class MemoryDirectory:
         self.writes: list[str] = []
 
     def add(self, dn: str, uac: int, attributes: dict[str, str | None]) -> None:
-        self.accounts[UID] = AdAccount(dn, SID, attributes.get("sAMAccountName"), uac, dict(attributes))
+        self.accounts[UID] = AdAccount(dn, SID, attributes.get("sAMAccountName"), uac, dict(attributes),
+                                       marked=True)
 
     def find_guest(self, uid: str) -> AdAccount | None:
         return self.accounts.get(uid)
+
+    def holder_of(self, uid: str) -> str | None:
+        return self.accounts[uid].dn if uid in self.accounts else None
+
+    def adopt_guest(self, dn: str, uid: str, attributes: dict[str, str | None], password: str,
+                    user_account_control: int) -> AdAccount:
+        self.writes.append("adopt")
+        self.add(dn, user_account_control, attributes)
+        return self.accounts[uid]
+
+    def mark_owned(self, account: AdAccount, uid: str) -> None:
+        self.writes.append("mark")
 
     def find_by_sid(self, sid: str) -> AdAccount | None:
         return next((a for a in self.accounts.values() if a.object_sid == sid), None)
@@ -110,7 +123,7 @@ class MemoryDirectory:
         self.writes.append("update")
         old = self.accounts[UID]
         self.accounts[UID] = AdAccount(old.dn, old.object_sid, old.sam_account_name, old.user_account_control,
-                                       {**old.attributes, **changes})
+                                       {**old.attributes, **changes}, marked=old.marked)
 
     def netbios_domain(self) -> str:
         return "CONTOSO"
@@ -298,8 +311,9 @@ def test_stale_snapshot_is_caught_by_the_etag_and_converges_on_the_fresh_record(
     _, [stale] = apply(state, guest())
     apply(state, guest(given_name="Alicia"))  # a newer change is saved before the first export runs
     state.calls.clear()
-    # Created from the stale snapshot; the save conflicts; re-run on fresh state: adopted and updated.
-    assert export(stale, state, directory) == "adopted"
+    # Created from the stale snapshot; the save conflicts; re-run on fresh state: the account it created (it
+    # carries guestsync's mark) is joined and updated.
+    assert export(stale, state, directory) == "joined"
     assert directory.writes == ["create", "update"]
     assert directory.accounts[UID].attributes["givenName"] == "Alicia"
     fresh = state.records[UID]

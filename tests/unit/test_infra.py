@@ -1,10 +1,13 @@
 """infra/ (Bicep for azd and the Azure CLI) against the code: every Bicep file parses, the app settings are
 exactly the settings the code reads (with a short, explained allow-list), README documents each of them, no
-secret has a default, and storage is keyless.
+secret has a default, storage is keyless, and the infrastructure is locked down (private endpoints and public
+network access off with a virtual network, audit logs, no basic publishing, least-privilege roles), with checkov
+run over every file in infra/.
 
-The Bicep files are parsed with pycep-parser (a Lark LALR grammar of Bicep, from PyPI): a syntax error fails the
-test, and a test below shows that the parser does reject broken Bicep, so the check cannot pass vacuously. It
-checks syntax and structure only; type checking and what-if need the Bicep compiler and an Azure subscription.
+The Bicep files are parsed with pycep-parser (a Lark LALR grammar of Bicep, from PyPI), the version checkov pins,
+so what parses here is what checkov scans: a syntax error fails the test, and a test below shows that the parser
+does reject broken Bicep, so the check cannot pass vacuously. It checks syntax and structure only; type checking
+and what-if need the Bicep compiler and an Azure subscription.
 """
 
 from __future__ import annotations
@@ -12,12 +15,17 @@ from __future__ import annotations
 import ast
 import json
 import re
+import subprocess
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 from lark.exceptions import LarkError
 from pycep import BicepParser
+
+from shared.settings import DEFAULT_CHANGE_QUEUE, DEFAULT_EXPORT_QUEUE, DEFAULT_STATE_TABLE
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
@@ -26,6 +34,8 @@ SETTINGS_PY = ROOT / "shared" / "settings.py"
 FUNCTIONS_PY = ROOT / "shared" / "functions.py"
 FUNCTION_APP_PY = ROOT / "function_app.py"
 README = ROOT / "README.md"
+CHECKOV_CONFIG = INFRA / ".checkov.yaml"
+CHECKOV = Path(sys.executable).with_name("checkov")
 
 BICEP_FILES = sorted(INFRA.rglob("*.bicep"))
 
@@ -59,16 +69,21 @@ INFRA_ONLY_SETTINGS = {
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
 }
 
+#: Set by infra/ for code that lands on another branch at the same time (the webhook's function key check):
+#: accepted whether or not the code on this branch reads it yet, so either merge order stays green. Once both
+#: are merged it is an ordinary setting; remove it from here then.
+SETTINGS_READ_ON_ANOTHER_BRANCH = {"GUESTSYNC_WEBHOOK_KEY"}
+
 #: App settings that carry a secret: in Azure always a Key Vault reference (or empty when the mode has none).
 SECRET_SETTINGS = {
     "GRAPH_CLIENT_STATE",
     "GRAPH_CLIENT_STATE_PREVIOUS",
-    "GUESTSYNC_WEBHOOK_KEY",
     "GRAPH_CLIENT_SECRET",
     "GRAPH_CLIENT_CERTIFICATE",
     "GRAPH_CLIENT_CERTIFICATE_PASSWORD",
     "AD_BIND_PASSWORD",
     "SMTP_PASSWORD",
+    "GUESTSYNC_WEBHOOK_KEY",
 }
 
 #: Built-in role definitions (the same GUID in every tenant) the identity needs.
@@ -218,11 +233,27 @@ def test_no_hash_comments() -> None:
 def test_parser_accepts_the_constructs_infra_uses(parser: BicepParser) -> None:
     # The counterpart of the test above: rejection is about the breakage, not the constructs.
     tree = parser.parse(text=(
-        "@secure()\nparam secret string?\n"
-        "var ok = !empty(secret ?? '') ? '@Microsoft.KeyVault(SecretUri=${uri})' : ''\n"
+        "@secure()\nparam secret string = ''\n"
+        "var ok = !empty(secret) ? '@Microsoft.KeyVault(SecretUri=${uri})' : ''\n"
         "resource st 'Microsoft.Storage/storageAccounts@2023-05-01' = {\n  name: 'st'\n}\n"
+        "resource r 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for (q, i) in names: if (on) {\n"
+        "  name: guid(queues[i].id)\n  scope: queues[i]\n}]\n"
     ))
-    assert "secret" in tree["parameters"] and "st" in tree["resources"]
+    assert "secret" in tree["parameters"] and "st" in tree["resources"] and "r" in tree["resources"]
+
+
+@pytest.mark.parametrize(
+    "construct",
+    [
+        "param secret string?\n",  # a nullable type
+        "var x = map(split(a, ','), s => trim(s))\n",  # a lambda
+    ],
+)
+def test_parser_rejects_what_checkov_cannot_scan(parser: BicepParser, construct: str) -> None:
+    # Newer Bicep that checkov's pinned parser does not know: infra/ must not use it, or checkov skips the file
+    # (it did for main.bicep and keyvault.bicep: `string?`, then the lambda). test_bicep_file_parses keeps it out.
+    with pytest.raises((LarkError, ValueError)):
+        parser.parse(text=construct)
 
 
 def _main(parsed: dict[Path, dict[str, Any]]) -> dict[str, Any]:
@@ -269,13 +300,15 @@ def test_app_settings_are_the_ones_deployed(parsed: dict[Path, dict[str, Any]]) 
 def test_app_settings_cover_every_setting_the_code_reads(parsed: dict[Path, dict[str, Any]]) -> None:
     code = settings_read_by_code()
     infra = set(_app_settings(parsed))
+    assert infra >= SETTINGS_READ_ON_ANOTHER_BRANCH
     assert code - infra == CODE_ONLY_SETTINGS, (
         f"read by the code but not set in infra/main.bicep: {sorted(code - infra - CODE_ONLY_SETTINGS)}; "
         f"allow-listed but now set or no longer read: {sorted(CODE_ONLY_SETTINGS - (code - infra))}"
     )
-    assert infra - code == INFRA_ONLY_SETTINGS, (
-        f"set in infra/main.bicep but read by nothing: {sorted(infra - code - INFRA_ONLY_SETTINGS)}; "
-        f"allow-listed but now read or no longer set: {sorted(INFRA_ONLY_SETTINGS - (infra - code))}"
+    infra_only = infra - code - SETTINGS_READ_ON_ANOTHER_BRANCH
+    assert infra_only == INFRA_ONLY_SETTINGS, (
+        f"set in infra/main.bicep but read by nothing: {sorted(infra_only - INFRA_ONLY_SETTINGS)}; "
+        f"allow-listed but now read or no longer set: {sorted(INFRA_ONLY_SETTINGS - infra_only)}"
     )
 
 
@@ -315,10 +348,14 @@ def test_no_secure_parameter_has_a_default(parsed: dict[Path, dict[str, Any]]) -
         if any(d["type"] == "secure" for d in parameter["decorators"])
     }
     assert ("main.bicep", "graphClientState") in secure  # not vacuous
-    with_default = sorted(f"{file}: {name}" for (file, name), p in secure.items() if p["default"] is not None)
+    # An optional secret's only default is the empty string, "not given" (the Bicep linter's and ARM TTK's
+    # rule; nullable `string?` would say the same, but checkov's parser cannot read it).
+    with_default = sorted(f"{file}: {name}" for (file, name), p in secure.items() if p["default"] not in (None, ""))
     assert not with_default, f"@secure() parameters with a default value: {with_default}"
-    # GRAPH_CLIENT_STATE is required: not nullable (`string?`) either.
-    assert re.search(r"^param graphClientState string$", MAIN.read_text(encoding="utf-8"), re.MULTILINE)
+    # GRAPH_CLIENT_STATE and the webhook's function key are required: no default at all.
+    for required in ("graphClientState", "webhookFunctionKey"):
+        assert secure[("main.bicep", required)]["default"] is None, required
+        assert re.search(rf"^param {required} string$", MAIN.read_text(encoding="utf-8"), re.MULTILINE)
 
 
 def test_secrets_reach_the_app_only_as_key_vault_references(parsed: dict[Path, dict[str, Any]]) -> None:
@@ -405,3 +442,308 @@ def test_funcignore_keeps_the_app_and_drops_the_rest() -> None:
     assert {"tests/", "graphsim/", "localenv/", ".venv/", ".tools/"} <= patterns
     for needed in ("shared/", "shared", "function_app.py", "host.json", "requirements.txt"):
         assert needed not in patterns
+
+
+# --- locked down: network, audit logs, publishing, least privilege ------------------------------------------
+
+
+def _tree(parsed: dict[Path, dict[str, Any]], module: str) -> dict[str, Any]:
+    return parsed[INFRA / "modules" / module]
+
+
+class _Names(Mapping[str, Any]):
+    """Parameter values given by a test, then the file's variables, evaluated on demand."""
+
+    def __init__(self, tree: dict[str, Any], params: dict[str, Any]) -> None:
+        self.tree, self.params = tree, params
+
+    def __getitem__(self, name: str) -> Any:
+        if name in self.params:
+            return self.params[name]
+        return _evaluate(self.variables[name]["value"], self)
+
+    @property
+    def variables(self) -> dict[str, Any]:
+        return dict(self.tree.get("variables") or {})
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.params or name in self.variables
+
+    def __iter__(self) -> Any:
+        return iter({*self.params, *self.variables})
+
+    def __len__(self) -> int:
+        return len({*self.params, *self.variables})
+
+
+def _evaluate(node: Any, names: _Names) -> Any:
+    """The value of one of pycep's expression trees for given parameters: the few operators the network
+    settings use. pycep writes names and string literals alike, so a string is a name when one is bound."""
+    if isinstance(node, str):
+        return names.get(node, node)
+    if node is None or isinstance(node, bool | int):
+        return node
+    if isinstance(node, list):
+        return [_evaluate(item, names) for item in node]
+    if "operator" in node:
+        kind, operands = node["operator"]["type"], node["operator"]["operands"]
+        if kind == "conditional":
+            chosen = "true_value" if _evaluate(operands["condition"], names) else "false_value"
+            return _evaluate(operands[chosen], names)
+        if kind == "and":
+            return _evaluate(operands["operand_1"], names) and _evaluate(operands["operand_2"], names)
+        if kind == "or":
+            return _evaluate(operands["operand_1"], names) or _evaluate(operands["operand_2"], names)
+        if kind == "not":
+            return not _evaluate(operands["bool_value"], names)
+    if node.get("function", {}).get("type") == "empty":
+        return not _evaluate(node["function"]["parameters"]["item_to_test"], names)
+    if "loop_type" in node and node["loop_type"]["type"] == "array" and node["condition"] is None:
+        items = _evaluate(node["loop_type"]["detail"]["array_name"], names)
+        item = node["loop_type"]["detail"]["item_name"]
+        return [_evaluate(node["config"], _Names(names.tree, {**names.params, item: value})) for value in items]
+    if all(isinstance(key, str) for key in node):
+        return {key: _evaluate(value, names) for key, value in node.items()}
+    raise AssertionError(f"this test cannot evaluate {node}")
+
+
+def _network(tree: dict[str, Any], resource: str, **params: Any) -> dict[str, Any]:
+    properties = tree["resources"][resource]["config"]["properties"]
+    names = _Names(tree, params)
+    return {
+        "publicNetworkAccess": _evaluate(properties["publicNetworkAccess"], names),
+        **_evaluate(properties["networkAcls"], names),
+    }
+
+
+def test_storage_network_follows_enable_vnet(parsed: dict[Path, dict[str, Any]]) -> None:
+    storage = _tree(parsed, "storage.bicep")
+    assert storage["resources"]["account"]["config"]["properties"]["allowBlobPublicAccess"] is False
+    # With a virtual network: private endpoints only, the public endpoint off.
+    assert _network(storage, "account", enableVnet=True, agentEgressIpRanges=[]) == {
+        "publicNetworkAccess": "Disabled", "defaultAction": "Deny", "bypass": "AzureServices", "ipRules": []}
+    # An agent without a private route: public endpoint on for exactly its egress ranges.
+    assert _network(storage, "account", enableVnet=True, agentEgressIpRanges=["203.0.113.0/28"]) == {
+        "publicNetworkAccess": "Enabled", "defaultAction": "Deny", "bypass": "AzureServices",
+        "ipRules": [{"value": "203.0.113.0/28", "action": "Allow"}]}
+    # Without one: the documented weaker option (the app has no fixed outbound addresses).
+    assert _network(storage, "account", enableVnet=False, agentEgressIpRanges=["203.0.113.0/28"]) == {
+        "publicNetworkAccess": "Enabled", "defaultAction": "Allow", "bypass": "AzureServices", "ipRules": []}
+
+
+def test_key_vault_network_follows_enable_vnet(parsed: dict[Path, dict[str, Any]]) -> None:
+    vault = _tree(parsed, "keyvault.bicep")
+    assert _network(vault, "vault", enableVnet=True) == {
+        "publicNetworkAccess": "Disabled", "defaultAction": "Deny", "bypass": "AzureServices"}
+    assert _network(vault, "vault", enableVnet=False) == {
+        "publicNetworkAccess": "Enabled", "defaultAction": "Allow", "bypass": "AzureServices"}
+
+
+def test_private_endpoints_with_enable_vnet(parsed: dict[Path, dict[str, Any]]) -> None:
+    main = _main(parsed)
+    private_link = main["modules"]["privateLink"]
+    assert private_link["detail"]["path"] == "modules/privatelink.bicep"
+    assert private_link["config"]["condition"] == "enableVnet"
+    for passed in ("enableVnet", "logAnalyticsWorkspaceId"):
+        assert passed in main["modules"]["storage"]["config"]["params"]
+        assert passed in main["modules"]["keyVault"]["config"]["params"]
+    tree = _tree(parsed, "privatelink.bicep")
+    endpoints = tree["variables"]["endpoints"]["value"]
+    assert {e["groupId"]: e["resourceId"] for e in endpoints} == {
+        "blob": "storageAccountId", "queue": "storageAccountId", "table": "storageAccountId", "vault": "keyVaultId"}
+    resources = {r["type"]: r for r in tree["resources"].values()}
+    for kind in ("Microsoft.Network/privateEndpoints", "Microsoft.Network/privateDnsZones",
+                 "Microsoft.Network/privateDnsZones/virtualNetworkLinks",
+                 "Microsoft.Network/privateEndpoints/privateDnsZoneGroups"):
+        assert resources[kind]["config"]["loop_type"]["detail"]["array_name"] == "endpoints", kind
+    network = parsed[INFRA / "modules" / "network.bicep"]
+    assert "privateEndpointSubnetId" in network["outputs"]
+
+
+def _diagnostics(parsed: dict[Path, dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
+    """(file, scope) -> the log categories sent to the workspace."""
+    found: dict[tuple[str, str], set[str]] = {}
+    for path, tree in parsed.items():
+        for resource in tree["resources"].values():
+            if resource["type"] == "Microsoft.Insights/diagnosticSettings":
+                config = resource["config"]
+                assert config["properties"]["workspaceId"] in ("logAnalyticsWorkspaceId", {
+                    "operator": {"type": "property_accessor", "operands": {
+                        "operand_1": "monitoring", "operand_2": {"operator": {"type": "property_accessor", "operands": {
+                            "operand_1": "outputs", "operand_2": "workspaceId"}}}}}})
+                found[(path.name, config["scope"])] = {
+                    log["category"] for log in config["properties"]["logs"] if log["enabled"] is True}
+    return found
+
+
+def test_audit_logs_go_to_the_workspace(parsed: dict[Path, dict[str, Any]]) -> None:
+    assert _diagnostics(parsed) == {
+        ("keyvault.bicep", "vault"): {"AuditEvent"},
+        ("storage.bicep", "queueService"): {"StorageWrite", "StorageDelete"},
+        ("storage.bicep", "tableService"): {"StorageWrite", "StorageDelete"},
+        ("main.bicep", "site"): {"FunctionAppLogs"},
+    }
+    assert "workspaceId" in _tree(parsed, "monitoring.bicep")["outputs"]
+
+
+def test_no_ftp_and_no_basic_publishing_credentials(parsed: dict[Path, dict[str, Any]]) -> None:
+    resources = _main(parsed)["resources"]
+    policies = {
+        r["config"]["name"]: r["config"] for r in resources.values()
+        if r["type"] == "Microsoft.Web/sites/basicPublishingCredentialsPolicies"
+    }
+    assert set(policies) == {"ftp", "scm"}
+    for policy in policies.values():
+        assert policy["parent"] == "site" and policy["properties"] == {"allow": False}
+    assert resources["site"]["config"]["properties"]["siteConfig"]["ftpsState"] == "Disabled"
+
+
+def _role_assignments(tree: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Role assignments by symbolic name, with their config (inside a loop or condition if any)."""
+    found = {}
+    for name, resource in tree["resources"].items():
+        if resource["type"] == "Microsoft.Authorization/roleAssignments":
+            config = resource["config"]
+            if "loop_type" in config or "condition" in config:  # [for ...: if (...) {...}] wraps the body
+                config = config["config"]
+            found[name] = config
+    return found
+
+
+def test_agent_roles_are_scoped_to_its_queues_and_table(parsed: dict[Path, dict[str, Any]]) -> None:
+    storage = _tree(parsed, "storage.bicep")
+    agent = {name: config for name, config in _role_assignments(storage).items()
+             if config["properties"]["principalId"] == "agentPrincipalId"}
+    assert set(agent) == {"agentQueueRoles", "agentTableRole"}
+    for name, config in agent.items():
+        assert config["scope"] != "account", f"{name}: the agent's role is scoped to the whole storage account"
+    # Each queue role is scoped to one queue of the loop over queueNames, the table role to the state table.
+    queue_loop = storage["resources"]["agentQueueRoles"]["config"]["loop_type"]["detail"]
+    assert queue_loop["array_name"] == "queueNames"
+    assert agent["agentQueueRoles"]["scope"] == {"operator": {"type": "index_accessor", "operands": {
+        "operand_1": "queues", "operand_2": queue_loop["index_name"]}}}
+    assert storage["resources"]["queues"]["type"] == "Microsoft.Storage/storageAccounts/queueServices/queues"
+    assert storage["resources"]["queues"]["config"]["loop_type"]["detail"]["array_name"] == "queueNames"
+    assert agent["agentTableRole"]["scope"] == "stateTable"
+    assert storage["resources"]["stateTable"]["type"] == "Microsoft.Storage/storageAccounts/tableServices/tables"
+    # Exactly the names the code uses: <queue> and <queue>-poison, and the state table.
+    assert storage["variables"]["queueNames"]["value"] == [
+        "changeQueueName", "${changeQueueName}-poison", "exportQueueName", "${exportQueueName}-poison"]
+    declared = _main(parsed)["parameters"]
+    assert declared["changeQueueName"]["default"] == DEFAULT_CHANGE_QUEUE
+    assert declared["exportQueueName"]["default"] == DEFAULT_EXPORT_QUEUE
+    assert declared["stateTableName"]["default"] == DEFAULT_STATE_TABLE
+    assert 'f"{self.export_queue}-poison"' in SETTINGS_PY.read_text(encoding="utf-8")
+    assert 'f"{self.change_queue}-poison"' in SETTINGS_PY.read_text(encoding="utf-8")
+
+
+def test_app_reads_each_secret_through_its_own_role_assignment(parsed: dict[Path, dict[str, Any]]) -> None:
+    vault = _tree(parsed, "keyvault.bicep")
+    assert not _role_assignments(vault), "a role assignment on the whole vault"
+    secrets = {name: module for name, module in vault["modules"].items()
+               if module["detail"]["path"] == "secret.bicep"}
+    assert {module["config"]["config"]["params"]["secretName"] if "condition" in module["config"]
+            else module["config"]["params"]["secretName"] for module in secrets.values()} == {
+        "graph-client-state", "webhook-function-key", "graph-client-state-previous", "graph-client-secret",
+        "graph-client-certificate", "graph-client-certificate-password", "ad-bind-password", "smtp-password",
+        "ownership-key", "ownership-key-previous"}
+    assert not [r for r in vault["resources"].values() if r["type"] == "Microsoft.KeyVault/vaults/secrets"]
+    secret = _tree(parsed, "secret.bicep")
+    (reader,) = _role_assignments(secret).values()
+    assert reader["scope"] == "secret"
+    assert secret["resources"]["secret"]["type"] == "Microsoft.KeyVault/vaults/secrets"
+    assert reader["properties"]["principalId"] == "readerPrincipalId"
+    assert ROLES["Key Vault Secrets User"] in (INFRA / "modules" / "secret.bicep").read_text(encoding="utf-8")
+
+
+def test_webhook_function_key_comes_from_key_vault(parsed: dict[Path, dict[str, Any]]) -> None:
+    resources = _main(parsed)["resources"]
+    (key,) = [r["config"] for r in resources.values() if r["type"] == "Microsoft.Web/sites/host/functionKeys"]
+    assert key["name"] == "${site.name}/default/graph"
+    assert key["properties"] == {"name": "graph", "value": "webhookFunctionKey"}
+    reference = "'@Microsoft.KeyVault(SecretUri=${secretUris.webhookFunctionKey})'"
+    assert _setting_lines()["GUESTSYNC_WEBHOOK_KEY"] == reference
+    assert _main(parsed)["modules"]["keyVault"]["config"]["params"]["webhookFunctionKey"] == "webhookFunctionKey"
+    assert "webhookFunctionKey" in _tree(parsed, "keyvault.bicep")["outputs"]["secretUris"]["value"]
+
+
+# --- checkov over infra/ -------------------------------------------------------------------------------------
+
+
+def checkov_problems(directory: Path) -> list[str]:
+    """What checkov finds in ``directory`` with the repository's exceptions (infra/.checkov.yaml): each failed
+    check, each file it could not parse (checkov exits 0 and skips such a file unless one looks), and a run
+    that scanned no Bicep at all."""
+    run = subprocess.run(
+        [str(CHECKOV), "--config-file", str(CHECKOV_CONFIG), "--directory", str(directory), "--output", "json",
+         "--quiet"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )
+    if run.returncode not in (0, 1):
+        return [f"checkov exited {run.returncode}: {run.stderr[-2000:]}"]
+    document = json.loads(run.stdout)
+    reports = document if isinstance(document, list) else [document]
+    problems: list[str] = []
+    bicep = [r for r in reports if r.get("check_type") == "bicep"]
+    if not bicep:
+        problems.append(f"checkov scanned no Bicep in {directory}")
+    for report in reports:
+        results = report.get("results", {})
+        problems += [f"{report['check_type']}: cannot parse {path}" for path in results.get("parsing_errors", [])]
+        if report.get("summary", {}).get("parsing_errors") and not results.get("parsing_errors"):
+            problems.append(f"{report['check_type']}: cannot parse {report['summary']['parsing_errors']} file(s)")
+        problems += [
+            f"{c['check_id']} {c['check_name']}: {c['resource']} in {c['file_path']}"
+            for c in results.get("failed_checks", [])
+        ]
+    return problems
+
+
+@pytest.fixture(scope="module")
+def infra_checkov_problems() -> list[str]:
+    return checkov_problems(INFRA)
+
+
+def test_checkov_finds_nothing_in_infra(infra_checkov_problems: list[str]) -> None:
+    assert infra_checkov_problems == []
+
+
+def test_checkov_flags_a_public_storage_account(tmp_path: Path) -> None:
+    (tmp_path / "public.bicep").write_text(
+        "resource st 'Microsoft.Storage/storageAccounts@2023-05-01' = {\n"
+        "  name: 'stpublic'\n  location: 'westeurope'\n  kind: 'StorageV2'\n  sku: {\n    name: 'Standard_GRS'\n  }\n"
+        "  properties: {\n    allowBlobPublicAccess: true\n    publicNetworkAccess: 'Enabled'\n"
+        "    minimumTlsVersion: 'TLS1_2'\n    supportsHttpsTrafficOnly: true\n    networkAcls: {\n"
+        "      defaultAction: 'Allow'\n      bypass: 'AzureServices'\n    }\n  }\n}\n",
+        encoding="utf-8",
+    )
+    problems = checkov_problems(tmp_path)
+    assert any(p.startswith("CKV_AZURE_59 ") and "public.bicep" in p for p in problems), problems
+
+
+def test_checkov_run_fails_on_a_file_it_cannot_parse(tmp_path: Path) -> None:
+    (tmp_path / "fine.bicep").write_text(
+        "resource kv 'Microsoft.KeyVault/vaults@2023-07-01' = {\n  name: 'kv'\n  location: 'westeurope'\n"
+        "  properties: {\n    tenantId: tenant().tenantId\n    sku: {\n      family: 'A'\n      name: 'standard'\n"
+        "    }\n    enablePurgeProtection: true\n    enableSoftDelete: true\n    enableRbacAuthorization: true\n"
+        "    publicNetworkAccess: 'Disabled'\n    networkAcls: {\n      defaultAction: 'Deny'\n"
+        "      bypass: 'AzureServices'\n    }\n  }\n}\n",
+        encoding="utf-8",
+    )
+    assert checkov_problems(tmp_path) == []  # the same run without the unparseable file is clean
+    (tmp_path / "nullable.bicep").write_text("@secure()\nparam secret string?\n", encoding="utf-8")
+    problems = checkov_problems(tmp_path)
+    assert problems and all("cannot parse" in p for p in problems), problems
+
+
+def test_every_checkov_exception_has_a_reason() -> None:
+    lines = CHECKOV_CONFIG.read_text(encoding="utf-8").splitlines()
+    start = lines.index("skip-check:")
+    entries = lines[start + 1:]
+    ids = [line.split("- ", 1)[1].strip() for line in entries if line.strip().startswith("- ")]
+    assert ids and all(re.fullmatch(r"CKV2?_[A-Z]+_\d+", i) for i in ids), ids
+    for index, line in enumerate(entries):
+        if line.strip().startswith("- "):
+            before = [e for e in entries[:index] if e.strip()]
+            assert before and (before[-1].strip().startswith("#") or before[-1].strip().startswith("- ")), line
+    assert entries[0].strip().startswith("#"), "the first exception has no reason above it"

@@ -422,15 +422,25 @@ class _Directory:
     def find_guest(self, uid: str) -> AdAccount | None:
         return None
 
+    def holder_of(self, uid: str) -> str | None:
+        return None
+
     def find_by_sid(self, sid: str) -> AdAccount | None:
         return None
+
+    def adopt_guest(self, dn: str, uid: str, attributes: dict[str, str | None], password: str,
+                    user_account_control: int) -> AdAccount:
+        raise AssertionError("nothing to adopt")
+
+    def mark_owned(self, account: AdAccount, uid: str) -> None:
+        raise AssertionError("nothing to mark")
 
     def create_guest(
         self, uid: str, attributes: dict[str, str | None], password: str, user_account_control: int
     ) -> AdAccount:
         self.writes.append("create")
         return AdAccount(f"CN={uid},{GUEST_OU}", "S-1-5-21-1-2-3-1104", attributes.get("sAMAccountName"),
-                         user_account_control, dict(attributes))
+                         user_account_control, dict(attributes), marked=True)
 
     def update_guest(self, dn: str, changes: dict[str, str | None]) -> None:
         self.writes.append("update")

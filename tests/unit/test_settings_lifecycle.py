@@ -23,6 +23,7 @@ AD: dict[str, str] = {
     "AD_BIND_USER": "CN=svc-guestsync,OU=Service,DC=contoso,DC=com",
     "AD_BIND_PASSWORD": "not-a-real-password",
     "AD_GUEST_OU": "OU=B2BGuest,DC=contoso,DC=com",
+    "GUESTSYNC_OWNERSHIP_KEY": "a-test-ownership-key-of-32-chars-or-more",
 }
 
 

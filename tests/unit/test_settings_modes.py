@@ -16,7 +16,8 @@ TENANT = "84bd8158-6d4d-4958-8b9f-9d6445542f95"
 CLIENT = "9d2f1c0e-5b8a-4a63-9c1e-1d4f2a7b8c90"
 BASE = {"AzureWebJobsStorage": "UseDevelopmentStorage=true"}
 AD = {"AD_SERVER": "ldaps://dc1.contoso.com", "AD_BIND_USER": "svc@contoso.com", "AD_BIND_PASSWORD": "pw-123456",
-      "AD_GUEST_OU": "OU=B2BGuest,DC=contoso,DC=com", "AD_ARCHIVE_OU": "OU=B2BGuestArchive,DC=contoso,DC=com"}
+      "AD_GUEST_OU": "OU=B2BGuest,DC=contoso,DC=com", "AD_ARCHIVE_OU": "OU=B2BGuestArchive,DC=contoso,DC=com",
+      "GUESTSYNC_OWNERSHIP_KEY": "a-test-ownership-key-of-32-chars-or-more"}
 
 
 def fails(env: dict[str, str], setting: str) -> None:
