@@ -26,6 +26,7 @@ import sys
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from bench.common import (
     REPO,
@@ -94,10 +95,10 @@ def run(args: argparse.Namespace) -> Report:
         body_file = bench.workdir / "notification.json"
         body_file.write_bytes(notification_body(bench))
         with HostProcess(bench, host_json, queues=args.with_queues) as host:
-            url = f"{host.base_url}/api/graph/notifications"
+            url = f"{host.base_url}/api/graph/notifications?" + urlencode({"code": bench.env["GUESTSYNC_WEBHOOK_KEY"]})
             say(f"open loop, {args.rate:g} req/s for {args.duration:g} s (+{args.warmup:g} s warm-up), loopback")
             meter = bench.cpu_meter(host).start()
-            floor = _load(url + "?validationToken=bench-validation-token", None, args)
+            floor = _load(url + "&validationToken=bench-validation-token", None, args)
             meter.stop()
             _show("floor (validation handshake)", floor)
             for line in meter.lines():

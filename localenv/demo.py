@@ -98,6 +98,7 @@ def local_stack(workdir: Path) -> Iterator[LocalStack]:
             "GRAPH_CLIENT_SECRET": client_secret,
             "GRAPH_AUTHORITY_HOST": sim.base_url,
             "GRAPH_CLIENT_STATE": secrets.token_urlsafe(32),
+            "GUESTSYNC_WEBHOOK_KEY": secrets.token_urlsafe(32),  # the Functions key of the webhook endpoints
             "AD_SERVER": dc.ldaps_url,
             "AD_BIND_USER": service_dn,
             "AD_BIND_PASSWORD": service_password,

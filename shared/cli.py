@@ -80,16 +80,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_subscribe(args: argparse.Namespace) -> int:
-    from shared.services.subscriptions import ensure_subscription
+    from shared.services.subscriptions import ensure_subscription, url_without_key
 
     async def run() -> dict[str, Any]:
         s = _services()
         try:
-            sub = await ensure_subscription(s.graph, s.settings)
+            sub = await ensure_subscription(s.graph, s.settings, state=s.state)
         finally:
             await s.graph.close()
         return {"id": sub.id, "resource": sub.resource, "expirationDateTime": sub.expiration.isoformat(),
-                "notificationUrl": sub.notification_url}
+                "notificationUrl": url_without_key(sub.notification_url)}  # never print the Functions key
 
     print(json.dumps(asyncio.run(run()), indent=2))
     return 0
@@ -97,7 +97,7 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
 
 def _subscription_status(s: Any) -> list[dict[str, Any]] | dict[str, str]:
     """Our users subscription(s) and when they expire; an error text instead when Graph is unreachable."""
-    from shared.services.subscriptions import RENEW_WHEN_LEFT
+    from shared.services.subscriptions import RENEW_WHEN_LEFT, url_without_key
 
     async def run() -> list[dict[str, Any]]:
         try:
@@ -110,7 +110,8 @@ def _subscription_status(s: Any) -> list[dict[str, Any]] | dict[str, str]:
              "hoursLeft": round((x.expiration - now).total_seconds() / 3600, 1),
              "renewDue": x.expiration - now < RENEW_WHEN_LEFT}
             for x in subs
-            if not s.settings.webhook.notification_url or x.notification_url == s.settings.webhook.notification_url
+            if not s.settings.webhook.notification_url
+            or url_without_key(x.notification_url) == url_without_key(s.settings.webhook.notification_url)
         ]
 
     try:

@@ -14,9 +14,10 @@ import azure.functions as func
 
 from shared import observability
 from shared.adapters.queues import ChangeMessage, ExportMessage
+from shared.adapters.state import utcnow
 from shared.bootstrap import services
 from shared.notifications import LifecycleBatch
-from shared.observability import guest_context
+from shared.observability import guest_context, new_correlation_id
 from shared.services import alerts, apply, reconcile, subscriptions, webhook
 
 log = logging.getLogger("guestsync.functions")
@@ -27,34 +28,48 @@ STORAGE = "AzureWebJobsStorage"
 
 
 def _http(reply: webhook.Reply) -> func.HttpResponse:
-    return func.HttpResponse(reply.body, status_code=reply.status, mimetype=reply.mimetype)
+    return func.HttpResponse(reply.body, status_code=reply.status, mimetype=reply.mimetype,
+                             headers=dict(reply.headers))
 
 
 def make_ingest_blueprint() -> func.Blueprint:
-    """Webhook, lifecycle, apply and subscription upkeep: the cloud half of guestsync."""
+    """Webhook, lifecycle, apply and subscription upkeep: the cloud half of guestsync.
+
+    Both HTTP endpoints need a Functions key (auth level FUNCTION) on top of clientState: the host refuses a
+    call without it (401) before any code of ours runs. The URLs guestsync subscribes with carry it."""
     bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
     @bp.function_name("graph_notifications")
-    @bp.route(route="graph/notifications", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+    @bp.route(route="graph/notifications", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
     def graph_notifications(req: func.HttpRequest) -> func.HttpResponse:
         s = services()  # services() installs log scrubbing with the settings' secrets
+        refused = webhook.screen(req.params, req.headers)  # before the body is read
+        if refused is not None:
+            return _http(refused)
         return _http(
             webhook.receive_changes(req.get_body(), dict(req.params), s.settings.webhook, s.webhook_queue.send)
         )
 
     @bp.function_name("graph_lifecycle")
-    @bp.route(route="graph/lifecycle", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+    @bp.route(route="graph/lifecycle", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
     def graph_lifecycle(req: func.HttpRequest) -> func.HttpResponse:
         s = services()
+        refused = webhook.screen(req.params, req.headers)
+        if refused is not None:
+            return _http(refused)
+        received_at = utcnow().isoformat()
 
         def handle(batch: LifecycleBatch) -> None:
-            # Lifecycle work needs Graph calls: queue it so the answer stays fast.
+            # Lifecycle work needs Graph calls: queue it so the answer stays fast (one message per subscription
+            # and event of the POST; the queue side coalesces the catch-ups across POSTs).
             for event in batch.accepted:
                 s.webhook_queue.send(
-                    ChangeMessage(event.subscription_id, f"lifecycle:{event.event}", "", "lifecycle").to_json()
+                    ChangeMessage(event.subscription_id, f"lifecycle:{event.event}", received_at, "lifecycle",
+                                  correlation_id=new_correlation_id()).to_json()
                 )
 
-        return _http(webhook.receive_lifecycle(req.get_body(), dict(req.params), s.settings.webhook, handle))
+        return _http(webhook.receive_lifecycle(req.get_body(), dict(req.params), s.settings.webhook, handle,
+                                               lambda: subscriptions.our_subscription_ids(s.state)))
 
     @bp.function_name("apply_change")
     @bp.queue_trigger(arg_name="msg", queue_name=CHANGE_QUEUE, connection=STORAGE)
@@ -62,8 +77,12 @@ def make_ingest_blueprint() -> func.Blueprint:
         s = services()
         change = ChangeMessage.from_json(msg.get_body())
         if change.source == "lifecycle":
-            if await subscriptions.handle_lifecycle(s.graph, s.settings, change.user_id, change.change_type):
-                await reconcile.Reconciler(s.graph, s.state, s.export_queue.send, s.settings.lifecycle).run()
+            await subscriptions.on_lifecycle_message(
+                s.graph, s.state, s.settings, change.user_id, change.change_type,
+                received_at=change.received, token=change.correlation_id or msg.id or "",
+                reconcile=lambda: reconcile.Reconciler(s.graph, s.state, s.export_queue.send,
+                                                       s.settings.lifecycle).run(),
+                defer=lambda delay: s.change_queue.send(change.to_json(), delay_seconds=delay))
             return
         with guest_context(None if change.more_user_ids else change.user_id, change.correlation_id or None):
             await apply.apply_or_defer(change, s.graph, s.state, s.export_queue.send,
@@ -74,7 +93,7 @@ def make_ingest_blueprint() -> func.Blueprint:
     @bp.timer_trigger(arg_name="timer", schedule="%GUESTSYNC_SUBSCRIPTION_SCHEDULE%", run_on_startup=False)
     async def maintain_subscription(timer: func.TimerRequest) -> None:
         s = services()
-        await subscriptions.ensure_subscription(s.graph, s.settings)
+        await subscriptions.ensure_subscription(s.graph, s.settings, state=s.state)
 
     return bp
 
@@ -85,7 +104,7 @@ def create_app(worker_mode: str = "agent", *, mail_alerts: bool | None = None) -
     observability.install()  # scrub secrets from every log record, tag records with the guest
     if mail_alerts is None:
         mail_alerts = (os.environ.get("GUESTSYNC_MAIL") or "none").strip().lower() != "none"
-    app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+    app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
     app.register_functions(make_ingest_blueprint())
     if worker_mode == "function":
         app.register_functions(make_worker_blueprint())

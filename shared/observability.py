@@ -62,6 +62,10 @@ _SECRET_PATTERNS = [
     re.compile(r"(?i)\b(AccountKey|SharedAccessSignature|sig|client_secret|client_assertion|password|pwd|"
                r"unicodePwd|clientState|access_token|refresh_token)(\"?\s*[=:]\s*\"?)([^;&\s\"',}]+)"),
     re.compile(r"(?i)\bBearer\s+[A-Za-z0-9\-._~+/]+=*"),
+    # A Functions key: the ``code`` query parameter of a URL (plain or URL-encoded inside another URL) and the
+    # x-functions-key header. Only in URL form: "status code: 500" is no secret.
+    re.compile(r"(?i)((?:[?&]|%3F|%26)code)(=|%3D)([^&#\s\"'<>]+)"),
+    re.compile(r"(?i)\b(x-functions-key)(\"?\s*[=:]\s*\"?)([^;&\s\"',}]+)"),
 ]
 _secrets: list[str] = []
 _lock = threading.Lock()
@@ -94,7 +98,7 @@ def settings_secrets(settings: Settings) -> list[str | None]:
     """Every secret a settings object holds."""
     values: list[str | None] = [settings.graph.client_secret, settings.graph.certificate_password,
                                 settings.storage.client_secret, settings.mail.smtp_password, settings.app_insights,
-                                *settings.webhook.client_states]
+                                settings.webhook.function_key, *settings.webhook.client_states]
     if settings.directory is not None:
         values.append(settings.directory.bind_password)
     if settings.storage.connection_string:

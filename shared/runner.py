@@ -21,7 +21,9 @@ import base64
 import binascii
 import concurrent.futures
 import contextlib
+import hmac
 import inspect
+import io
 import json
 import logging
 import math
@@ -76,6 +78,8 @@ MIN_POLLING_INTERVAL = 0.1
 #: The host refuses request bodies larger than 100 MB.
 MAX_REQUEST_BODY = 100 * 1024 * 1024
 PROGRAMMATIC_REASON = "This function was programmatically called via the host APIs."
+#: The setting whose value the runner accepts as the function key (the host's keys live in the host's store).
+FUNCTION_KEY_SETTING = "GUESTSYNC_WEBHOOK_KEY"
 DEFAULT_CONNECTION = "AzureWebJobsStorage"
 
 InvocationStatus = Literal["succeeded", "failed", "skipped"]
@@ -1154,6 +1158,40 @@ class _HttpReply:
     close: bool = False
 
 
+class _Body:
+    """A request body, read from the connection once and only when first asked for."""
+
+    def __init__(self, data: bytes | None, length: int = 0, stream: io.BufferedIOBase | None = None) -> None:
+        self._data = data
+        self._length = length
+        self._stream = stream
+        self._lock = threading.Lock()
+
+    @property
+    def unread(self) -> bool:
+        return self._data is None and self._length > 0
+
+    def read(self) -> bytes:
+        with self._lock:
+            if self._data is None:
+                self._data = self._stream.read(self._length) if self._stream is not None and self._length else b""
+            return self._data
+
+
+class _StreamedRequest(func.HttpRequest):
+    """``func.HttpRequest`` whose body comes from :class:`_Body` on first use."""
+
+    def __init__(self, *args: Any, lazy_body: _Body, **kwargs: Any) -> None:
+        super().__init__(*args, body=b"", **kwargs)
+        self._lazy_body = lazy_body
+
+    def get_body(self) -> bytes:
+        return self._lazy_body.read()
+
+    def get_json(self) -> Any:
+        return json.loads(self.get_body().decode("utf-8"))
+
+
 class _HttpServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128  # listen backlog: a burst of Graph deliveries must not wait for a connect retry
@@ -1204,27 +1242,34 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s - %s", self.address_string(), format % args)
 
-    def _read_body(self) -> bytes:
+    def _read_chunked(self) -> bytes:
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            size = int(self.rfile.readline(1024).split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return b"".join(chunks)
+            total += size
+            if total > MAX_REQUEST_BODY:
+                raise OverflowError
+            chunks.append(self.rfile.read(size))
+            self.rfile.readline(3)
+
+    def _body(self) -> _Body:
+        """The request body: a chunked one is read now (its size is only known then); one with a
+        Content-Length is read when the function first asks for it, so that a request refused on its headers
+        (no key, a declared size over a function's limit) never has its body read."""
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            chunks: list[bytes] = []
-            total = 0
-            while True:
-                size = int(self.rfile.readline(1024).split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
-                        pass  # trailers
-                    return b"".join(chunks)
-                total += size
-                if total > MAX_REQUEST_BODY:
-                    raise OverflowError
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline(3)
-        length = int(self.headers.get("Content-Length") or 0)
-        if length < 0:
-            raise ValueError("negative Content-Length")
+            return _Body(self._read_chunked())
+        text = (self.headers.get("Content-Length") or "0").strip()
+        if not (text.isascii() and text.isdigit()):
+            raise ValueError("Content-Length is not a non-negative number")
+        length = int(text)
         if length > MAX_REQUEST_BODY:
             raise OverflowError
-        return self.rfile.read(length)
+        return _Body(None, length, self.rfile)
 
     def _handle(self) -> None:
         # In flight until the reply is written, so stop() does not close the connection under it.
@@ -1232,7 +1277,7 @@ class _Handler(BaseHTTPRequestHandler):
         activity.begin()
         try:
             try:
-                body = self._read_body()
+                body = self._body()
             except OverflowError:
                 self._send(_HttpReply(413, close=True))
                 return
@@ -1242,7 +1287,10 @@ class _Handler(BaseHTTPRequestHandler):
             headers: dict[str, str] = {}
             for key in dict.fromkeys(self.headers.keys()):
                 headers[key] = ",".join(self.headers.get_all(key) or [])
-            self._send(self.server.host._serve_http(self.command, self.path, headers, body))
+            reply = self.server.host._serve_http(self.command, self.path, headers, body)
+            if body.unread:  # the rest of the request is still on the connection: it cannot be reused
+                reply = _HttpReply(reply.status, reply.headers, reply.body, close=True)
+            self._send(reply)
         finally:
             activity.end()
 
@@ -1285,7 +1333,12 @@ class LocalFunctionsHost:
 
     Deviations from the Azure Functions host, and why:
 
-    * Auth levels are indexed but not enforced (no function keys), like Core Tools running locally.
+    * Auth levels are enforced like the host does it in Azure (Core Tools does not): ``function`` needs one of
+      the ``function_keys`` (by default the value of the GUESTSYNC_WEBHOOK_KEY setting, which in Azure is also
+      a host key) as ``?code=`` or ``x-functions-key``, else 401; ``admin`` always gets 401 (no master key).
+    * A request body with a Content-Length is read when the function asks for it, not before (the host
+      buffers it first): a function that answers on the headers alone never reads it (the connection is
+      then closed), and a 401 never reads it either.
     * A known route called with a method it does not allow gets 405 with ``Allow``; the host answers 404.
     * An app that cannot be indexed completely raises :class:`FunctionIndexError` at construction; the host
       would run the healthy functions and mark the others "in error".
@@ -1300,8 +1353,13 @@ class LocalFunctionsHost:
     """
 
     def __init__(self, app: func.FunctionApp, *, env: Mapping[str, str] | None = None,
-                 host_json: Path | None = None, http_host: str = "127.0.0.1", http_port: int | None = 0) -> None:
+                 host_json: Path | None = None, http_host: str = "127.0.0.1", http_port: int | None = 0,
+                 function_keys: Iterable[str] | None = None) -> None:
         self._env: Mapping[str, str] = env if env is not None else os.environ
+        if function_keys is None:
+            configured = _setting(self._env, FUNCTION_KEY_SETTING)
+            function_keys = [configured] if configured else []
+        self._function_keys = tuple(k for k in function_keys if k)
         self.options = HostOptions.load(host_json)
         # get_functions() validates names by registering them on the app: it works once per app object.
         http, queues, timers = _index(list(app.get_functions()), self._env, self.options)
@@ -1598,7 +1656,7 @@ class LocalFunctionsHost:
 
     # -- HTTP
 
-    def _serve_http(self, method: str, target: str, headers: dict[str, str], body: bytes) -> _HttpReply:
+    def _serve_http(self, method: str, target: str, headers: dict[str, str], body: _Body) -> _HttpReply:
         """One HTTP request: admin API, or route -> function -> response. Never raises."""
         if self._state != "running":
             return _HttpReply(503, close=True)
@@ -1610,7 +1668,7 @@ class LocalFunctionsHost:
             log.exception("Unexpected error serving %s %s", method, urlsplit(target).path)
             return _HttpReply(500)
 
-    def _route_http(self, method: str, target: str, headers: dict[str, str], body: bytes) -> _HttpReply:
+    def _route_http(self, method: str, target: str, headers: dict[str, str], body: _Body) -> _HttpReply:
         split = urlsplit(target)
         parts = [p for p in split.path.split("/")][1:]
         if parts and parts[-1] == "":
@@ -1619,7 +1677,7 @@ class LocalFunctionsHost:
             return _HttpReply(200, [("Content-Type", "text/plain; charset=utf-8")],
                               b"Your Functions app is up and running (guestsync local host).\n")
         if parts[0].lower() == "admin":
-            return self._serve_admin(method, parts[1:], body)
+            return self._serve_admin(method, parts[1:], body.read())
         prefix = [p for p in self.options.route_prefix.split("/") if p]
         if [p.lower() for p in parts[:len(prefix)]] != [p.lower() for p in prefix]:
             return _HttpReply(404)
@@ -1637,20 +1695,38 @@ class LocalFunctionsHost:
             params: dict[str, list[str]] = {}
             for key, value in parse_qsl(split.query, keep_blank_values=True):
                 params.setdefault(key, []).append(value)
+            if not self._authorized(function, params, headers):
+                return _HttpReply(401)
             host_header = headers.get("Host") or next((v for k, v in headers.items() if k.lower() == "host"), "")
             url = f"http://{host_header or self.base_url.removeprefix('http://')}{target}"
-            request = func.HttpRequest(
+            request = _StreamedRequest(
                 method=method.upper(),
                 url=url,
                 headers=headers,
                 params={k: ",".join(v) for k, v in params.items()},
                 route_params=route_params,
-                body=body,
+                lazy_body=body,
             )
             return self._invoke_http(function, request)
         if allowed:
             return _HttpReply(405, [("Allow", ", ".join(sorted(allowed)))])
         return _HttpReply(404)
+
+    def _authorized(self, function: _HttpFunction, params: dict[str, list[str]], headers: dict[str, str]) -> bool:
+        """The host's key check: ``anonymous`` needs nothing; ``function`` a function or host key as the
+        ``code`` query parameter or the ``x-functions-key`` header (compared in constant time); ``admin`` the
+        master key, which this runner does not have."""
+        if function.auth_level == "anonymous":
+            return True
+        if function.auth_level != "function" or not self._function_keys:
+            return False
+        given = [*params.get("code", []),
+                 *(v for k, v in headers.items() if k.lower() == "x-functions-key")]
+        matched = False
+        for candidate in given:
+            for key in self._function_keys:
+                matched |= hmac.compare_digest(candidate.encode("utf-8"), key.encode("utf-8"))
+        return matched
 
     def _invoke_http(self, function: _HttpFunction, request: func.HttpRequest) -> _HttpReply:
         runtime = self._require_running()

@@ -105,6 +105,8 @@ class WebhookSettings:
     tenant_id: str | None = None  # when set, notifications from another tenant are refused
     notification_url: str | None = None  # public URL of POST /api/graph/notifications
     lifecycle_url: str | None = None  # public URL of POST /api/graph/lifecycle
+    #: The Functions key both endpoints demand (auth level FUNCTION); the subscription URLs carry it as ?code=.
+    function_key: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -454,6 +456,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, need_directory: bool 
         tenant_id=_get(env, "GRAPH_TENANT_ID"),
         notification_url=_get(env, "GUESTSYNC_NOTIFICATION_URL"),
         lifecycle_url=_get(env, "GUESTSYNC_LIFECYCLE_URL"),
+        function_key=_get(env, "GUESTSYNC_WEBHOOK_KEY"),
     )
     worker_mode = _choice(env, "GUESTSYNC_WORKER_MODE", "agent", ("agent", "function"))
     directory = None

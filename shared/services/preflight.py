@@ -366,16 +366,20 @@ async def check_webhooks(settings: Settings) -> list[CheckResult]:
                 results.append(_result(name, Status.WARN, f"{setting} is not set: {effect}",
                                        f"set {setting} to the public URL of POST {endpoint} of the function app"))
                 continue
-            results.append(await _handshake(http, name, setting, url, https_required=real_graph))
+            results.append(await _handshake(http, name, setting, url, https_required=real_graph,
+                                            key=settings.webhook.function_key))
     return results
 
 
 async def _handshake(http: httpx.AsyncClient, name: str, setting: str, url: str, *,
-                     https_required: bool) -> CheckResult:
-    """Graph's validation request: POST url?validationToken=<token>; 200 text/plain with the token, within 10 s."""
+                     https_required: bool, key: str | None) -> CheckResult:
+    """Graph's validation request: POST url?code=<key>&validationToken=<token> (the URL guestsync subscribes
+    with); 200 text/plain with the token, within 10 s."""
+    from shared.services.subscriptions import keyed_url
+
     token = f"Validation: Testing client application reachability for subscription Request-Id: {secrets.token_hex(8)}"
     try:
-        target = httpx.URL(url).copy_merge_params({"validationToken": token})
+        target = httpx.URL(keyed_url(url, key) if key else url).copy_merge_params({"validationToken": token})
     except (httpx.InvalidURL, ValueError) as exc:
         return _result(name, Status.FAIL, f"{setting} is not a URL ({exc})", f"correct {setting}")
     started = time.monotonic()
@@ -395,7 +399,8 @@ async def _handshake(http: httpx.AsyncClient, name: str, setting: str, url: str,
     if response.status_code != 200:
         problem = f"answered {response.status_code} instead of 200"
         if response.status_code in (401, 403):
-            problem += " (the function must allow anonymous calls: Graph sends no key)"
+            problem += (" (GUESTSYNC_WEBHOOK_KEY is not set: the endpoints need a Functions key)" if not key else
+                        " (GUESTSYNC_WEBHOOK_KEY is not one of the app's function or host keys)")
         elif response.status_code == 404:
             problem += " (wrong path?)"
     elif not content_type.lower().startswith("text/plain"):
@@ -423,7 +428,10 @@ async def _check_subscription(client: GraphClient, settings: Settings) -> CheckR
         subscriptions = await client.list_subscriptions()
     except Exception as exc:
         return _graph_failure("graph.subscription", exc, role="User.Read.All", what="listing subscriptions")
-    ours = [s for s in subscriptions if s.notification_url == url and s.resource.strip("/").lower() == "users"]
+    from shared.services.subscriptions import url_key, url_without_key
+
+    ours = [s for s in subscriptions
+            if url_without_key(s.notification_url) == url_without_key(url) and s.resource.strip("/").lower() == "users"]
     if not ours:
         return _result("graph.subscription", Status.WARN,
                        f"no Graph subscription on users for {url} ({len(subscriptions)} other subscription(s) of the "
@@ -437,7 +445,12 @@ async def _check_subscription(client: GraphClient, settings: Settings) -> CheckR
     if left < RENEW_WHEN_LEFT:
         return _result("graph.subscription", Status.WARN, f"subscription {sub.id} expires {when}",
                        "run `guestsync subscribe` to renew it now; check that the maintain_subscription timer runs")
-    if (sub.lifecycle_url or None) != (settings.webhook.lifecycle_url or None):
+    if url_key(sub.notification_url) != settings.webhook.function_key:
+        return _result("graph.subscription", Status.WARN,
+                       f"subscription {sub.id} (expires {when}) is for another webhook key than GUESTSYNC_WEBHOOK_KEY "
+                       "(rotated?): Graph's deliveries will be refused",
+                       "run `guestsync subscribe`: it replaces the subscription with one for the current key")
+    if url_without_key(sub.lifecycle_url or "") != url_without_key(settings.webhook.lifecycle_url or ""):
         return _result("graph.subscription", Status.WARN,
                        f"subscription {sub.id} (expires {when}) has lifecycle URL {sub.lifecycle_url or 'none'}, the "
                        f"settings say {settings.webhook.lifecycle_url or 'none'}",

@@ -2,22 +2,58 @@
 
 Graph caps user subscriptions at 41,760 minutes; we renew well before expiry. A duplicate create answers
 409, in which case the existing subscription is listed and renewed instead.
+
+The notification and lifecycle URLs carry the Functions key (``?code=``, GUESTSYNC_WEBHOOK_KEY) that both
+endpoints demand. A subscription of ours whose URL has another key (the key was rotated) is replaced: the new
+one is created first, then the old one is deleted.
+
+The id of our subscription (and the one it replaced) is kept in state so that lifecycle events for any other
+subscription are dropped, and catch-up work for ``missed`` / ``subscriptionRemoved`` is coalesced (one
+reconcile and at most one re-creation per window, whatever the number of events).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import Enum
 from typing import Protocol
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from shared.adapters.graph import Subscription, SubscriptionConflictError
-from shared.adapters.state import utcnow
+from shared.adapters.state import ConcurrencyError, StateStore, utcnow
 from shared.domain import ConfigurationError
 from shared.settings import Settings
 
 log = logging.getLogger("guestsync.subscriptions")
 RENEW_WHEN_LEFT = timedelta(days=3)
+#: State meta row with our subscription's id and the one it replaced.
+SUBSCRIPTION_META = "subscription"
+#: State meta row (ETag-guarded) that coalesces catch-up work of lifecycle events.
+CATCH_UP_META = "lifecycle-catch-up"
+#: At most one catch-up (reconcile + subscription check) starts per window; later events wait for its end.
+CATCH_UP_WINDOW = timedelta(minutes=5)
+KEY_PARAMETER = "code"
+
+
+def keyed_url(url: str, key: str) -> str:
+    """``url`` with the Functions key as its ``code`` query parameter (replacing any there)."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != KEY_PARAMETER]
+    return urlunsplit(parts._replace(query=urlencode([*query, (KEY_PARAMETER, key)])))
+
+
+def url_without_key(url: str) -> str:
+    """``url`` without its ``code`` query parameter: what may be shown, logged and compared."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != KEY_PARAMETER]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def url_key(url: str) -> str | None:
+    return dict(parse_qsl(urlsplit(url).query, keep_blank_values=True)).get(KEY_PARAMETER)
 
 
 class SubscriptionApi(Protocol):
@@ -26,42 +62,78 @@ class SubscriptionApi(Protocol):
         self, notification_url: str, lifecycle_url: str | None, client_state: str, expiration: datetime
     ) -> Subscription: ...
     async def renew_subscription(self, subscription_id: str, expiration: datetime) -> Subscription: ...
+    async def delete_subscription(self, subscription_id: str) -> None: ...
 
 
 def _ours(subscriptions: list[Subscription], notification_url: str) -> list[Subscription]:
+    """Our users subscriptions, whatever key their URL carries."""
+    base = url_without_key(notification_url)
     return [
         s
         for s in subscriptions
-        if s.notification_url == notification_url and s.resource.strip("/").lower() == "users"
+        if url_without_key(s.notification_url) == base and s.resource.strip("/").lower() == "users"
     ]
 
 
+def _record(state: StateStore | None, current: Subscription, previous: str | None = None) -> None:
+    """Remember our subscription's id (and the one it replaced) for the lifecycle endpoint's checks."""
+    if state is None:
+        return
+    body, _ = state.get_meta(SUBSCRIPTION_META)
+    if body.get("id") == current.id and previous is None:
+        return
+    if previous is None and body.get("id") and body.get("id") != current.id:
+        previous = str(body["id"])  # a re-creation found by listing: the old id may still send lifecycle events
+    state.put_meta(SUBSCRIPTION_META, {"id": current.id, "previous": previous})
+
+
+def our_subscription_ids(state: StateStore) -> frozenset[str] | None:
+    """Our subscription and the one it replaced (lower case); None when none is recorded yet."""
+    body, _ = state.get_meta(SUBSCRIPTION_META)
+    ids = {str(v).lower() for v in (body.get("id"), body.get("previous")) if v}
+    return frozenset(ids) if ids else None
+
+
 async def ensure_subscription(
-    graph: SubscriptionApi, settings: Settings, now: Callable[[], datetime] = utcnow
+    graph: SubscriptionApi, settings: Settings, now: Callable[[], datetime] = utcnow, *,
+    state: StateStore | None = None,
 ) -> Subscription:
-    """Create the users subscription if it is missing, renew it if it expires soon; return it."""
-    url = settings.webhook.notification_url
-    if not url:
+    """Create the users subscription if it is missing (or replace one with another key), renew it if it
+    expires soon; record it in state (when given) and return it."""
+    base = settings.webhook.notification_url
+    if not base:
         raise ConfigurationError("setting GUESTSYNC_NOTIFICATION_URL is required to subscribe to Graph")
     if not settings.webhook.client_states:
         raise ConfigurationError("setting GRAPH_CLIENT_STATE is required to subscribe to Graph")
+    key = settings.webhook.function_key
+    if not key:
+        raise ConfigurationError("setting GUESTSYNC_WEBHOOK_KEY is required to subscribe to Graph (the webhook "
+                                 "endpoints demand this Functions key)")
+    url = keyed_url(base, key)
+    lifecycle = keyed_url(settings.webhook.lifecycle_url, key) if settings.webhook.lifecycle_url else None
     target = now() + timedelta(minutes=settings.subscription_minutes)
     existing = _ours(await graph.list_subscriptions(), url)
-    if not existing:
+    current_key = [s for s in existing if url_key(s.notification_url) == key]
+    if not current_key:
         try:
-            created = await graph.create_subscription(
-                url, settings.webhook.lifecycle_url, settings.webhook.client_states[0], target
-            )
+            created = await graph.create_subscription(url, lifecycle, settings.webhook.client_states[0], target)
             log.info("created Graph subscription %s until %s", created.id, created.expiration.isoformat())
-            return created
         except SubscriptionConflictError:
-            existing = _ours(await graph.list_subscriptions(), url)
-            if not existing:
+            current_key = [s for s in _ours(await graph.list_subscriptions(), url) if url_key(s.notification_url)
+                           == key]
+            if not current_key:
                 raise
-    current = existing[0]
+        else:
+            for stale in existing:  # the key was rotated: Graph cannot change a URL, so the old one goes
+                await graph.delete_subscription(stale.id)
+                log.warning("deleted Graph subscription %s: its URL carries an old webhook key", stale.id)
+            _record(state, created, existing[0].id if existing else None)
+            return created
+    current = current_key[0]
     if current.expiration - now() < RENEW_WHEN_LEFT:
         current = await graph.renew_subscription(current.id, target)
         log.info("renewed Graph subscription %s until %s", current.id, current.expiration.isoformat())
+    _record(state, current)
     return current
 
 
@@ -89,3 +161,99 @@ async def handle_lifecycle(
         return True
     log.warning("Graph reports %s on subscription %s; catching up with users/delta", event, subscription_id)
     return True
+
+
+class CatchUp(Enum):
+    """What a ``missed`` / ``subscriptionRemoved`` message does: run the catch-up, leave it to one that starts
+    after the event arrived (covered), or wait for the end of the current window (deferred)."""
+
+    RUN = "run"
+    COVERED = "covered"
+    DEFERRED = "deferred"
+
+
+@dataclass(frozen=True)
+class CatchUpClaim:
+    decision: CatchUp
+    delay_seconds: int = 0
+
+
+def _when(value: object) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(value)) if value else None
+    except ValueError:
+        return None
+
+
+def claim_catch_up(state: StateStore, received_at: datetime, token: str, now: Callable[[], datetime] = utcnow,
+                   window: timedelta = CATCH_UP_WINDOW) -> CatchUpClaim:
+    """Decide, through the ETag-guarded catch-up marker, whether this event's catch-up runs now.
+
+    A catch-up that starts after the event arrived covers it (the reconcile reads users/delta from where the
+    last one stopped). Catch-ups start at most once per ``window``: an event that arrives meanwhile defers one
+    message to the window's end, and every other event until then is covered by that one. ``token`` names the
+    message (its correlation id), so a redelivery of a claimed or deferred message still runs."""
+    for _ in range(10):
+        body, etag = state.get_meta(CATCH_UP_META)
+        started = _when(body.get("startedAt"))
+        deferred_until = _when(body.get("deferredUntil"))
+        moment = now()
+        if body.get("token") == token:
+            return CatchUpClaim(CatchUp.RUN)  # a retry of the run this message claimed
+        if started is not None and started >= received_at:
+            return CatchUpClaim(CatchUp.COVERED)
+        if body.get("deferredBy") not in (None, token) and deferred_until is not None and deferred_until > moment:
+            return CatchUpClaim(CatchUp.COVERED)  # the deferred message runs after this event arrived
+        try:
+            if started is not None and moment - started < window:
+                until = started + window
+                state.save_meta(CATCH_UP_META, {**body, "deferredBy": token, "deferredUntil": until.isoformat()},
+                                etag)
+                return CatchUpClaim(CatchUp.DEFERRED, max(1, int((until - moment).total_seconds()) + 1))
+            state.save_meta(CATCH_UP_META, {"startedAt": moment.isoformat(), "token": token}, etag)
+            return CatchUpClaim(CatchUp.RUN)
+        except ConcurrencyError:
+            continue  # another instance claimed or deferred meanwhile: decide again on what it wrote
+    raise ConcurrencyError(CATCH_UP_META)
+
+
+async def on_lifecycle_message(
+    graph: SubscriptionApi,
+    state: StateStore,
+    settings: Settings,
+    subscription_id: str,
+    event: str,
+    *,
+    received_at: datetime | None,
+    token: str,
+    reconcile: Callable[[], Awaitable[object]],
+    defer: Callable[[int], None],
+    now: Callable[[], datetime] = utcnow,
+) -> CatchUp | None:
+    """Act on a queued lifecycle event, only for our subscription (or the one it replaced): renew on
+    ``reauthorizationRequired``; for ``missed`` / ``subscriptionRemoved`` the coalesced catch-up (subscription
+    check, which re-creates a removed one, then a reconcile). Events for other subscriptions are dropped with a
+    warning: acknowledged, never retried or poisoned. Returns the catch-up decision (None for the others)."""
+    event = event.removeprefix("lifecycle:")
+    ours = our_subscription_ids(state)
+    if ours is not None and subscription_id.lower() not in ours:
+        log.warning("lifecycle event %s for subscription %s dropped: it is not ours (%s)", event, subscription_id,
+                    ", ".join(sorted(ours)))
+        return None
+    if event == "reauthorizationRequired":
+        await handle_lifecycle(graph, settings, subscription_id, "lifecycle:reauthorizationRequired")
+        return None
+    claim = claim_catch_up(state, received_at or now(), token, now)
+    if claim.decision is CatchUp.COVERED:
+        log.info("lifecycle event %s on subscription %s: covered by a catch-up that starts after it",
+                 event, subscription_id)
+    elif claim.decision is CatchUp.DEFERRED:
+        log.info("lifecycle event %s on subscription %s: catch-up deferred %d s to the end of the window",
+                 event, subscription_id, claim.delay_seconds)
+        defer(claim.delay_seconds)
+    else:
+        current = await ensure_subscription(graph, settings, state=state)
+        log.warning("Graph reports %s on subscription %s; subscribed as %s; catching up with users/delta",
+                    event, subscription_id, current.id)
+        await reconcile()
+    return claim.decision

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from shared.adapters.graph import MAX_IN_VALUES
 from shared.adapters.queues import ChangeMessage
 from shared.adapters.state import utcnow
 from shared.notifications import (
+    MAX_BODY_BYTES,
     ChangeBatch,
     LifecycleBatch,
+    LifecycleEvent,
     MalformedNotificationError,
     parse_change_notifications,
     parse_lifecycle_notifications,
@@ -31,11 +33,17 @@ log = logging.getLogger("guestsync.webhook")
 MAX_REPORTED = 20
 
 
+#: On every answer: a browser must not sniff the echoed validation token (or anything else) into HTML.
+NOSNIFF = {"X-Content-Type-Options": "nosniff"}
+JSON_MEDIA_TYPE = "application/json"
+
+
 @dataclass(frozen=True)
 class Reply:
     status: int
     body: str = ""
     mimetype: str = "application/json"
+    headers: Mapping[str, str] = field(default_factory=lambda: dict(NOSNIFF))
 
 
 def _problem(status: int, message: str, details: list[str] | None = None) -> Reply:
@@ -53,7 +61,43 @@ def answer_validation(params: dict[str, str]) -> Reply | None:
         return _problem(400, str(exc))
     if token is None:
         return None
-    return Reply(200, token, "text/plain")
+    return Reply(200, token, "text/plain")  # with NOSNIFF: the token is the caller's text, echoed
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """A request header whatever the letter case of its name (func.HttpRequest's headers are case-insensitive
+    already; a plain dict is not)."""
+    value = headers.get(name)
+    if value is not None:
+        return value
+    return next((v for k, v in headers.items() if k.lower() == name.lower()), None)
+
+
+def screen(params: Mapping[str, str], headers: Mapping[str, str]) -> Reply | None:
+    """Refuse a request on its headers alone, before its body is read: a declared body over MAX_BODY_BYTES
+    (413), a Content-Length that is not a number (400), and a notification that is not JSON (415; a charset
+    parameter is fine). The validation handshake (a text/plain POST without a body) passes to its echo."""
+    length = _header(headers, "Content-Length")
+    if length is not None:
+        text = length.strip()
+        if not (text.isascii() and text.isdigit()):
+            return _problem(400, "Content-Length is not a number")
+        if int(text) > MAX_BODY_BYTES:
+            log.warning("notification body of %s bytes refused unread (the limit is %d)", text, MAX_BODY_BYTES)
+            return _problem(413, f"body is larger than {MAX_BODY_BYTES} bytes")
+    if "validationToken" in params:
+        return None
+    media_type = (_header(headers, "Content-Type") or "").split(";", 1)[0].strip().lower()
+    if media_type != JSON_MEDIA_TYPE:
+        return _problem(415, f"notifications must be {JSON_MEDIA_TYPE}, not {media_type[:100] or 'untyped'}")
+    return None
+
+
+def _too_large(body: bytes) -> Reply | None:
+    """A body sent without Content-Length (chunked) is only known once read: the same limit, the same 413."""
+    if len(body) > MAX_BODY_BYTES:
+        return _problem(413, f"body is larger than {MAX_BODY_BYTES} bytes")
+    return None
 
 
 USERS_PER_MESSAGE = MAX_IN_VALUES
@@ -73,6 +117,9 @@ def receive_changes(
     if not settings.client_states:
         log.error("GRAPH_CLIENT_STATE is not set: refusing every notification")
         return _problem(503, "webhook is not configured")
+    too_large = _too_large(body)
+    if too_large is not None:
+        return too_large
     try:
         batch: ChangeBatch = parse_change_notifications(
             body, client_states=settings.client_states, tenant_id=settings.tenant_id
@@ -131,13 +178,21 @@ def receive_lifecycle(
     params: dict[str, str],
     settings: WebhookSettings,
     handle: Callable[[LifecycleBatch], None],
+    ours: Callable[[], frozenset[str] | None] = lambda: None,
 ) -> Reply:
-    """Handle ``POST /api/graph/lifecycle``: validation handshake or lifecycle events."""
+    """Handle ``POST /api/graph/lifecycle``: validation handshake or lifecycle events.
+
+    ``ours`` gives our subscription ids (None when none is recorded yet): events for any other subscription
+    are acknowledged and dropped with a warning. ``handle`` gets each (subscription, event) once per POST,
+    however often the POST repeats it."""
     validation = answer_validation(params)
     if validation is not None:
         return validation
     if not settings.client_states:
         return _problem(503, "webhook is not configured")
+    too_large = _too_large(body)
+    if too_large is not None:
+        return too_large
     try:
         batch = parse_lifecycle_notifications(
             body, client_states=settings.client_states, tenant_id=settings.tenant_id
@@ -146,7 +201,19 @@ def receive_lifecycle(
         return _problem(400, str(exc))
     if batch.accepted:
         try:
-            handle(batch)
+            known = ours()
+            kept: dict[tuple[str, str], LifecycleEvent] = {}
+            foreign: dict[str, int] = {}
+            for event in batch.accepted:
+                if known is not None and event.subscription_id.lower() not in known:
+                    foreign[event.subscription_id] = foreign.get(event.subscription_id, 0) + 1
+                    continue
+                kept.setdefault((event.subscription_id.lower(), event.event), event)
+            for subscription_id, count in list(foreign.items())[:MAX_REPORTED]:
+                log.warning("%d lifecycle event(s) for subscription %s dropped: it is not ours", count,
+                            subscription_id)
+            if kept:
+                handle(LifecycleBatch(rejected=batch.rejected, accepted=list(kept.values())))
         except Exception as exc:
             return _not_queued(exc)
     return _batch_reply(batch, "lifecycle notification")

@@ -435,3 +435,69 @@ def test_a_soft_deleted_guest_past_the_restore_window_releases_its_upn(stack: St
     stack.reconcile()
     stack.wait(lambda: _upn_in_ad(stack, uid) is None, "the UPN released after the restore window")
     assert _status(stack, uid) is GuestStatus.ARCHIVED
+
+
+def test_a_lifecycle_storm_costs_one_reconcile_and_one_re_creation(stack: Stack,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.services import reconcile
+    from tests.reliability.faults import post
+
+    sim: Any = stack.sim
+    stack.reconcile()
+    (old,) = list(sim.subscriptions)
+    sim.drop_next_notifications(1)
+    missed = sim.invite_guest("storm@fabrikam.com", "Storm Guest", "St", "Orm")
+    runs: list[int] = []
+    real_run = reconcile.Reconciler.run
+
+    async def counted(self: reconcile.Reconciler, *args: Any, **kwargs: Any) -> Any:
+        runs.append(1)
+        return await real_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(reconcile.Reconciler, "run", counted)
+    removed = sim.subscriptions.pop(old)  # Graph has removed it
+    sim.request_count.clear()
+
+    def event(name: str) -> dict[str, Any]:
+        return {"subscriptionId": old, "subscriptionExpirationDateTime": "2099-01-01T00:00:00Z",
+                "clientState": removed.client_state, "tenantId": sim.tenant_id, "lifecycleEvent": name}
+
+    storm = {"value": [event("missed")] * 100 + [event("subscriptionRemoved")] * 50}
+    assert post(stack, storm, "/api/graph/lifecycle")[0] == 202
+    stack.wait(lambda: stack.settled([missed["id"]]) and len(sim.subscriptions) == 1, "the catch-up")
+    stack.drain(timeout=120)
+    subscription_calls = {k: v for k, v in sim.request_count.items() if "/subscriptions" in k}
+    assert len(runs) == 1, f"{len(runs)} reconciles"
+    assert subscription_calls.get("POST /subscriptions") == 1, subscription_calls
+    assert sum(subscription_calls.values()) <= 2, subscription_calls  # one list, one create
+    (new,) = list(sim.subscriptions)
+    assert new != old
+
+
+def test_catch_ups_coalesce_across_a_burst_one_per_window(stack: Stack) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+    from datetime import UTC, datetime, timedelta
+
+    from shared.services.subscriptions import CATCH_UP_WINDOW, CatchUp, claim_catch_up
+
+    t0 = datetime.now(UTC)
+
+    def at(seconds: float) -> datetime:
+        return t0 + timedelta(seconds=seconds)
+
+    def claim(received: float, token: str, now: float) -> CatchUp:
+        return claim_catch_up(stack.state, at(received), token, lambda: at(now)).decision
+
+    # Twenty messages of one burst, claimed at once by several instances: one catch-up runs, it covers the rest.
+    with ThreadPoolExecutor(8) as pool:
+        decisions = list(pool.map(lambda i: claim(0, f"burst-{i}", 1), range(20)))
+    assert decisions.count(CatchUp.RUN) == 1 and decisions.count(CatchUp.COVERED) == 19
+    # An event after that start, within the window: one message waits for the window's end, later ones ride on it.
+    late = claim_catch_up(stack.state, at(10), "late-1", lambda: at(11))
+    assert late.decision is CatchUp.DEFERRED
+    assert abs(late.delay_seconds - (CATCH_UP_WINDOW.total_seconds() - 11)) <= 2
+    assert claim(20, "late-2", 21) is CatchUp.COVERED
+    window_end = CATCH_UP_WINDOW.total_seconds() + 2
+    assert claim(10, "late-1", window_end) is CatchUp.RUN  # the deferred message, back at the window's end
+    assert claim(20, "late-2", window_end + 1) is CatchUp.COVERED
+    assert claim(10, "late-1", window_end + 60) is CatchUp.RUN  # a retry of the message that claimed the run

@@ -113,6 +113,7 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path, azurite, storage_names
         **graph_env,
         **directory_env,
         "GRAPH_CLIENT_STATE": secrets.token_urlsafe(24),
+        "GUESTSYNC_WEBHOOK_KEY": secrets.token_urlsafe(32),  # the Functions key both endpoints demand
         "GUESTSYNC_WORKER_MODE": "function",
         "GUESTSYNC_SUBSCRIPTION_SCHEDULE": "0 0 0 1 1 *",  # timers fire only when a test triggers them
         "GUESTSYNC_RECONCILE_SCHEDULE": "0 0 0 1 1 *",

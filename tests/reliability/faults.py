@@ -7,6 +7,7 @@ import json
 import os
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -196,9 +197,14 @@ def notification(stack: Stack, uid: str, change_type: str = "updated", **overrid
 
 
 def post(stack: Stack, body: bytes | dict[str, Any], path: str = "/api/graph/notifications",
-         content_type: str = "application/json", timeout: float = 30.0) -> tuple[int, str, bytes]:
-    """POST to the function app's webhook; (status, content type, body), whatever the status."""
+         content_type: str = "application/json", timeout: float = 30.0, key: str | None = None,
+         ) -> tuple[int, str, bytes]:
+    """POST to the function app's webhook with its Functions key (``key`` overrides it; "" sends none);
+    (status, content type, body), whatever the status."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    key = os.environ["GUESTSYNC_WEBHOOK_KEY"] if key is None else key
+    if key:
+        path += ("&" if "?" in path else "?") + urllib.parse.urlencode({"code": key})
     request = urllib.request.Request(stack.host.base_url + path, data=data, method="POST",  # noqa: S310 (http://)
                                      headers={"Content-Type": content_type})
     try:

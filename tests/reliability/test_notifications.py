@@ -11,10 +11,12 @@ Real Azurite, Samba AD DC and Graph simulator; the function app on the local run
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import random
 import threading
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -178,7 +180,7 @@ def _assert_refused_answer(status: int, content_type: str, raw: bytes, *, items:
     if status == 202:
         assert not items, "a batch of invalid items was accepted"
         return
-    assert status in (400, 403), status
+    assert status in (400, 403, 413), status  # 413: a body over MAX_BODY_BYTES
     assert content_type.startswith("application/json"), content_type
     answer = json.loads(raw)
     assert isinstance(answer, dict) and isinstance(answer.get("error"), str) and answer["error"]
@@ -227,6 +229,7 @@ def test_forged_foreign_malformed_and_oversized_notifications_are_refused(
         for path in (NOTIFICATIONS, LIFECYCLE):
             status, content_type, raw = post(stack, body, path)
             _assert_refused_answer(status, content_type, raw, items=_has_items(body))
+            assert (status == 413) is (len(body) > MAX_BODY_BYTES), (status, len(body))
     assert spy.take() == []
 
     # 100,000 junk items in one body: refused with a bounded answer and a bounded number of log lines.
@@ -259,3 +262,102 @@ def test_forged_foreign_malformed_and_oversized_notifications_are_refused(
     assert stack.state.get(legit).status is GuestStatus.PROVISIONED  # type: ignore[union-attr]
     assert poisoned() == {"changes": 0, "exports": 0}
     assert_invariants(stack, [legit, after])
+
+
+# ------------------------------------------------------------------------------ Functions key and headers first
+
+def _raw_post(stack: Stack, path: str, headers: dict[str, str], body: bytes = b"",
+              timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+    """A POST whose headers may promise more body than is sent: the answer must come without the rest."""
+    split = urllib.parse.urlsplit(stack.host.base_url)
+    conn = http.client.HTTPConnection(split.hostname or "127.0.0.1", split.port, timeout=timeout)
+    try:
+        conn.putrequest("POST", path)
+        if body and not any(name.lower() == "content-length" for name in headers):
+            headers = {**headers, "Content-Length": str(len(body))}
+        for name, value in headers.items():
+            conn.putheader(name, value)
+        conn.endheaders(body or None)
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def _keyed(path: str) -> str:
+    return f"{path}?{urllib.parse.urlencode({'code': os.environ['GUESTSYNC_WEBHOOK_KEY']})}"
+
+
+def test_webhook_endpoints_need_the_functions_key(rstack: Stack, monkeypatch: pytest.MonkeyPatch,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    stack = rstack
+    key = os.environ["GUESTSYNC_WEBHOOK_KEY"]
+    sim: Any = stack.sim
+    guest = _unheard_guest(stack, "keyed")
+    spy = _Spy(monkeypatch)
+    good = {"value": [notification(stack, guest)]}
+    for path in (NOTIFICATIONS, LIFECYCLE):
+        assert post(stack, good, path, key="")[0] == 401  # no key: the host refuses before our code runs
+        assert post(stack, good, path, key=key[:-1] + ("x" if key[-1] != "x" else "y"))[0] == 401
+        assert post(stack, {"value": []}, f"{path}?validationToken=abc", key="")[0] == 401
+        # 401 without reading the body: the answer comes although the promised body never does.
+        status, _, _ = _raw_post(stack, path, {"Content-Type": "application/json", "Content-Length": "50000"})
+        assert status == 401
+    assert spy.take() == []
+    # The key as the x-functions-key header works like ?code=.
+    status, _, _ = _raw_post(stack, NOTIFICATIONS, {"Content-Type": "application/json", "x-functions-key": key},
+                             json.dumps(good).encode())
+    assert status == 202 and [m["user_id"] for m in spy.take()] == [guest]
+    # guestsync subscribed with keyed URLs, and Graph's handshake and deliveries go through them.
+    (subscription,) = sim.subscriptions.values()
+    for url in (subscription.notification_url, subscription.lifecycle_url):
+        assert urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["code"] == [key]
+    sim.update_user(guest, givenName="Keyed")
+    stack.wait(lambda: (r := stack.state.get(guest)) is not None and r.entry.given_name == "Keyed"
+               and stack.settled([guest]), "the keyed delivery")
+    assert key not in caplog.text and urllib.parse.quote(key) not in caplog.text
+    assert "code=[REDACTED]" in caplog.text  # the runner's request lines were logged, masked
+
+
+def test_headers_are_checked_before_the_body(rstack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    stack = rstack
+    spy = _Spy(monkeypatch)
+    guest = _unheard_guest(stack, "typed")
+    good = json.dumps({"value": [notification(stack, guest)]}).encode()
+    for path in (NOTIFICATIONS, LIFECYCLE):
+        # A declared body over 1 MB is refused at once: the 2 MB are never sent, and never waited for.
+        status, headers, raw = _raw_post(stack, _keyed(path), {"Content-Type": "application/json",
+                                                               "Content-Length": str(2 * MAX_BODY_BYTES)})
+        assert status == 413 and json.loads(raw)["error"]
+        assert headers["x-content-type-options"] == "nosniff"
+        # Notifications are JSON: any other type is 415, whatever the body holds.
+        for content_type in ("text/plain", "application/x-www-form-urlencoded", "text/html; charset=utf-8"):
+            status, _, raw = post(stack, good, path, content_type=content_type)
+            assert status == 415 and "application/json" in json.loads(raw)["error"], content_type
+    assert spy.take() == []
+    status, _, _ = post(stack, good, NOTIFICATIONS, content_type="application/json; charset=utf-8")
+    assert status == 202 and [m["user_id"] for m in spy.take()] == [guest]
+    # The validation echo: text/plain, nosniff, the token exactly; an overlong token is refused.
+    token = "Validation: <b>bold</b> & more"
+    status, headers, raw = _raw_post(stack, _keyed(NOTIFICATIONS) + "&" + urllib.parse.urlencode(
+        {"validationToken": token}), {"Content-Type": "text/plain; charset=utf-8", "Content-Length": "0"})
+    assert (status, raw.decode()) == (200, token)
+    assert headers["content-type"].startswith("text/plain") and headers["x-content-type-options"] == "nosniff"
+    status, _, _ = post(stack, b"", f"{LIFECYCLE}?validationToken={'x' * 5000}", content_type="text/plain")
+    assert status == 400
+
+
+def test_lifecycle_events_of_another_subscription_are_dropped_not_poisoned(
+        rstack: Stack, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    stack = rstack
+    spy = _Spy(monkeypatch)
+    stranger = str(uuid.uuid4())
+    events = [{"subscriptionId": stranger, "subscriptionExpirationDateTime": "2099-01-01T00:00:00Z",
+               "clientState": os.environ["GRAPH_CLIENT_STATE"], "tenantId": stack.sim.tenant_id,  # type: ignore[attr-defined]
+               "lifecycleEvent": event} for event in ("missed", "subscriptionRemoved", "reauthorizationRequired")]
+    assert post(stack, {"value": events}, LIFECYCLE)[0] == 202
+    stack.drain()
+    assert spy.take() == []
+    assert f"for subscription {stranger} dropped: it is not ours" in caplog.text
+    assert poisoned() == {"changes": 0, "exports": 0}
+    assert len(stack.sim.subscriptions) == 1  # type: ignore[attr-defined]

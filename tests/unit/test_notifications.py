@@ -228,3 +228,59 @@ def test_change_message_round_trip_keeps_the_batch_and_the_deferrals() -> None:
     hostile = json.dumps({"user_id": _user(1), "more_user_ids": [1, None, _user(2)], "deferrals": "9"})
     parsed = ChangeMessage.from_json(hostile)
     assert parsed.user_ids == (_user(1), _user(2)) and parsed.deferrals == 0
+
+
+# --- headers first, nosniff, lifecycle events of other subscriptions --------------------------------------------
+
+def test_screen_refuses_on_headers_before_the_body() -> None:
+    from shared.notifications import MAX_BODY_BYTES
+    from shared.services.webhook import screen
+
+    too_big = screen({}, {"content-length": str(MAX_BODY_BYTES + 1), "Content-Type": "application/json"})
+    assert too_big is not None and too_big.status == 413
+    for bad_length in ("12x", "-1", "\u00b2"):
+        refused = screen({}, {"Content-Length": bad_length, "Content-Type": "application/json"})
+        assert refused is not None and refused.status == 400, bad_length
+    for refused in ("text/plain", "application/x-www-form-urlencoded", "", "application/jsonp"):
+        reply = screen({}, {"Content-Length": "10", "Content-Type": refused})
+        assert reply is not None and reply.status == 415, refused
+    for accepted in ("application/json", "application/json; charset=utf-8", "Application/JSON;charset=UTF-8"):
+        assert screen({}, {"Content-Length": "10", "Content-Type": accepted}) is None, accepted
+    # Graph's validation request is a text/plain POST without a body: it goes on to the echo.
+    assert screen({"validationToken": "t"}, {"Content-Length": "0", "Content-Type": "text/plain"}) is None
+
+
+def test_validation_echo_is_text_with_nosniff_and_length_limited() -> None:
+    from shared.notifications import MAX_VALIDATION_TOKEN_LENGTH
+
+    reply = receive_changes(b"", {"validationToken": "<script>x</script>"}, WebhookSettings((SECRET,)), print)
+    assert reply.mimetype == "text/plain" and reply.headers["X-Content-Type-Options"] == "nosniff"
+    long = receive_changes(b"", {"validationToken": "x" * (MAX_VALIDATION_TOKEN_LENGTH + 1)},
+                           WebhookSettings((SECRET,)), print)
+    assert long.status == 400 and long.mimetype == "application/json"
+
+
+def test_lifecycle_events_for_other_subscriptions_are_acknowledged_and_dropped(
+        caplog: pytest.LogCaptureFixture) -> None:
+    ours, theirs = "7f105c7d-2dc5-4530-97cd-4e7ae6534c07", "0c2c6b5e-3a1d-4f7e-9b1a-2d3e4f5a6b7c"
+
+    def event(subscription_id: str, name: str) -> dict[str, object]:
+        return {"subscriptionId": subscription_id, "clientState": SECRET, "lifecycleEvent": name,
+                "subscriptionExpirationDateTime": "2026-12-20T18:23:45Z", "tenantId": TENANT}
+
+    handled: list[list[tuple[str, str]]] = []
+    raw = body(*[event(ours, "missed")] * 100, *[event(ours, "subscriptionRemoved")] * 50,
+               *[event(theirs, "missed")] * 30)
+    with caplog.at_level("WARNING", logger="guestsync.webhook"):
+        reply = receive_lifecycle(raw, {}, WebhookSettings((SECRET,)),
+                                  lambda batch: handled.append([(e.subscription_id, e.event) for e in batch.accepted]),
+                                  lambda: frozenset({ours}))
+    assert reply.status == 202
+    # Each (subscription, event) of ours once; the foreign subscription's events never reach the handler.
+    assert handled == [[(ours, "missed"), (ours, "subscriptionRemoved")]]
+    assert [r.getMessage() for r in caplog.records] == [f"30 lifecycle event(s) for subscription {theirs} dropped: "
+                                                        "it is not ours"]
+    only_theirs: list[object] = []
+    assert receive_lifecycle(body(event(theirs, "reauthorizationRequired")), {}, WebhookSettings((SECRET,)),
+                             only_theirs.append, lambda: frozenset({ours})).status == 202
+    assert only_theirs == []

@@ -45,6 +45,11 @@ def test_registered_secret_values_are_scrubbed_from_records(caplog: pytest.LogCa
     ('{"clientState": "my-client-state-value", "id": 1}', '"id": 1'),
     ("Authorization: Bearer eyJ0eXAiOiJKV1QiLCJhbGciOi.J9.abc", "Authorization:"),
     ("modify unicodePwd: \"Pa55word!\"", "modify"),
+    # The webhook's Functions key, in a URL, URL-encoded inside another URL, and as the header.
+    ("POST https://app.example/api/graph/notifications?code=abc123-fnkey&validationToken=t HTTP/1.1",
+     "validationToken=t"),
+    ("notificationUrl=https%3A%2F%2Fapp.example%2Fapi%2Fgraph%2Fnotifications%3Fcode%3Ds3cr3tvalue", "notificationUrl"),
+    ("x-functions-key: Pa55word-key", "x-functions-key"),
 ])
 def test_secret_shapes_are_scrubbed_whatever_their_value(raw: str, kept: str) -> None:
     out = redact(raw)
@@ -53,12 +58,18 @@ def test_secret_shapes_are_scrubbed_whatever_their_value(raw: str, kept: str) ->
         assert secret not in out
 
 
+def test_status_codes_stay_readable() -> None:
+    assert redact("Graph answered status code: 503 (error code=Throttled)") == (
+        "Graph answered status code: 503 (error code=Throttled)")
+
+
 def test_settings_secrets_are_registered_by_install() -> None:
     env = {"AzureWebJobsStorage": "DefaultEndpointsProtocol=http;AccountName=a;AccountKey=QWNjb3VudEtleVZhbHVl;",
            "GRAPH_AUTH": "client_secret", "GRAPH_TENANT_ID": GUEST, "GRAPH_CLIENT_ID": GUEST,
-           "GRAPH_CLIENT_SECRET": "graph-client-secret-1", "GRAPH_CLIENT_STATE": "client-state-value-2"}
+           "GRAPH_CLIENT_SECRET": "graph-client-secret-1", "GRAPH_CLIENT_STATE": "client-state-value-2",
+           "GUESTSYNC_WEBHOOK_KEY": "webhook-function-key-3"}
     observability.install(load_settings(env))
-    for secret in ("graph-client-secret-1", "client-state-value-2", "QWNjb3VudEtleVZhbHVl"):
+    for secret in ("graph-client-secret-1", "client-state-value-2", "QWNjb3VudEtleVZhbHVl", "webhook-function-key-3"):
         assert secret not in redact(f"value {secret} leaked")
 
 

@@ -10,19 +10,24 @@ import asyncio
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from shared.adapters.graph import Subscription, SubscriptionConflictError
-from shared.services.subscriptions import ensure_subscription, handle_lifecycle
+from shared.domain import ConfigurationError
+from shared.services.subscriptions import ensure_subscription, handle_lifecycle, keyed_url, url_without_key
 from shared.settings import Settings, WebhookSettings
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 URL = "https://guestsync.example/api/graph/notifications"
+KEY = "functions-key-1"
 SETTINGS = Settings(storage_connection="UseDevelopmentStorage=true",
                     webhook=WebhookSettings(client_states=("s3cret",), notification_url=URL,
-                                            lifecycle_url=URL.replace("notifications", "lifecycle")))
+                                            lifecycle_url=URL.replace("notifications", "lifecycle"),
+                                            function_key=KEY))
 
 
-def _sub(expires_in: timedelta, sub_id: str = "sub-1") -> Subscription:
-    return Subscription(sub_id, "users", "updated,deleted", URL, None, NOW + expires_in)
+def _sub(expires_in: timedelta, sub_id: str = "sub-1", key: str = KEY) -> Subscription:
+    return Subscription(sub_id, "users", "updated,deleted", keyed_url(URL, key), None, NOW + expires_in)
 
 
 class FakeGraph:
@@ -52,6 +57,10 @@ class FakeGraph:
         self.existing = [renewed]
         return renewed
 
+    async def delete_subscription(self, subscription_id: str) -> None:
+        self.calls.append(f"delete {subscription_id}")
+        self.existing = [s for s in self.existing if s.id != subscription_id]
+
 
 def run(graph: FakeGraph) -> Subscription:
     return asyncio.run(ensure_subscription(graph, SETTINGS, now=lambda: NOW))
@@ -62,6 +71,23 @@ def test_creates_when_missing_with_at_most_the_graph_limit() -> None:
     sub = run(graph)
     assert graph.calls == ["list", "create"]
     assert sub.expiration - NOW <= timedelta(minutes=41_760)
+    # Both URLs carry the Functions key the endpoints demand.
+    assert sub.notification_url == f"{URL}?code={KEY}"
+    assert sub.lifecycle_url == f"{URL.replace('notifications', 'lifecycle')}?code={KEY}"
+
+
+def test_subscribing_needs_the_webhook_key() -> None:
+    unkeyed = replace(SETTINGS, webhook=replace(SETTINGS.webhook, function_key=None))
+    with pytest.raises(ConfigurationError, match="GUESTSYNC_WEBHOOK_KEY"):
+        asyncio.run(ensure_subscription(FakeGraph([]), unkeyed, now=lambda: NOW))
+
+
+def test_a_rotated_key_replaces_the_subscription_new_first_then_old() -> None:
+    graph = FakeGraph([_sub(timedelta(days=20), "old", key="functions-key-0")])
+    sub = run(graph)
+    assert graph.calls == ["list", "create", "delete old"]
+    assert sub.id == "new" and [s.id for s in graph.existing] == ["new"]
+    assert url_without_key(sub.notification_url) == URL
 
 
 def test_leaves_a_fresh_subscription_alone_and_renews_one_that_expires_soon() -> None:
