@@ -69,11 +69,6 @@ INFRA_ONLY_SETTINGS = {
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
 }
 
-#: Set by infra/ for code that lands on another branch at the same time (the webhook's function key check):
-#: accepted whether or not the code on this branch reads it yet, so either merge order stays green. Once both
-#: are merged it is an ordinary setting; remove it from here then.
-SETTINGS_READ_ON_ANOTHER_BRANCH = {"GUESTSYNC_WEBHOOK_KEY"}
-
 #: App settings that carry a secret: in Azure always a Key Vault reference (or empty when the mode has none).
 SECRET_SETTINGS = {
     "GRAPH_CLIENT_STATE",
@@ -300,12 +295,11 @@ def test_app_settings_are_the_ones_deployed(parsed: dict[Path, dict[str, Any]]) 
 def test_app_settings_cover_every_setting_the_code_reads(parsed: dict[Path, dict[str, Any]]) -> None:
     code = settings_read_by_code()
     infra = set(_app_settings(parsed))
-    assert infra >= SETTINGS_READ_ON_ANOTHER_BRANCH
     assert code - infra == CODE_ONLY_SETTINGS, (
         f"read by the code but not set in infra/main.bicep: {sorted(code - infra - CODE_ONLY_SETTINGS)}; "
         f"allow-listed but now set or no longer read: {sorted(CODE_ONLY_SETTINGS - (code - infra))}"
     )
-    infra_only = infra - code - SETTINGS_READ_ON_ANOTHER_BRANCH
+    infra_only = infra - code
     assert infra_only == INFRA_ONLY_SETTINGS, (
         f"set in infra/main.bicep but read by nothing: {sorted(infra_only - INFRA_ONLY_SETTINGS)}; "
         f"allow-listed but now read or no longer set: {sorted(INFRA_ONLY_SETTINGS - infra_only)}"
