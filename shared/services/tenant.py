@@ -93,11 +93,32 @@ def known_initial_domain(state: StateStore) -> str | None:
     return found[0] if found else None
 
 
+_READ_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _read_lock() -> asyncio.Lock:
+    """One Graph read at a time per event loop: a burst of first guests waits for the first read, not one each."""
+    loop = asyncio.get_running_loop()
+    lock = _READ_LOCKS.get(loop)
+    if lock is None:
+        lock = _READ_LOCKS[loop] = asyncio.Lock()
+    return lock
+
+
 async def refresh_initial_domain(graph: OrganizationReader, state: StateStore, *, force: bool = False) -> str:
     """The initial domain, read from Graph and stored when state has none or an old one (or ``force``)."""
     found = await asyncio.to_thread(_from_state, state)
     if found is not None and not force and datetime.now(UTC) - found[1] < GRAPH_REFRESH:
         return found[0]
+    async with _read_lock():
+        if not force:  # another task may have read it while this one waited
+            found = await asyncio.to_thread(_from_state, state)
+            if found is not None and datetime.now(UTC) - found[1] < GRAPH_REFRESH:
+                return found[0]
+        return await _read_and_store(graph, state, found)
+
+
+async def _read_and_store(graph: OrganizationReader, state: StateStore, found: tuple[str, datetime] | None) -> str:
     domain = await graph.get_initial_domain()
     now = datetime.now(UTC)
     body: dict[str, Any] = {"initialDomain": domain, "readAt": now.isoformat()}
