@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from shared.adapters.queues import ExportMessage
 from shared.adapters.state import ConcurrencyError, GuestRecord, StateStore
-from shared.domain import Approval, GuestStatus
+from shared.domain import Approval, GuestStatus, graph_id
 
 log = logging.getLogger("guestsync.approvals")
 
@@ -39,7 +39,7 @@ def answer(
     """Release (``approve``) or reject the held deprovisioning of each guest in ``uids``."""
     answers: list[Answer] = []
     for uid in uids:
-        answers.append(_answer_one(state, uid.strip().lower(), send_export, approve=approve))
+        answers.append(_answer_one(state, graph_id(uid), send_export, approve=approve))
     return answers
 
 
