@@ -1,17 +1,23 @@
-"""The invariant check itself: it must see a write outside the managed OUs, a second account of a guest and a
-leaked password, or the scenarios that pass it prove nothing."""
+"""The invariant check itself: it must see a write outside the managed OUs (attributes, security descriptor,
+a write undone again), a second account of a guest, a guest lost in an error nobody expected and a leaked
+password (in any encoding), or the scenarios that pass it prove nothing."""
 
 from __future__ import annotations
 
 import logging
+import struct
 from typing import Any
 
 import ldap3
 import pytest
+from ldap3.protocol.microsoft import security_descriptor_control
 
 from tests.plugins.samba import GuestsyncDC
 from tests.plugins.stack import Stack
 from tests.reliability.invariants import assert_invariants, check_accounts, check_outside, check_secrets, watched
+
+SE_DACL_PROTECTED = 0x1000  # SECURITY_DESCRIPTOR control bit: the DACL does not inherit
+DACL_ONLY = 0x04
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
@@ -46,3 +52,53 @@ def test_invariants_catch_outside_writes_duplicates_and_leaked_passwords(rstack:
     finally:
         conn.delete(twin)
         conn.modify(users, {"description": [(ldap3.MODIFY_REPLACE, original)]})
+
+
+def test_invariants_catch_security_descriptor_and_undone_writes_outside_the_ous(rstack: Stack,
+                                                                             samba_dc: GuestsyncDC) -> None:
+    """Writes that compare equal attribute by attribute: a DACL change (nTSecurityDescriptor is not in ``*``)
+    and a value written and put back (only uSNChanged, whenChanged and the replication metadata remember it)."""
+    stack = rstack
+    conn = stack.admin
+    guest, users = f"CN=Guest,CN=Users,{samba_dc.base_dn}", f"CN=Users,{samba_dc.base_dn}"
+    assert check_outside(stack) == []
+    sd_control = security_descriptor_control(sdflags=DACL_ONLY)
+    conn.search(guest, "(objectClass=*)", ldap3.BASE, attributes=["nTSecurityDescriptor"], controls=sd_control)
+    original = bytes(conn.response[0]["raw_attributes"]["nTSecurityDescriptor"][0])
+    (control,) = struct.unpack_from("<H", original, 2)
+    toggled = original[:2] + struct.pack("<H", control ^ SE_DACL_PROTECTED) + original[4:]
+    conn.search(users, "(objectClass=*)", ldap3.BASE, attributes=["description"])
+    description = conn.entries[0].entry_attributes_as_dict.get("description") or []
+    try:
+        assert conn.modify(guest, {"nTSecurityDescriptor": [(ldap3.MODIFY_REPLACE, [toggled])]},
+                           controls=sd_control), conn.result
+        assert conn.modify(users, {"description": [(ldap3.MODIFY_REPLACE, ["written and put back"])]}), conn.result
+        assert conn.modify(users, {"description": [(ldap3.MODIFY_REPLACE, description)]}), conn.result
+
+        outside = check_outside(stack)
+        assert any(p.startswith(guest.lower()) and "ntsecuritydescriptor" in p for p in outside), outside
+        (undone,) = [p for p in outside if p.startswith(users.lower() + " ")]
+        assert "meta:description" in undone and "usnchanged" in undone and "whenchanged" in undone, undone
+        assert "description," not in undone.replace("meta:description", "")  # the value itself is as it was
+    finally:
+        conn.modify(guest, {"nTSecurityDescriptor": [(ldap3.MODIFY_REPLACE, [original])]}, controls=sd_control)
+
+
+def test_a_guest_in_an_error_the_scenario_does_not_expect_is_lost(rstack: Stack) -> None:
+    stack = rstack
+    sim: Any = stack.sim
+    good = sim.invite_guest("fine@fabrikam.com", "Fine Guest", "Fine", "Guest")["id"]
+    bad = sim.add_user(userType="Guest", displayName="Two Ats", mail="two@fabrikam.example",
+                       userPrincipalName="two@ats@contoso.com")["id"]
+    stack.wait(lambda: stack.settled([good, bad]), "both guests settled")
+    record = stack.state.get(bad)
+    assert record is not None and record.error and "userPrincipalName" in record.error
+
+    lost = check_accounts(stack, [good, bad])
+    assert [p for p in lost if p.startswith(f"{bad}: lost: in error")] and not [p for p in lost if good in p], lost
+    assert check_accounts(stack, [good, bad], {bad: "userPrincipalName"}) == []
+    wrong = check_accounts(stack, [good, bad], {bad: "sAMAccountName"})
+    assert any(f"{bad}: in error, but not the expected one" in p for p in wrong), wrong
+    unmet = check_accounts(stack, [good, bad], {bad: "userPrincipalName", good: "mail"})
+    assert any(f"{good}: the scenario expects an error" in p for p in unmet), unmet
+    assert_invariants(stack, [good, bad], expected_errors={bad: "userPrincipalName"})
