@@ -20,7 +20,10 @@
 4. No password or secret in the logs (every record of every logger at DEBUG) or in state (every property of
    every entity of the state table, the meta singletons included) or in a poison queue: the generated
    account passwords (recorded by wrapping ``shared.services.export.new_password``), the AD bind password,
-   the Graph client secret, the webhook clientState and the storage account key.
+   the Graph client secret, the webhook clientState and the storage account key. Each is also looked for in
+   the forms a library may write it in: UTF-16LE (raw, and as ``repr(bytes)`` shows it), URL-encoded (either
+   hex case, ``+`` or ``%20``), JSON-escaped, and base64 (every base64 run in the text is decoded, at each
+   alignment and in both alphabets, and searched for the secret's UTF-8 and UTF-16LE bytes).
 
 ``watch()`` (the ``rstack`` fixture calls it) takes the snapshot and installs the recorders before the
 scenario starts.
@@ -31,10 +34,12 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import json
 import logging
 import re
 import struct
 import unicodedata
+import urllib.parse
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -336,6 +341,43 @@ def _poison_texts() -> Iterable[tuple[str, str]]:
             client.close()
 
 
+_BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{8,}")
+
+
+def _base64_decodings(text: str) -> Iterable[bytes]:
+    """What every base64 run of ``text`` decodes to, from each of its first four characters (the run may begin
+    with a character that belongs to the text around it), in the standard and the URL-safe alphabet."""
+    for run in _BASE64_RUN.findall(text):
+        for shift in range(4):
+            chunk = run[shift:]
+            chunk = chunk[:len(chunk) - len(chunk) % 4]
+            for decode in (base64.b64decode, base64.urlsafe_b64decode):
+                with contextlib.suppress(ValueError, binascii.Error):
+                    yield decode(chunk)
+
+
+def secret_forms(value: str) -> set[str]:
+    """The textual forms of a secret that must not appear: as is, UTF-16LE, URL-encoded, JSON-escaped."""
+    utf16 = value.encode("utf-16-le")
+    forms = {value, utf16.decode("latin-1"), repr(utf16)[2:-1],
+             json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
+    for quoted in (urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value, safe="")):
+        forms |= {quoted, re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), quoted)}
+    return forms
+
+
+def leaked_in(text: str, value: str) -> str | None:
+    """How ``value`` appears in ``text`` (the name of its form), or None."""
+    for form in secret_forms(value):
+        if form in text:
+            return "as is" if form == value else f"encoded as {form!r}"
+    needles = (value.encode("utf-8"), value.encode("utf-16-le"))
+    for decoded in _base64_decodings(text):
+        if any(needle in decoded for needle in needles):
+            return "base64-encoded"
+    return None
+
+
 def check_secrets(stack: Stack) -> list[str]:
     """Invariant 4."""
     w = watched(stack)
@@ -351,8 +393,9 @@ def check_secrets(stack: Stack) -> list[str]:
     problems = []
     for where, text in places:
         for name, value in secrets.items():
-            if value and value in text:
-                problems.append(f"{name} is in {where}")
+            how = leaked_in(text, value) if value else None
+            if how:
+                problems.append(f"{name} is in {where} ({how})")
     return problems
 
 
