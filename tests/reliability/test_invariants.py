@@ -4,8 +4,11 @@ password (in any encoding), or the scenarios that pass it prove nothing."""
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import struct
+import urllib.parse
 from typing import Any
 
 import ldap3
@@ -102,3 +105,30 @@ def test_a_guest_in_an_error_the_scenario_does_not_expect_is_lost(rstack: Stack)
     unmet = check_accounts(stack, [good, bad], {bad: "userPrincipalName", good: "mail"})
     assert any(f"{good}: the scenario expects an error" in p for p in unmet), unmet
     assert_invariants(stack, [good, bad], expected_errors={bad: "userPrincipalName"})
+
+
+def test_invariants_find_secrets_in_their_encoded_forms(rstack: Stack) -> None:
+    """A generated password written UTF-16LE (as unicodePwd carries it), URL-encoded, base64-encoded at any
+    alignment or JSON-escaped is still a leaked password."""
+    stack = rstack
+    sim: Any = stack.sim
+    uid = sim.invite_guest("encoded@fabrikam.com", "Encoded Guest", "Encoded", "Guest")["id"]
+    stack.wait(lambda: stack.settled([uid]), "the account")
+    assert check_secrets(stack) == []
+    password = watched(stack).passwords[0]
+    quoted_utf16 = f'"{password}"'.encode("utf-16-le")
+    forms = {
+        "utf16-raw": quoted_utf16.decode("latin-1"),
+        "utf16-repr": repr({"unicodePwd": [quoted_utf16]}),
+        "url": "grant=x&pw=" + urllib.parse.quote(password, safe="") + "&y=1",
+        "url-plus": "q=" + urllib.parse.quote_plus(password),
+        "base64": "blob " + base64.b64encode(b"\x01" + password.encode() + b"tail").decode() + " end",
+        "base64-utf16": "x" + base64.urlsafe_b64encode(b"ab" + quoted_utf16).decode(),
+        "json": json.dumps({"body": f'set "{password}"'}),
+    }
+    for name, text in forms.items():
+        assert password not in text, name
+        logging.getLogger(f"guestsync.test.{name}").debug("oops: %s", text)
+    leaked = check_secrets(stack)
+    for name in forms:
+        assert any("generated password #1" in p and f"guestsync.test.{name} " in p for p in leaked), (name, leaked)
