@@ -108,27 +108,29 @@ def test_a_guest_in_an_error_the_scenario_does_not_expect_is_lost(rstack: Stack)
 
 
 def test_invariants_find_secrets_in_their_encoded_forms(rstack: Stack) -> None:
-    """A generated password written UTF-16LE (as unicodePwd carries it), URL-encoded, base64-encoded at any
-    alignment or JSON-escaped is still a leaked password."""
+    """A secret written UTF-16LE (as unicodePwd carries a password), URL-encoded, base64-encoded at any alignment
+    or JSON-escaped is still a leaked secret. The secret has characters that each of these encodings changes."""
     stack = rstack
     sim: Any = stack.sim
     uid = sim.invite_guest("encoded@fabrikam.com", "Encoded Guest", "Encoded", "Guest")["id"]
     stack.wait(lambda: stack.settled([uid]), "the account")
     assert check_secrets(stack) == []
-    password = watched(stack).passwords[0]
-    quoted_utf16 = f'"{password}"'.encode("utf-16-le")
+    secret = 'Tst "pw"/+\\ \u00e9t\u00e9 ' + watched(stack).passwords[0]
+    watched(stack).secrets["the test's secret"] = secret
+    quoted_utf16 = f'"{secret}"'.encode("utf-16-le")
     forms = {
         "utf16-raw": quoted_utf16.decode("latin-1"),
         "utf16-repr": repr({"unicodePwd": [quoted_utf16]}),
-        "url": "grant=x&pw=" + urllib.parse.quote(password, safe="") + "&y=1",
-        "url-plus": "q=" + urllib.parse.quote_plus(password),
-        "base64": "blob " + base64.b64encode(b"\x01" + password.encode() + b"tail").decode() + " end",
+        "url": "grant=x&pw=" + urllib.parse.quote(secret, safe="") + "&y=1",
+        "url-plus": "q=" + urllib.parse.quote_plus(secret),
+        "base64": "blob " + base64.b64encode(b"\x01" + secret.encode() + b"tail").decode() + " end",
         "base64-utf16": "x" + base64.urlsafe_b64encode(b"ab" + quoted_utf16).decode(),
-        "json": json.dumps({"body": f'set "{password}"'}),
+        "json": json.dumps({"body": f'set "{secret}"'}),
+        "json-ascii": json.dumps({"body": secret}, ensure_ascii=True),
     }
     for name, text in forms.items():
-        assert password not in text, name
+        assert secret not in text, name
         logging.getLogger(f"guestsync.test.{name}").debug("oops: %s", text)
     leaked = check_secrets(stack)
     for name in forms:
-        assert any("generated password #1" in p and f"guestsync.test.{name} " in p for p in leaked), (name, leaked)
+        assert any("the test's secret" in p and f"guestsync.test.{name} " in p for p in leaked), (name, leaked)
