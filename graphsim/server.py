@@ -10,6 +10,9 @@ groups: ``/groups/{id}``, ``/groups/{id}/transitiveMembers`` (optionally cast to
 as in Graph. ``POST /users/{id | userPrincipalName}/sendMail`` (202, needs Mail.Send) records the message in
 ``sent_mail`` instead of delivering it.
 Throttling (429/503 with Retry-After) can be switched on for the next requests.
+Object ids are GUIDs that Graph matches in any letter case; ``id_case = "upper"`` (or ``"lower"``) makes the
+simulator write every object id it returns (objects, ``@removed`` items, notifications) in that case, as some
+Graph responses do, while lookups keep matching ids whatever their case.
 Permissions: ``app_roles`` holds the application permissions granted to the app (admin consent); a request
 that needs one it lacks gets Graph's 403 ``Authorization_RequestDenied``. The check is made on each request
 (Entra applies a consent change to new tokens only); tokens carry the granted roles in their ``roles`` claim
@@ -205,6 +208,7 @@ class GraphSimulator:
         self.redelivery_delays: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
         self.max_batch = 100  # notifications per POST at most when several are waiting
         self.sent_mail: list[dict[str, Any]] = []  # sendMail requests accepted, oldest first
+        self.id_case: str | None = None  # None: user ids as stored; "upper" / "lower": written in that case
         self._drop_next = 0
         self._throttle: list[tuple[int, int]] = []  # (status, retry_after) for the next requests
         self._outbox: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue()
@@ -258,6 +262,7 @@ class GraphSimulator:
             self.app_roles = set(DEFAULT_APP_ROLES)
             self.verified_domains = self._default_domains()
             self._certificates.clear()
+            self.id_case = None
             self._delta_epoch += 1
 
     def _default_domains(self) -> list[dict[str, Any]]:
@@ -451,12 +456,12 @@ class GraphSimulator:
                 "subscriptionExpirationDateTime": _iso(sub.expiration),
                 "clientState": sub.client_state,
                 "changeType": change_type,
-                "resource": f"Users/{user_id}",
+                "resource": f"Users/{self._out_id(user_id)}",
                 "tenantId": self.tenant_id,
                 "resourceData": {
                     "@odata.type": "#Microsoft.Graph.User",
-                    "@odata.id": f"Users/{user_id}",
-                    "id": user_id,
+                    "@odata.id": f"Users/{self._out_id(user_id)}",
+                    "id": self._out_id(user_id),
                     "organizationId": self.tenant_id,
                 },
             }
@@ -581,11 +586,28 @@ class GraphSimulator:
         body["value"] = items[skip : skip + top]
         return body
 
-    @staticmethod
-    def _project(user: dict[str, Any], select: tuple[str, ...]) -> dict[str, Any]:
-        body = {name: user.get(name) for name in select if name != "id"}
-        body["id"] = user["id"]
+    def _out_id(self, object_id: str) -> str:
+        """An id as this simulator writes it (see ``id_case``)."""
+        if self.id_case == "upper":
+            return object_id.upper()
+        if self.id_case == "lower":
+            return object_id.lower()
+        return object_id
+
+    def _project(self, obj: dict[str, Any], select: tuple[str, ...]) -> dict[str, Any]:
+        body = {name: obj.get(name) for name in select if name != "id"}
+        body["id"] = self._out_id(obj["id"])
         return body
+
+    def _user_by_id_or_upn(self, user_id: str) -> dict[str, Any] | None:
+        """The user whose id (any letter case, as Graph compares GUIDs) or userPrincipalName is ``user_id``.
+        Call with the lock held."""
+        wanted = user_id.lower()
+        return self._users.get(user_id) or next(
+            (u for u in self._users.values()
+             if str(u["id"]).lower() == wanted or str(u.get("userPrincipalName", "")).lower() == wanted),
+            None,
+        )
 
     def _context(self, select: tuple[str, ...], what: str = "users", default: tuple[str, ...] = DEFAULT_SELECT
                  ) -> str:
@@ -791,11 +813,11 @@ class GraphSimulator:
             if match:
                 users = [u for u in users if u.get("userType") == match.group("value")]
             elif ids:
-                wanted = {v.strip().strip("'") for v in ids.group("ids").split(",")}
+                wanted = {v.strip().strip("'").lower() for v in ids.group("ids").split(",")}
                 if len(wanted) > MAX_IN_VALUES:
                     raise GraphHttpError(400, "Request_UnsupportedQuery",
                                          f"Too many values in the 'in' clause: {len(wanted)}; at most {MAX_IN_VALUES}.")
-                users = [u for u in users if u["id"] in wanted]
+                users = [u for u in users if str(u["id"]).lower() in wanted]
             else:
                 raise GraphHttpError(400, "Request_UnsupportedQuery", f"Unsupported query: {flt}")
         return self._paged("/users", params, self._context(select), [self._project(u, select) for u in users])
@@ -809,10 +831,7 @@ class GraphSimulator:
     def _find_user(self, user_id: str) -> dict[str, Any]:
         """By id or userPrincipalName, as /users/{id | userPrincipalName} does; 404 otherwise."""
         with self._lock:
-            user = self._users.get(user_id) or next(
-                (u for u in self._users.values() if str(u.get("userPrincipalName", "")).lower() == user_id.lower()),
-                None,
-            )
+            user = self._user_by_id_or_upn(user_id)
         if user is None:
             raise self._not_found(user_id)
         return user
@@ -882,10 +901,7 @@ class GraphSimulator:
         if not isinstance(save, bool):
             raise GraphHttpError(400, "RequestBodyRead", "saveToSentItems must be a Boolean.")
         with self._lock:
-            user = self._users.get(user_id) or next(
-                (u for u in self._users.values() if str(u.get("userPrincipalName", "")).lower() == user_id.lower()),
-                None,
-            )
+            user = self._user_by_id_or_upn(user_id)
             if user is None:
                 raise GraphHttpError(404, "ErrorInvalidUser", f"The requested user '{user_id}' is invalid.")
             self.sent_mail.append({
@@ -983,7 +999,7 @@ class GraphSimulator:
                 items = []
                 for change in latest.values():
                     if change.removed:
-                        items.append({"id": change.user_id, "@removed": {"reason": change.removed}})
+                        items.append({"id": self._out_id(change.user_id), "@removed": {"reason": change.removed}})
                     elif change.user_id in self._users:
                         items.append(self._project(self._users[change.user_id], select))
                 end_seq = self._seq

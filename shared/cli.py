@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.bootstrap import Services
-from shared.domain import GuestStatus, GuestsyncError
+from shared.domain import GuestStatus, GuestsyncError, graph_id
 from shared.settings import BINDING_DEFAULTS, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -387,7 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--no-ad", action="store_true", help="Graph side only (where AD is out of reach)")
         cmd.set_defaults(func=handler)
     approve = sub.add_parser("approve", help="list, release or reject deprovisionings held by the breaker")
-    approve.add_argument("uid", nargs="*", help="guest object ids (Graph id); none: list what is held")
+    approve.add_argument("uid", nargs="*", type=graph_id,
+                         help="guest object ids (Graph id, any letter case); none: list what is held")
     approve.add_argument("--all", action="store_true", help="every held guest")
     approve.add_argument("--reject", action="store_true", help="keep the accounts instead of deprovisioning")
     approve.add_argument("--json", action="store_true")

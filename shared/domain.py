@@ -26,6 +26,13 @@ def is_guid(value: str) -> bool:
     return bool(GUID_RE.fullmatch(value))
 
 
+def graph_id(value: str) -> str:
+    """A Graph object id as guestsync keys it: lower case. Graph matches GUIDs in any letter case and some of
+    its answers write them in upper case, but state keys, queue messages and ``CN=<id>`` compare as strings, so
+    an id is normalised wherever it enters (Graph answers, notifications, queue messages, the CLI)."""
+    return value.strip().lower()
+
+
 @dataclass(frozen=True)
 class GraphUser:
     """A user as Microsoft Graph returns it (the connector space of the Graph side)."""

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.domain import is_guid
+from shared.domain import graph_id, is_guid
 
 #: Graph answers a subscription request with a validation token that we must echo; keep it bounded.
 MAX_VALIDATION_TOKEN_LENGTH = 4096
@@ -169,7 +169,7 @@ def _user_id(item: dict[str, Any]) -> str | None:
         if not match:
             return None
         candidate = match.group("id")
-    return candidate.lower() if is_guid(candidate) else None
+    return graph_id(candidate) if is_guid(candidate) else None
 
 
 def parse_change_notifications(

@@ -7,17 +7,22 @@
 * Metrics go through the OpenTelemetry API (no-ops until a provider is configured): with
   ``APPLICATIONINSIGHTS_CONNECTION_STRING`` set they are exported to Application Insights.
 * Secrets are scrubbed from every log record in the process, ours and the libraries', before any handler
-  sees it: the values of secret settings, and anything shaped like a password, account key or token.
+  sees it: the values of secret settings, and anything shaped like a password, account key or token. A value
+  is masked in the forms a library may log it in too: UTF-16LE (how AD takes a password, raw or as Python
+  writes bytes), URL-encoded (form bodies, query strings), base64 (at any alignment inside a longer base64
+  text, standard and URL-safe alphabet) and JSON-escaped.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import contextvars
 import json
 import logging
 import re
 import threading
+import urllib.parse
 import uuid
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
@@ -73,12 +78,41 @@ _installed = False
 _FORMATTER = logging.Formatter()
 
 
+def _base64_cores(data: bytes) -> set[str]:
+    """The base64 characters that ``data`` alone decides wherever it starts inside a longer base64 text (three
+    alignments), in the standard and the URL-safe alphabet: what a search for it in encoded text must look for.
+    """
+    cores: set[str] = set()
+    for offset in range(3):
+        encoded = base64.b64encode(bytes(offset) + data).decode("ascii")
+        core = encoded[-(-8 * offset // 6): 8 * (offset + len(data)) // 6]
+        cores |= {core, core.replace("+", "-").replace("/", "_")}
+    return cores
+
+
+def encoded_forms(value: str) -> set[str]:
+    """``value`` and the encodings it may be logged in: UTF-16LE (raw, and as ``repr(bytes)`` writes it),
+    URL-encoded (``%20`` and ``+`` for spaces, both hex cases), base64 of its UTF-8 and UTF-16LE bytes, and
+    JSON-escaped (with and without ``ensure_ascii``)."""
+    utf16 = value.encode("utf-16-le")
+    forms = {value, utf16.decode("latin-1"), repr(utf16)[2:-1],
+             json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
+    for quoted in (urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value, safe="")):
+        forms |= {quoted, re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), quoted)}
+    forms |= _base64_cores(value.encode("utf-8")) | _base64_cores(utf16)
+    return {form for form in forms if len(form) >= 6}
+
+
 def register_secrets(values: Iterable[str | None]) -> None:
-    """Values never to appear in a log (settings' secrets, generated passwords)."""
+    """Values never to appear in a log (settings' secrets, generated passwords), in any of their
+    ``encoded_forms``."""
     with _lock:
         for value in values:
-            if value and len(value) >= 6 and value not in _secrets:
-                _secrets.append(value)
+            if not value or len(value) < 6:
+                continue
+            for form in encoded_forms(value):
+                if form not in _secrets:
+                    _secrets.append(form)
         _secrets.sort(key=len, reverse=True)
 
 

@@ -22,6 +22,7 @@ from shared.domain import (
     GraphUser,
     GuestStatus,
     MetaverseEntry,
+    graph_id,
     is_guid,
 )
 
@@ -50,10 +51,11 @@ def inbound(user: GraphUser) -> MetaverseEntry:
     """Project a Graph user into a metaverse entry (seed 002, 'Import Guest User' rule)."""
     if not is_guid(user.id):
         raise ValueError(f"Graph user id {user.id!r} is not a GUID; refusing to build a DN from it")
+    uid = graph_id(user.id)
     return MetaverseEntry(
-        uid=user.id,
-        cn=user.id,
-        account_name=user.id[:ACCOUNT_NAME_LENGTH],
+        uid=uid,
+        cn=uid,
+        account_name=uid[:ACCOUNT_NAME_LENGTH],
         employee_type=user.user_type,
         display_name=user.display_name,
         given_name=user.given_name,

@@ -39,7 +39,7 @@ from msgraph.graph_request_adapter import GraphRequestAdapter
 from msgraph.graph_service_client import GraphServiceClient
 from msgraph_core import GraphClientFactory
 
-from shared.domain import GRAPH_USER_SELECT, GraphUser, GuestsyncError, is_guid
+from shared.domain import GRAPH_USER_SELECT, GraphUser, GuestsyncError, graph_id, is_guid
 from shared.settings import GraphSettings
 
 MICROSOFT_LOGIN_HOSTS = (
@@ -95,7 +95,7 @@ class DeltaPage:
 
 def _to_graph_user(user: User) -> GraphUser:
     return GraphUser(
-        id=str(user.id),
+        id=graph_id(str(user.id)),
         user_type=user.user_type,
         display_name=user.display_name,
         given_name=user.given_name,
@@ -116,7 +116,7 @@ def _user_from_json(data: dict[str, Any]) -> GraphUser:
     (thousands of imports in get_field_deserializers), which made it the bottleneck of apply and reconcile."""
     enabled = data.get("accountEnabled")
     return GraphUser(
-        id=str(data["id"]),
+        id=graph_id(str(data["id"])),
         user_type=_text(data.get("userType")),
         display_name=_text(data.get("displayName")),
         given_name=_text(data.get("givenName")),
@@ -267,9 +267,13 @@ class GraphClient:
 
     async def get_users(self, user_ids: Sequence[str]) -> dict[str, GraphUser | None]:
         """Several users in one request per 15 ids (``$filter=id in (…)``, Graph's limit for ``in``); an id
-        that Graph does not return maps to None (deleted, or no such user)."""
+        that Graph does not return maps to None (deleted, or no such user). Keys are the ids as asked; Graph's
+        answer is matched whatever the letter case of its ids."""
         found: dict[str, GraphUser | None] = {uid: None for uid in user_ids}
-        ids = [uid for uid in dict.fromkeys(user_ids) if is_guid(uid)]
+        asked: dict[str, list[str]] = {}
+        for uid in user_ids:
+            asked.setdefault(graph_id(uid), []).append(uid)
+        ids = [uid for uid in asked if is_guid(uid)]
         for start in range(0, len(ids), MAX_IN_VALUES):
             chunk = ids[start:start + MAX_IN_VALUES]
             flt = "id in (" + ",".join(f"'{uid}'" for uid in chunk) + ")"
@@ -281,8 +285,10 @@ class GraphClient:
             except ODataError as exc:
                 raise _error(exc) from None
             for item in body.get("value") or []:
-                if isinstance(item, dict) and item.get("id") in found:
-                    found[str(item["id"])] = _user_from_json(item)
+                if isinstance(item, dict) and isinstance(item.get("id"), str):
+                    user = _user_from_json(item)
+                    for uid in asked.get(user.id, ()):
+                        found[uid] = user
         return found
 
     async def list_guests(self, page_size: int = 999) -> AsyncIterator[GraphUser]:
@@ -319,7 +325,7 @@ class GraphClient:
                         continue
                     removed = item.get("@removed")
                     if isinstance(removed, dict):
-                        page.removed.append((str(item["id"]), str(removed.get("reason", "changed"))))
+                        page.removed.append((graph_id(str(item["id"])), str(removed.get("reason", "changed"))))
                     else:
                         page.users.append(_user_from_json(item))
                 yield page
@@ -358,7 +364,7 @@ class GraphClient:
             while page is not None:
                 for user in page.value or []:
                     if user.id:
-                        yield str(user.id)
+                        yield graph_id(str(user.id))
                 if not page.odata_next_link:
                     return
                 page = await builder.with_url(page.odata_next_link).get()

@@ -16,6 +16,7 @@ from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import ExponentialRetry, QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
 from shared.adapters.storage import queue_client
+from shared.domain import graph_id
 from shared.settings import StorageSettings
 
 
@@ -50,12 +51,12 @@ class ChangeMessage:
         if not isinstance(user_id, str):
             raise ValueError("change message has no user_id")
         return cls(
-            user_id=user_id,
+            user_id=graph_id(user_id),
             change_type=str(data.get("change_type", "updated")),
             received_at=str(data.get("received_at", "")),
             source=str(data.get("source", "notification")),
             correlation_id=str(data.get("correlation_id", "")),
-            more_user_ids=tuple(str(u) for u in data.get("more_user_ids") or () if isinstance(u, str)),
+            more_user_ids=tuple(graph_id(u) for u in data.get("more_user_ids") or () if isinstance(u, str)),
             deferrals=deferrals if isinstance(deferrals := data.get("deferrals"), int) else 0,
         )
 
@@ -96,7 +97,7 @@ class ExportMessage:
         if not isinstance(uid, str) or not isinstance(version, int):
             raise ValueError("export message needs uid (string) and version (integer)")
         snapshot = data.get("snapshot")  # checked by the worker; anything but an object is ignored
-        return cls(uid=uid, version=version, reason=str(data.get("reason", "")),
+        return cls(uid=graph_id(uid), version=version, reason=str(data.get("reason", "")),
                    correlation_id=str(data.get("correlation_id", "")),
                    snapshot=snapshot if isinstance(snapshot, dict) else None)
 

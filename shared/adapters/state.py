@@ -1,6 +1,7 @@
 """Guest state in Azure Table Storage: the metaverse entry of each guest plus its join to AD.
 
-One entity per guest (PartitionKey ``guest``, RowKey = Graph id = metaverse uid). Writes use the entity's
+One entity per guest (PartitionKey ``guest``, RowKey = Graph id = metaverse uid, in lower case whatever the
+case it arrived in: Table Storage keys compare as strings). Writes use the entity's
 ETag so two instances never overwrite each other's newer data; the caller re-reads and re-plans on conflict.
 No password is ever stored here.
 """
@@ -19,7 +20,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, Re
 from azure.data.tables import TableClient, UpdateMode
 
 from shared.adapters.storage import table_service
-from shared.domain import Approval, GuestStatus, MetaverseEntry, SecurityKind
+from shared.domain import Approval, GuestStatus, MetaverseEntry, SecurityKind, graph_id
 from shared.settings import StorageSettings
 
 PARTITION = "guest"
@@ -75,6 +76,9 @@ class GuestRecord:
     security: SecurityKind | None = None  # set with ``error`` when a security rule refused the export
     adopt: bool = False  # an operator chose to take over the object at CN=<uid> (``guestsync adopt``)
     etag: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "uid", graph_id(self.uid))  # the RowKey: one key per guest, whatever the case
 
     @property
     def has_account(self) -> bool:
@@ -197,7 +201,7 @@ class StateStore:
 
     def get(self, uid: str) -> GuestRecord | None:
         try:
-            return GuestRecord.from_entity(self._table.get_entity(PARTITION, uid))
+            return GuestRecord.from_entity(self._table.get_entity(PARTITION, graph_id(uid)))
         except ResourceNotFoundError:
             return None
 
@@ -220,7 +224,7 @@ class StateStore:
         return record.evolve(etag=meta.get("etag"))
 
     def delete(self, uid: str) -> None:
-        self._table.delete_entity(PARTITION, uid)
+        self._table.delete_entity(PARTITION, graph_id(uid))
 
     def get_meta(self, name: str) -> tuple[dict[str, Any], str | None]:
         """A singleton document and its ETag (``({}, None)`` when it does not exist yet)."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from shared.adapters.queues import ExportMessage
 from shared.adapters.state import ConcurrencyError, GuestRecord, StateStore
-from shared.domain import Approval, GuestStatus, SecurityKind
+from shared.domain import Approval, GuestStatus, SecurityKind, graph_id
 
 log = logging.getLogger("guestsync.approvals")
 
@@ -39,7 +39,7 @@ def answer(
     """Release (``approve``) or reject the held deprovisioning of each guest in ``uids``."""
     answers: list[Answer] = []
     for uid in uids:
-        answers.append(_answer_one(state, uid.strip().lower(), send_export, approve=approve))
+        answers.append(_answer_one(state, graph_id(uid), send_export, approve=approve))
     return answers
 
 
@@ -76,7 +76,7 @@ def adoptable(state: StateStore) -> Iterator[GuestRecord]:
 def adopt(state: StateStore, uids: Iterable[str], send_export: Callable[[str], None]) -> list[Answer]:
     """Record the operator's decision to take over each guest's CN=<uid> and queue the export that does it (fresh
     password, userAccountControl 262656, ownership mark; audited in the worker's log)."""
-    return [_adopt_one(state, uid.strip().lower(), send_export) for uid in uids]
+    return [_adopt_one(state, graph_id(uid), send_export) for uid in uids]
 
 
 def _adopt_one(state: StateStore, uid: str, send_export: Callable[[str], None]) -> Answer:

@@ -464,3 +464,45 @@ def test_organization_lists_the_verified_domains_as_graph_does(graph: GraphSimul
     with pytest.raises(GraphError) as info:
         run(initial())
     assert (info.value.status, info.value.code) == (403, "Authorization_RequestDenied")
+
+
+def test_id_case_upper_writes_every_user_id_in_upper_case_and_keeps_the_documented_shapes(
+        graph: GraphSimulator, receiver: Receiver) -> None:
+    """The switch behind tests/integration/test_graph_id_case.py: answers, @removed items and notifications carry
+    upper-case ids, lookups match any case, and the JSON keeps the keys of the documentation's examples."""
+    status, _ = raw_request(graph, "POST", "/v1.0/subscriptions", {
+        "changeType": "updated,deleted", "notificationUrl": receiver.url, "resource": "users",
+        "expirationDateTime": soon().isoformat(), "clientState": "s"})
+    assert status == 201
+    graph.seed(guests=2)
+    start = raw_get(graph, "/v1.0/users/delta?$select=displayName,givenName,surname")
+    while "@odata.nextLink" in start:
+        link = urllib.parse.urlsplit(start["@odata.nextLink"])
+        start = raw_get(graph, f"{link.path}?{link.query}")
+    graph.id_case = "upper"
+    first, second = (u["id"] for u in graph.users)
+    assert first == first.lower()  # stored as created; only what the simulator writes changes
+
+    user = raw_get(graph, f"/v1.0/users/{first}")
+    assert user["id"] == first.upper()
+    assert raw_get(graph, f"/v1.0/users/{first.upper()}")["id"] == first.upper()
+    both = raw_get(graph, f"/v1.0/users?$filter=id in ('{first}','{second.upper()}')")
+    assert sorted(u["id"] for u in both["value"]) == sorted([first.upper(), second.upper()])
+
+    graph.update_user(first, givenName="Changed")
+    graph.hard_delete_user(second)
+    graph.wait_for_deliveries()
+    link = urllib.parse.urlsplit(start["@odata.deltaLink"])
+    changes = raw_get(graph, f"{link.path}?{link.query}")
+    assert set(changes) == set(reference("delta-final-with-removed.json"))
+    changed, removed = changes["value"]
+    assert changed["id"] == first.upper() and set(changed) == set(reference("delta-page.json")["value"][0])
+    assert removed == {"id": second.upper(), "@removed": {"reason": "deleted"}}
+    assert set(removed) == set(reference("delta-page.json")["value"][2])
+
+    items = [item for r in receiver.received for item in r["value"] if "changeType" in item]
+    assert [i["resourceData"]["id"] for i in items[-2:]] == [first.upper(), second.upper()]
+    assert all(i["resource"] == f"Users/{i['resourceData']['id']}" for i in items[-2:])
+    assert set(items[-1]) == set(reference("change-notification.json")["value"][0]) - {"id"}
+    graph.reset()
+    assert graph.id_case is None

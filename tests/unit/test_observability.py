@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import re
+import urllib.parse
 
 import pytest
 from opentelemetry import metrics
@@ -61,6 +64,42 @@ def test_secret_shapes_are_scrubbed_whatever_their_value(raw: str, kept: str) ->
 def test_status_codes_stay_readable() -> None:
     assert redact("Graph answered status code: 503 (error code=Throttled)") == (
         "Graph answered status code: 503 (error code=Throttled)")
+
+
+#: A registered secret with characters that every encoding below changes (space, quote, slash, plus, backslash,
+#: non-ASCII).
+ENCODED_SECRET = 'Bind Pa55 "w/o+r\\d" \u00e9t\u00e9!'
+_UTF16 = ENCODED_SECRET.encode("utf-16-le")
+
+
+@pytest.mark.parametrize(("form", "text"), [
+    ("UTF-16LE, raw", _UTF16.decode("latin-1")),
+    ("UTF-16LE, as repr(bytes) writes it (the quoted unicodePwd value)",
+     "modify " + repr(('"' + ENCODED_SECRET + '"').encode("utf-16-le")) + " done"),
+    ("URL-encoded, quote", "password=" + urllib.parse.quote(ENCODED_SECRET, safe="") + "&x=1"),
+    ("URL-encoded, quote_plus", "q=" + urllib.parse.quote_plus(ENCODED_SECRET) + "&x=1"),
+    ("URL-encoded, lower-case hex", "q=" + re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(),
+                                                   urllib.parse.quote(ENCODED_SECRET, safe=""))),
+    ("base64 of UTF-8", base64.b64encode(ENCODED_SECRET.encode()).decode()),
+    ("base64, one byte before it", base64.b64encode(b"x" + ENCODED_SECRET.encode()).decode()),
+    ("base64, two bytes before it", base64.b64encode(b"xy" + ENCODED_SECRET.encode() + b"tail").decode()),
+    ("base64url", base64.urlsafe_b64encode(b"xy" + ENCODED_SECRET.encode()).decode()),
+    ("base64 of UTF-16LE", base64.b64encode(b"\"\x00" + _UTF16).decode()),
+    ("JSON-escaped", json.dumps({"secret": ENCODED_SECRET})),
+    ("JSON-escaped, ensure_ascii=False", json.dumps({"secret": ENCODED_SECRET}, ensure_ascii=False)),
+])
+def test_registered_secrets_are_scrubbed_in_their_encoded_forms(form: str, text: str) -> None:
+    register_secrets([ENCODED_SECRET])
+    assert ENCODED_SECRET not in text  # each case is the encoded form only
+    out = redact(text)
+    assert REDACTED in out, form
+    if form.startswith("base64"):
+        # Only the characters that mix the secret's bits with its neighbours' may stay: at most 3 before it,
+        # and after it at most 3 plus the encoded tail.
+        before, after = out.split(REDACTED)
+        assert len(before) <= 3 and len(after) <= (3 + 8 if "tail" in text or "two bytes" in form else 3), (form, out)
+    else:
+        assert not any(encoded in out for encoded in observability.encoded_forms(ENCODED_SECRET)), (form, out)
 
 
 def test_settings_secrets_are_registered_by_install() -> None:
