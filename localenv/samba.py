@@ -37,7 +37,8 @@ from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import escape_rdn
 
 from localenv.certs import LocalPki, create_local_pki
-from shared.ad_rules import format_sid, new_password
+from shared.ad_rules import OWNERSHIP_ATTRIBUTE, format_sid, new_password
+from shared.rules import PERSISTENT_ATTRIBUTES
 
 LDAPS_PORT = 636
 #: Bump when the way the template is provisioned changes, so stale caches are not reused.
@@ -49,17 +50,7 @@ TEMPLATE_READY = "guestsync-template.json"
 #: adoption) and cn and name (the RDN attribute and name, which AD checks on a modify DN). README's dsacls
 #: commands grant exactly these (tests/integration/test_delegation.py compares them).
 DELEGATED_WRITE_ATTRIBUTES: tuple[str, ...] = (
-    "sAMAccountName",
-    "givenName",
-    "mail",
-    "sn",
-    "userPrincipalName",
-    "displayName",
-    "userAccountControl",
-    "adminDescription",
-    "cn",
-    "name",
-)
+    *PERSISTENT_ATTRIBUTES, "userAccountControl", OWNERSHIP_ATTRIBUTE, "cn", "name")
 #: The Reset-Password extended right (cn of its controlAccessRight object in CN=Extended-Rights).
 RESET_PASSWORD_RIGHT = "User-Force-Change-Password"  # noqa: S105 (the name of a right, not a password)
 #: The well-known OWNER RIGHTS SID: an ACE for it replaces the owner's implicit READ_CONTROL and WRITE_DAC.

@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -282,30 +282,49 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return _run_reconcile(args, dry_run=True)
 
 
-def cmd_approve(args: argparse.Namespace) -> int:
-    from shared.services import approvals
-
-    s = _services()
-    held = list(approvals.held(s.state)) if args.all or not args.uid else []
-    uids = [r.uid for r in held] if args.all else list(args.uid)
+def _operator_decision(
+    args: argparse.Namespace,
+    waiting: Callable[[], list[Any]],
+    listing: tuple[str, Callable[[Any], dict[str, Any]], str, str, Callable[[Any], str]],
+    decide: Callable[[list[str]], list[Any]],
+    done: frozenset[str],
+) -> int:
+    """What ``approve`` and ``adopt`` share: without ids (and without --all) list what waits for an operator;
+    with them, decide each and print one line per guest. ``listing``: (the JSON key, one item as JSON, the line
+    when nothing waits, the heading, one item as text)."""
+    key, as_json, nothing, heading, as_text = listing
+    found = waiting() if args.all or not args.uid else []
+    uids = [r.uid for r in found] if args.all else list(args.uid)
     if not uids:
         if args.json:
-            print(json.dumps({"held": [_held_item(r) for r in held]}, indent=2))
-            return 0
-        if not held:
-            print("Nothing is held by the mass-change breaker.")
-            return 0
-        print("Held deprovisionings (approve: guestsync approve --all | UID...; reject: add --reject):")
-        for r in held:
-            print(f"  {r.uid}  {r.entry.user_principal_name}: {r.reason}\n      {r.error}")
+            print(json.dumps({key: [as_json(r) for r in found]}, indent=2))
+        elif not found:
+            print(nothing)
+        else:
+            print(heading)
+            for r in found:
+                print(as_text(r))
         return 0
-    answers = approvals.answer(s.state, uids, s.export_queue.send, approve=not args.reject)
+    answers = decide(uids)
     if args.json:
         print(json.dumps([a.__dict__ for a in answers], indent=2))
     else:
         for a in answers:
-            print(f"  {a.outcome:<9} {a.uid}  {a.detail}")
-    return 0 if all(a.outcome in ("approved", "rejected") for a in answers) else 1
+            print(f"  {a.outcome:<13} {a.uid}  {a.detail}")
+    return 0 if all(a.outcome in done for a in answers) else 1
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    from shared.services import approvals
+
+    s = _services()
+    return _operator_decision(
+        args, lambda: list(approvals.held(s.state)),
+        ("held", _held_item, "Nothing is held by the mass-change breaker.",
+         "Held deprovisionings (approve: guestsync approve --all | UID...; reject: add --reject):",
+         lambda r: f"  {r.uid}  {r.entry.user_principal_name}: {r.reason}\n      {r.error}"),
+        lambda uids: approvals.answer(s.state, uids, s.export_queue.send, approve=not args.reject),
+        frozenset({"approved", "rejected"}))
 
 
 def _adoptable_item(record: Any) -> dict[str, Any]:
@@ -317,26 +336,14 @@ def cmd_adopt(args: argparse.Namespace) -> int:
     from shared.services import approvals
 
     s = _services()
-    found = list(approvals.adoptable(s.state)) if args.all or not args.uid else []
-    uids = [r.uid for r in found] if args.all else list(args.uid)
-    if not uids:
-        if args.json:
-            print(json.dumps({"adoptable": [_adoptable_item(r) for r in found]}, indent=2))
-            return 0
-        if not found:
-            print("No guest has an object to take over. (`guestsync plan` lists CN=<uid> objects without the mark.)")
-            return 0
-        print("Objects guestsync did not create, at guests' CN=<uid> (take over: guestsync adopt --all | UID...):")
-        for r in found:
-            print(f"  {r.uid}  {r.entry.user_principal_name}\n      {r.error}")
-        return 0
-    answers = approvals.adopt(s.state, uids, s.export_queue.send)
-    if args.json:
-        print(json.dumps([a.__dict__ for a in answers], indent=2))
-    else:
-        for a in answers:
-            print(f"  {a.outcome:<13} {a.uid}  {a.detail}")
-    return 0 if all(a.outcome == "adopting" for a in answers) else 1
+    return _operator_decision(
+        args, lambda: list(approvals.adoptable(s.state)),
+        ("adoptable", _adoptable_item,
+         "No guest has an object to take over. (`guestsync plan` lists CN=<uid> objects without the mark.)",
+         "Objects guestsync did not create, at guests' CN=<uid> (take over: guestsync adopt --all | UID...):",
+         lambda r: f"  {r.uid}  {r.entry.user_principal_name}\n      {r.error}"),
+        lambda uids: approvals.adopt(s.state, uids, s.export_queue.send),
+        frozenset({"adopting"}))
 
 
 def cmd_check(args: argparse.Namespace) -> int:
