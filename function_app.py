@@ -4,8 +4,6 @@ Worker mode ``agent`` (default): the AD worker runs on-premises as ``guestsync w
 Worker mode ``function``: the AD worker is a queue-triggered function here (needs VNet integration).
 """
 
-import os
+from shared.functions import create_app_from_environment
 
-from shared.functions import create_app
-
-app = create_app(os.environ.get("GUESTSYNC_WORKER_MODE", "agent").strip().lower())
+app = create_app_from_environment()

@@ -21,8 +21,10 @@ import json
 import logging
 import os
 import sys
+import tomllib
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +32,12 @@ from shared.bootstrap import Services
 from shared.domain import GuestStatus, GuestsyncError, graph_id
 from shared.settings import BINDING_DEFAULTS, load_settings
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("guestsync.cli")
+
+#: The distribution name (pyproject.toml) whose installed metadata carries the version.
+DISTRIBUTION = "guestsync"
+#: The tools a source checkout has and the installed package has not (dev tooling stays out of the wheel).
+CHECKOUT_ONLY = ("localenv", "graphsim")
 
 
 def _apply_binding_defaults(env: dict[str, str]) -> dict[str, str]:
@@ -41,7 +47,22 @@ def _apply_binding_defaults(env: dict[str, str]) -> dict[str, str]:
 
 
 def _host_json() -> Path:
-    return REPO_ROOT / "host.json"
+    """The runner's host options, shipped inside the package: an installed agent has no repository root to
+    read the deployment's host.json from. tests/unit/test_packaging.py keeps both queue settings equal."""
+    return Path(str(resources.files("shared").joinpath("host_options.json")))
+
+
+def version() -> str:
+    """The installed distribution's version; in a checkout that was never installed, pyproject.toml's."""
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        pass
+    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    try:
+        return f"{tomllib.loads(pyproject.read_text(encoding='utf-8'))['project']['version']} (source checkout)"
+    except (OSError, ValueError, KeyError):
+        return "unknown (not installed)"
 
 
 def _services(*, need_directory: bool = False) -> Services:
@@ -50,12 +71,12 @@ def _services(*, need_directory: bool = False) -> Services:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from shared.functions import create_app_from_environment
     from shared.runner import LocalFunctionsHost
 
     env = _apply_binding_defaults(os.environ)  # type: ignore[arg-type]
-    import function_app
-
-    host = LocalFunctionsHost(function_app.app, env=env, host_json=_host_json(), http_port=args.port)
+    # The app function_app.py gives the Functions host, built by the package (function_app.py is not installed).
+    host = LocalFunctionsHost(create_app_from_environment(), env=env, host_json=_host_json(), http_port=args.port)
     host.start()
     print(f"guestsync functions listening on {host.base_url}/api (Ctrl+C to stop)", flush=True)
     host.run_forever()
@@ -365,7 +386,14 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from localenv.demo import run_demo
+    try:
+        from localenv.demo import run_demo
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in CHECKOUT_ONLY:
+            raise
+        raise GuestsyncError("the demo needs a source checkout (it starts Azurite, Samba and the Graph simulator "
+                             "from localenv/ and graphsim/, which the installed package leaves out): "
+                             "run `make demo` there") from None
 
     return run_demo(guests=args.guests, members=args.members)
 
@@ -374,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="guestsync", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the function app locally")
     serve.add_argument("--port", type=int, default=7071)

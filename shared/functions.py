@@ -98,6 +98,12 @@ def make_ingest_blueprint() -> func.Blueprint:
     return bp
 
 
+def create_app_from_environment() -> func.FunctionApp:
+    """The app as function_app.py gives it to the Functions host, worker mode from GUESTSYNC_WORKER_MODE;
+    also what ``guestsync serve`` runs, so an installed package (without function_app.py) serves the same app."""
+    return create_app(os.environ.get("GUESTSYNC_WORKER_MODE", "agent").strip().lower())
+
+
 def create_app(worker_mode: str = "agent", *, mail_alerts: bool | None = None) -> func.FunctionApp:
     """The function app: ingest always; the AD worker too when it runs in Azure (worker mode function); the
     alerts timer when alerts are mailed (``mail_alerts``; by default when GUESTSYNC_MAIL is not ``none``)."""

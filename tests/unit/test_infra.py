@@ -139,7 +139,8 @@ def _bindings(scope: ast.AST, inherited: dict[str, set[str]]) -> dict[str, set[s
 
 def settings_read_by_code() -> set[str]:
     """Every setting name the code reads: shared/settings.py's readers and BINDING_DEFAULTS, the ``%NAME%``
-    binding expressions of shared/functions.py, and function_app.py's own environment lookups."""
+    binding expressions of shared/functions.py, and the environment lookups of function_app.py and
+    shared/functions.py (the worker mode)."""
     tree = ast.parse(SETTINGS_PY.read_text(encoding="utf-8"))
     module_names = _bindings(ast.Module(body=[n for n in tree.body if isinstance(n, ast.Assign)], type_ignores=[]),
                              {})
@@ -166,8 +167,9 @@ def settings_read_by_code() -> set[str]:
     assert len(binding_defaults) == 1, "BINDING_DEFAULTS: dict[str, str] = {...} not found in shared/settings.py"
     found |= {k.value for k in binding_defaults[0].keys if isinstance(k, ast.Constant) and isinstance(k.value, str)}
     found |= set(re.findall(r"%([A-Za-z_][A-Za-z0-9_]*)%", FUNCTIONS_PY.read_text(encoding="utf-8")))
-    found |= set(re.findall(r"os\.(?:environ\.get|getenv)\(\s*\"([A-Za-z_][A-Za-z0-9_]*)\"",
-                            FUNCTION_APP_PY.read_text(encoding="utf-8")))
+    for path in (FUNCTION_APP_PY, FUNCTIONS_PY):
+        found |= set(re.findall(r"os\.(?:environ\.get|getenv)\(\s*\"([A-Za-z_][A-Za-z0-9_]*)\"",
+                                path.read_text(encoding="utf-8")))
     return found
 
 
@@ -182,7 +184,7 @@ def test_settings_collector_sees_every_kind_of_read() -> None:
         "AzureWebJobsStorage__accountName",  # prefix + "accountName"
         "GRAPH_CLIENT_CERTIFICATE_PATH",  # for name in (...): _get(env, name)
         "GUESTSYNC_SUBSCRIPTION_SCHEDULE",  # BINDING_DEFAULTS and %NAME%
-        "GUESTSYNC_WORKER_MODE",  # function_app.py
+        "GUESTSYNC_WORKER_MODE",  # shared/functions.py, for function_app.py
     } <= names
 
 
