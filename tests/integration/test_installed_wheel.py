@@ -139,14 +139,15 @@ def test_installed_check_passes_against_samba_and_azurite(installed: InstalledAg
 
 
 @pytest.fixture
-def worker(installed: InstalledAgent, agent_env: dict[str, str], tmp_path: Path) -> Iterator[Path]:
-    """``guestsync worker`` of the installed package, running until the test ends; yields its log file."""
+def worker(installed: InstalledAgent, agent_env: dict[str, str],
+           tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """``guestsync worker`` of the installed package, running until the test ends; yields it and its log file."""
     log = tmp_path / "worker.log"
     with log.open("w") as out:
         process = subprocess.Popen([str(installed.guestsync), "worker"], cwd=installed.workdir, env=agent_env,
                                    stdout=out, stderr=subprocess.STDOUT)
     try:
-        yield log
+        yield process, log
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -156,8 +157,9 @@ def worker(installed: InstalledAgent, agent_env: dict[str, str], tmp_path: Path)
             process.wait()
 
 
-def test_installed_worker_exports_a_guest_to_ad(worker: Path, agent_env: dict[str, str], graph,
-                                                clean_guest_ou, admin_ldap: ldap3.Connection) -> None:
+def test_installed_worker_exports_a_guest_to_ad(worker: tuple[subprocess.Popen[bytes], Path],
+                                                agent_env: dict[str, str], graph, clean_guest_ou,
+                                                admin_ldap: ldap3.Connection) -> None:
     invited = graph.invite_guest("wheel@fabrikam.com", "Wheel Guest", "Wheel", "Guest")
     uid = invited["id"]
     user = GraphUser(id=uid, user_type="Guest", display_name=invited["displayName"], given_name="Wheel",
@@ -167,15 +169,16 @@ def test_installed_worker_exports_a_guest_to_ad(worker: Path, agent_env: dict[st
     queue = MessageQueue.from_connection_string(agent_env["AzureWebJobsStorage"], agent_env["GUESTSYNC_EXPORT_QUEUE"])
     queue.send(ExportMessage(uid, saved.version, "new guest").to_json())
 
+    process, log = worker
     deadline = time.monotonic() + 60
     record = state.get(uid)
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and process.poll() is None:
         record = state.get(uid)
         if record is not None and record.status is not GuestStatus.PENDING:
             break
         time.sleep(0.3)
     assert record is not None and record.status is GuestStatus.PROVISIONED, (
-        f"{record}\nworker log:\n{worker.read_text(errors='replace')[-4000:]}")
+        f"{record}\nworker log:\n{log.read_text(errors='replace')[-4000:]}")
     admin_ldap.search(agent_env["AD_GUEST_OU"], f"(cn={uid})", attributes=["userPrincipalName", "sAMAccountName"])
     [account] = admin_ldap.entries
     assert account.userPrincipalName.value == invited["userPrincipalName"]
