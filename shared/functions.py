@@ -13,7 +13,7 @@ import os
 import azure.functions as func
 
 from shared import observability
-from shared.adapters.queues import ChangeMessage, ExportMessage
+from shared.adapters.queues import ChangeMessage, ExportMessage, NewerSchemaError, leave_for_newer_reader
 from shared.adapters.state import utcnow
 from shared.bootstrap import services
 from shared.notifications import LifecycleBatch
@@ -75,7 +75,11 @@ def make_ingest_blueprint() -> func.Blueprint:
     @bp.queue_trigger(arg_name="msg", queue_name=CHANGE_QUEUE, connection=STORAGE)
     async def apply_change(msg: func.QueueMessage) -> None:
         s = services()
-        change = ChangeMessage.from_json(msg.get_body())
+        try:
+            change = ChangeMessage.from_json(msg.get_body())
+        except NewerSchemaError as newer:  # written by a newer agent's reconcile: not ours to guess at
+            leave_for_newer_reader(s.change_queue, msg.get_body(), newer)
+            return
         if change.source == "lifecycle":
             await subscriptions.on_lifecycle_message(
                 s.graph, s.state, s.settings, change.user_id, change.change_type,
@@ -143,7 +147,11 @@ def make_worker_blueprint() -> func.Blueprint:
     @bp.queue_trigger(arg_name="msg", queue_name=EXPORT_QUEUE, connection=STORAGE)
     async def export_to_ad(msg: func.QueueMessage) -> None:
         s = services()
-        message = ExportMessage.from_json(msg.get_body())
+        try:
+            message = ExportMessage.from_json(msg.get_body())
+        except NewerSchemaError as newer:  # written by a newer app: a newer agent applies it
+            leave_for_newer_reader(s.export_queue, msg.get_body(), newer)
+            return
         with guest_context(message.uid, message.correlation_id or None):
             # LDAP is blocking: off the event loop, on the export threads. Each export borrows a connection of
             # its own from the pool, so parallel exports overlap their round trips.

@@ -2,12 +2,19 @@
 
 Messages are JSON, base64-encoded on the wire because that is what the Functions queue trigger expects
 by default (``messageEncoding: base64`` in host.json).
+
+Every message carries its schema version (``"v"``). A reader that meets a newer schema than it knows leaves the
+message for a newer reader (``leave_for_newer_reader``: sent back unchanged, invisible for a while) instead of
+guessing at it or sending it to the poison queue; ``newer_versions_seen()`` tells the agent's heartbeat so.
+Upgrade the agents first, then the app: a newer agent reads every older schema.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import threading
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -18,6 +25,56 @@ from azure.storage.queue import ExponentialRetry, QueueClient, TextBase64DecodeP
 from shared.adapters.storage import queue_client
 from shared.domain import graph_id
 from shared.settings import StorageSettings
+
+log = logging.getLogger("guestsync.queues")
+
+#: The schema of the messages this code writes, and the newest it reads. Bump it when a field is added that an
+#: older reader must not ignore, or a field changes meaning; messages without ``v`` are schema 1.
+SCHEMA_VERSION = 1
+#: How long a message of a newer schema stays invisible before a reader looks at it again: a newer agent that
+#: shares the queue picks it up by then; until every agent is upgraded it comes back, with a warning, this often.
+NEWER_SCHEMA_DELAY_SECONDS = 300
+
+_newest_seen: int | None = None
+_newest_lock = threading.Lock()
+
+
+class NewerSchemaError(Exception):
+    """A message written by newer code than this reader (its ``v`` is above SCHEMA_VERSION)."""
+
+    def __init__(self, version: int, reader: str = "agent") -> None:
+        self.version = version
+        self.reader = reader
+        super().__init__(f"message schema v{version} is newer than this {reader} (v{SCHEMA_VERSION}): "
+                         f"upgrade the {reader}")
+
+
+def newer_versions_seen() -> int | None:
+    """The newest message schema this process met and could not read (None: none so far), for the heartbeat."""
+    with _newest_lock:
+        return _newest_seen
+
+
+def _check_schema(data: dict[str, Any], reader: str) -> None:
+    version = data.get("v", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"queue message schema version v must be a positive integer, not {version!r}")
+    if version > SCHEMA_VERSION:
+        global _newest_seen
+        with _newest_lock:
+            _newest_seen = max(version, _newest_seen or 0)
+        raise NewerSchemaError(version, reader)
+
+
+def leave_for_newer_reader(queue: MessageQueue, body: str | bytes, error: NewerSchemaError, *,
+                           delay_seconds: int | None = None) -> None:
+    """Send a message this reader cannot read back to its queue, byte for byte and invisible for
+    ``delay_seconds`` (default NEWER_SCHEMA_DELAY_SECONDS), so that the caller can complete the one it received. Not poison: the copy starts with
+    no dequeues, so an old agent never uses up a new message's retries however long the upgrade takes."""
+    if delay_seconds is None:
+        delay_seconds = NEWER_SCHEMA_DELAY_SECONDS
+    queue.send(body.decode("utf-8") if isinstance(body, bytes) else body, delay_seconds=delay_seconds)
+    log.warning("%s; left on queue %s for a newer %s (back in %d s)", error, queue.name, error.reader, delay_seconds)
 
 
 @dataclass(frozen=True)
@@ -37,7 +94,7 @@ class ChangeMessage:
         return (self.user_id, *self.more_user_ids)
 
     def to_json(self) -> str:
-        data = asdict(self)
+        data = {"v": SCHEMA_VERSION, **asdict(self)}
         if not self.more_user_ids:
             del data["more_user_ids"]
         if not self.deferrals:
@@ -46,7 +103,9 @@ class ChangeMessage:
 
     @classmethod
     def from_json(cls, body: str | bytes) -> ChangeMessage:
+        """Raises NewerSchemaError for a newer schema (the app reads change messages)."""
         data = _load_object(body)
+        _check_schema(data, "app")
         user_id = data.get("user_id")
         if not isinstance(user_id, str):
             raise ValueError("change message has no user_id")
@@ -84,7 +143,7 @@ class ExportMessage:
     snapshot: dict[str, Any] | None = field(default=None, hash=False)
 
     def to_json(self) -> str:
-        data = asdict(self)
+        data = {"v": SCHEMA_VERSION, **asdict(self)}
         # A queue message holds 64 KB: an oversized snapshot is left out (the worker then reads state).
         if self.snapshot is None or len(json.dumps(self.snapshot)) > MAX_SNAPSHOT_CHARS:
             del data["snapshot"]
@@ -92,7 +151,9 @@ class ExportMessage:
 
     @classmethod
     def from_json(cls, body: str | bytes) -> ExportMessage:
+        """Raises NewerSchemaError for a newer schema (the AD worker agent reads export messages)."""
         data = _load_object(body)
+        _check_schema(data, "agent")
         uid, version = data.get("uid"), data.get("version")
         if not isinstance(uid, str) or not isinstance(version, int):
             raise ValueError("export message needs uid (string) and version (integer)")
