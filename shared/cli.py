@@ -386,6 +386,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    checkout = Path(__file__).resolve().parent.parent  # an editable install runs from the checkout itself
+    if (checkout / "localenv").is_dir() and str(checkout) not in sys.path:
+        sys.path.append(str(checkout))
     try:
         from localenv.demo import run_demo
     except ModuleNotFoundError as exc:

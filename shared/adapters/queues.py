@@ -69,8 +69,9 @@ def _check_schema(data: dict[str, Any], reader: str) -> None:
 def leave_for_newer_reader(queue: MessageQueue, body: str | bytes, error: NewerSchemaError, *,
                            delay_seconds: int | None = None) -> None:
     """Send a message this reader cannot read back to its queue, byte for byte and invisible for
-    ``delay_seconds`` (default NEWER_SCHEMA_DELAY_SECONDS), so that the caller can complete the one it received. Not poison: the copy starts with
-    no dequeues, so an old agent never uses up a new message's retries however long the upgrade takes."""
+    ``delay_seconds`` (default NEWER_SCHEMA_DELAY_SECONDS), so that the caller can complete the one it
+    received. Not poison: the copy starts with no dequeues, so an old agent never uses up a new message's
+    retries however long the upgrade takes."""
     if delay_seconds is None:
         delay_seconds = NEWER_SCHEMA_DELAY_SECONDS
     queue.send(body.decode("utf-8") if isinstance(body, bytes) else body, delay_seconds=delay_seconds)
