@@ -202,7 +202,9 @@ def test_malformed_snapshot_is_a_value_error(damage: Any) -> None:
 
 def test_export_message_keeps_its_old_wire_format_without_a_snapshot() -> None:
     plain = ExportMessage(UID, 3, "new guest", "cid")
-    assert json.loads(plain.to_json()) == {"uid": UID, "version": 3, "reason": "new guest", "correlation_id": "cid"}
+    # The old fields plus the schema version (an agent from before "v" ignores it and reads schema 1 as ever).
+    assert json.loads(plain.to_json()) == {"v": 1, "uid": UID, "version": 3, "reason": "new guest",
+                                           "correlation_id": "cid"}
     assert ExportMessage.from_json(plain.to_json()) == plain
     old = ExportMessage.from_json(json.dumps({"uid": UID, "version": 3, "reason": "r"}))  # sent by an older app
     assert old.snapshot is None
