@@ -1,8 +1,9 @@
 """Azure Storage clients from settings: a connection string, or keyless with an Entra identity.
 
 In Azure the app uses its user-assigned managed identity with RBAC roles on the account (no key exists in
-any setting); an on-premises agent uses a connection string or a service principal's client secret, like
-the Functions host's ``AzureWebJobsStorage__*`` identity-based connection settings.
+any setting); an on-premises agent uses a connection string or a service principal (with a client secret, or
+with a certificate so that no shared secret exists), like the Functions host's ``AzureWebJobsStorage__*``
+identity-based connection settings.
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ def credential(storage: StorageSettings) -> Any:
     if storage.credential == "clientsecret":
         from azure.identity import ClientSecretCredential
 
-        return ClientSecretCredential(str(storage.tenant_id), str(storage.client_id), str(storage.client_secret))
+        return ClientSecretCredential(str(storage.tenant_id), str(storage.client_id), str(storage.client_secret),
+                                      authority=storage.authority_host)
+    if storage.credential == "clientcertificate":
+        from azure.identity import CertificateCredential
+
+        return CertificateCredential(str(storage.tenant_id), str(storage.client_id),
+                                     certificate_path=storage.certificate_path,
+                                     password=storage.certificate_password, authority=storage.authority_host)
     from azure.identity import ManagedIdentityCredential
 
     return ManagedIdentityCredential(client_id=storage.client_id) if storage.client_id else ManagedIdentityCredential()
