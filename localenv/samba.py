@@ -146,6 +146,7 @@ _OWN_KEYS = (
     "tls keyfile",
     "tls certfile",
     "tls cafile",
+    "ldap server require strong auth",
 )
 
 
@@ -329,6 +330,10 @@ class SambaDC:
             "tls keyfile": str(self.pki.key_file),
             "tls certfile": str(self.pki.cert_file),
             "tls cafile": str(self.pki.ca_file),
+            # Windows AD takes a SASL GSSAPI bind over LDAPS without a security layer (and refuses sealing inside
+            # TLS); Samba asks for sign or seal unless told this. ldap3 offers no security layer (AD_BIND_METHOD=
+            # kerberos binds over LDAPS only, with channel binding).
+            "ldap server require strong auth": "allow_sasl_over_tls",
             "log file": f"{root}/log.%m",
             "log level": "1",
             "logging": "file",
@@ -588,6 +593,54 @@ class SambaDC:
         )
         if result.returncode != 0:
             raise RuntimeError(f"samba-tool dsacl set on {ou_dn} failed: {result.stderr.strip()[-800:]}")
+
+    # --- Kerberos ----------------------------------------------------------------------------------------------
+    @property
+    def host_name(self) -> str:
+        """The DC's DNS host name (provisioned as dc1): its SPNs are ldap/<this>, host/<this>, ..."""
+        return f"dc1.{self.realm.lower()}"
+
+    def _samba_tool(self, *args: str, what: str) -> str:
+        """samba-tool on this DC's own sam.ldb and smb.conf (as the system, like an admin on the DC console)."""
+        result = subprocess.run(["samba-tool", *args, "-s", str(self.smb_conf)], capture_output=True, text=True,
+                                timeout=120)
+        if result.returncode != 0:
+            raise RuntimeError(f"{what} failed: {(result.stderr or result.stdout).strip()[-800:]}")
+        return result.stdout
+
+    def export_keytab(self, path: Path, principal: str) -> Path:
+        """Write the Kerberos keys of ``principal`` (e.g. svc-guestsync@CONTOSO.COM) to a keytab at ``path``
+        (mode 0600), as an admin exports one for the agent's service account."""
+        path.unlink(missing_ok=True)
+        self._samba_tool("domain", "exportkeytab", str(path), f"--principal={principal}",
+                         what=f"exporting the keytab of {principal}")
+        os.chmod(path, 0o600)
+        return path
+
+    def add_ldap_spn(self, host: str) -> str:
+        """Register ``ldap/<host>`` on the DC's computer account (what the DC's LDAPS clients ask a ticket for when
+        they name it ``host``, e.g. the loopback address its certificate is issued for). Idempotent."""
+        spn = f"ldap/{host}"
+        listed = self._samba_tool("spn", "list", "DC1$", "-H", f"tdb://{self.sam_ldb}", what="listing SPNs")
+        if spn.lower() not in listed.lower():
+            self._samba_tool("spn", "add", spn, "DC1$", "-H", f"tdb://{self.sam_ldb}", what=f"adding SPN {spn}")
+        return spn
+
+    def write_krb5_conf(self, path: Path) -> Path:
+        """A krb5.conf of its own (KRB5_CONFIG) with this DC as the KDC of its realm, over TCP, no DNS lookups and
+        no host name canonicalisation (the service principal is ldap/<the host in AD_SERVER>, as written)."""
+        path.write_text(
+            "[libdefaults]\n"
+            f"    default_realm = {self.realm}\n"
+            "    dns_lookup_kdc = false\n    dns_lookup_realm = false\n"
+            "    dns_canonicalize_hostname = false\n    rdns = false\n"
+            "    udp_preference_limit = 1\n    forwardable = true\n"
+            "[realms]\n"
+            f"    {self.realm} = {{\n        kdc = {self.listen_ip}:88\n    }}\n"
+            "[domain_realm]\n"
+            f"    .{self.realm.lower()} = {self.realm}\n    {self.realm.lower()} = {self.realm}\n"
+        )
+        return path
 
     def create_service_account(self, name: str, password: str, ou_dn: str | Sequence[str]) -> str:
         """A least-privilege service account: a plain user with rights delegated on ``ou_dn`` (one or several
