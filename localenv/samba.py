@@ -261,6 +261,8 @@ class SambaDC:
     admin_password: str = field(default_factory=_strong_password, repr=False)
     listen_ip: str = "127.0.0.1"
     pki: LocalPki | None = None
+    #: Samba's services; a DC that another DC joins also needs rpc and drepl (the join replicates over DRSUAPI).
+    server_services: str = "ldap, cldap, kdc"
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _current_admin_password: str | None = field(default=None, repr=False)
 
@@ -325,7 +327,7 @@ class SambaDC:
         settings = {
             "interfaces": f"{self.listen_ip}/8",  # the /8 form binds exactly this address on lo
             "bind interfaces only": "yes",
-            "server services": "ldap, cldap, kdc",
+            "server services": self.server_services,
             "tls enabled": "yes",
             "tls keyfile": str(self.pki.key_file),
             "tls certfile": str(self.pki.cert_file),
@@ -593,6 +595,36 @@ class SambaDC:
         )
         if result.returncode != 0:
             raise RuntimeError(f"samba-tool dsacl set on {ou_dn} failed: {result.stderr.strip()[-800:]}")
+
+    # --- a second DC ------------------------------------------------------------------------------------------
+    def join_dc(self, workdir: Path, listen_ip: str, name: str = "DC2") -> SambaDC:
+        """A second DC of this domain in ``workdir`` on ``listen_ip``: ``samba-tool domain join <realm> DC`` against
+        this one (which must run with ``rpc, drepl`` in its server_services), started and returned. It holds a
+        full replica as of the join (accounts, OUs, ACLs, passwords). Without DNS (no SRV or CNAME records for
+        the DCs' GUID names) the two do not replicate afterwards: writes on one are not seen on the other,
+        which is what failover tests want to show anyway (a DC that has not replicated yet)."""
+        workdir.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run(
+            ["samba-tool", "domain", "join", self.realm.lower(), "DC", f"--server={self.listen_ip}",
+             "-U", f"{self.domain}\\Administrator", f"--realm={self.realm}", f"--workgroup={self.domain}",
+             f"--targetdir={workdir}", "--dns-backend=NONE", "--use-kerberos=off",
+             f"--option=netbios name = {name}", f"--option=interfaces = {listen_ip}/8",
+             "--option=bind interfaces only = yes", "--option=server services = ldap, cldap, kdc"],
+            input=f"{self.admin_password}\n", capture_output=True, text=True, timeout=600,
+            env={**os.environ, "PASSWD": self.admin_password},
+        )
+        (workdir / "join.log").write_text(result.stdout + result.stderr)
+        if result.returncode != 0:
+            raise RuntimeError(f"samba-tool domain join failed (exit {result.returncode}):\n"
+                               f"{_tail(workdir / 'join.log')}")
+        other = SambaDC(workdir, realm=self.realm, domain=self.domain, admin_password=self.admin_password,
+                        listen_ip=listen_ip)
+        other.pki = create_local_pki(workdir / "tls", ("localhost", f"{name.lower()}.{self.realm.lower()}"),
+                                     (listen_ip,))
+        (workdir / "run").mkdir(exist_ok=True)
+        other._write_smb_conf(str(workdir))
+        other._current_admin_password = self.admin_password
+        return other.start()
 
     # --- Kerberos ----------------------------------------------------------------------------------------------
     @property
