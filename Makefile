@@ -5,14 +5,15 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 AZURITE_VERSION := 3.37.0
-APT_PACKAGES := samba samba-ad-dc samba-ad-provision winbind ldb-tools openssl
+# krb5-user: kinit/klist/kvno (Kerberos tests); libkrb5-dev, gcc, python3-dev: to build the gssapi package (no Linux wheel)
+APT_PACKAGES := samba samba-ad-dc samba-ad-provision winbind ldb-tools openssl krb5-user libkrb5-dev gcc python3-dev
 
 .PHONY: deps deps-python deps-azurite deps-samba test lint reliability demo bench clean
 
 deps: deps-python deps-azurite deps-samba
 
 deps-python: $(VENV)/.installed
-$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml | deps-samba  # gssapi builds against libkrb5
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
@@ -25,8 +26,9 @@ deps-azurite: .tools/node_modules/.bin/azurite
 	npm install --silent --no-audit --no-fund --prefix .tools azurite@$(AZURITE_VERSION)
 
 deps-samba:
-	@if ! command -v samba >/dev/null || ! command -v samba-tool >/dev/null || [ ! -d /usr/share/samba/setup ]; then \
-	  echo "installing Samba AD DC packages (apt)"; \
+	@if ! command -v samba >/dev/null || ! command -v samba-tool >/dev/null || [ ! -d /usr/share/samba/setup ] \
+	    || ! command -v kinit >/dev/null || ! command -v krb5-config >/dev/null || ! command -v gcc >/dev/null; then \
+	  echo "installing Samba AD DC and Kerberos packages (apt)"; \
 	  if [ "$$(id -u)" != 0 ]; then echo "run as root, or: sudo apt-get install $(APT_PACKAGES)"; exit 1; fi; \
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; \

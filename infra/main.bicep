@@ -224,7 +224,7 @@ param smtpPassword string = ''
 // On-premises AD (worker mode function only; in agent mode the agent has these settings)
 // ---------------------------------------------------------------------------------------------------------
 
-@description('AD_SERVER: ldaps:// URL of a domain controller, e.g. ldaps://dc1.contoso.com.')
+@description('AD_SERVER: ldaps:// URL of a domain controller (e.g. ldaps://dc1.contoso.com), several separated by commas, or dns:contoso.com (the DCs from DNS SRV records).')
 param adServer string = ''
 
 @description('AD_BIND_USER: DN or UPN of the service account delegated on the guest and archive OUs.')

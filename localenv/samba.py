@@ -137,6 +137,7 @@ _OWN_KEYS = (
     "tls keyfile",
     "tls certfile",
     "tls cafile",
+    "ldap server require strong auth",
 )
 
 
@@ -251,6 +252,8 @@ class SambaDC:
     admin_password: str = field(default_factory=_strong_password, repr=False)
     listen_ip: str = "127.0.0.1"
     pki: LocalPki | None = None
+    #: Samba's services; a DC that another DC joins also needs rpc and drepl (the join replicates over DRSUAPI).
+    server_services: str = "ldap, cldap, kdc"
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _current_admin_password: str | None = field(default=None, repr=False)
 
@@ -315,11 +318,15 @@ class SambaDC:
         settings = {
             "interfaces": f"{self.listen_ip}/8",  # the /8 form binds exactly this address on lo
             "bind interfaces only": "yes",
-            "server services": "ldap, cldap, kdc",
+            "server services": self.server_services,
             "tls enabled": "yes",
             "tls keyfile": str(self.pki.key_file),
             "tls certfile": str(self.pki.cert_file),
             "tls cafile": str(self.pki.ca_file),
+            # Windows AD takes a SASL GSSAPI bind over LDAPS without a security layer (and refuses sealing inside
+            # TLS); Samba asks for sign or seal unless told this. ldap3 offers no security layer (AD_BIND_METHOD=
+            # kerberos binds over LDAPS only, with channel binding).
+            "ldap server require strong auth": "allow_sasl_over_tls",
             "log file": f"{root}/log.%m",
             "log level": "1",
             "logging": "file",
@@ -579,6 +586,84 @@ class SambaDC:
         )
         if result.returncode != 0:
             raise RuntimeError(f"samba-tool dsacl set on {ou_dn} failed: {result.stderr.strip()[-800:]}")
+
+    # --- a second DC ------------------------------------------------------------------------------------------
+    def join_dc(self, workdir: Path, listen_ip: str, name: str = "DC2") -> SambaDC:
+        """A second DC of this domain in ``workdir`` on ``listen_ip``: ``samba-tool domain join <realm> DC`` against
+        this one (which must run with ``rpc, drepl`` in its server_services), started and returned. It holds a
+        full replica as of the join (accounts, OUs, ACLs, passwords). Without DNS (no SRV or CNAME records for
+        the DCs' GUID names) the two do not replicate afterwards: writes on one are not seen on the other,
+        which is what failover tests want to show anyway (a DC that has not replicated yet)."""
+        workdir.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run(
+            ["samba-tool", "domain", "join", self.realm.lower(), "DC", f"--server={self.listen_ip}",
+             "-U", f"{self.domain}\\Administrator", f"--realm={self.realm}", f"--workgroup={self.domain}",
+             f"--targetdir={workdir}", "--dns-backend=NONE", "--use-kerberos=off",
+             f"--option=netbios name = {name}", f"--option=interfaces = {listen_ip}/8",
+             "--option=bind interfaces only = yes", "--option=server services = ldap, cldap, kdc"],
+            input=f"{self.admin_password}\n", capture_output=True, text=True, timeout=600,
+            env={**os.environ, "PASSWD": self.admin_password},
+        )
+        (workdir / "join.log").write_text(result.stdout + result.stderr)
+        if result.returncode != 0:
+            raise RuntimeError(f"samba-tool domain join failed (exit {result.returncode}):\n"
+                               f"{_tail(workdir / 'join.log')}")
+        other = SambaDC(workdir, realm=self.realm, domain=self.domain, admin_password=self.admin_password,
+                        listen_ip=listen_ip)
+        other.pki = create_local_pki(workdir / "tls", ("localhost", f"{name.lower()}.{self.realm.lower()}"),
+                                     (listen_ip,))
+        (workdir / "run").mkdir(exist_ok=True)
+        other._write_smb_conf(str(workdir))
+        other._current_admin_password = self.admin_password
+        return other.start()
+
+    # --- Kerberos ----------------------------------------------------------------------------------------------
+    @property
+    def host_name(self) -> str:
+        """The DC's DNS host name (provisioned as dc1): its SPNs are ldap/<this>, host/<this>, ..."""
+        return f"dc1.{self.realm.lower()}"
+
+    def _samba_tool(self, *args: str, what: str) -> str:
+        """samba-tool on this DC's own sam.ldb and smb.conf (as the system, like an admin on the DC console)."""
+        result = subprocess.run(["samba-tool", *args, "-s", str(self.smb_conf)], capture_output=True, text=True,
+                                timeout=120)
+        if result.returncode != 0:
+            raise RuntimeError(f"{what} failed: {(result.stderr or result.stdout).strip()[-800:]}")
+        return result.stdout
+
+    def export_keytab(self, path: Path, principal: str) -> Path:
+        """Write the Kerberos keys of ``principal`` (e.g. svc-guestsync@CONTOSO.COM) to a keytab at ``path``
+        (mode 0600), as an admin exports one for the agent's service account."""
+        path.unlink(missing_ok=True)
+        self._samba_tool("domain", "exportkeytab", str(path), f"--principal={principal}",
+                         what=f"exporting the keytab of {principal}")
+        os.chmod(path, 0o600)
+        return path
+
+    def add_ldap_spn(self, host: str) -> str:
+        """Register ``ldap/<host>`` on the DC's computer account (what the DC's LDAPS clients ask a ticket for when
+        they name it ``host``, e.g. the loopback address its certificate is issued for). Idempotent."""
+        spn = f"ldap/{host}"
+        listed = self._samba_tool("spn", "list", "DC1$", "-H", f"tdb://{self.sam_ldb}", what="listing SPNs")
+        if spn.lower() not in listed.lower():
+            self._samba_tool("spn", "add", spn, "DC1$", "-H", f"tdb://{self.sam_ldb}", what=f"adding SPN {spn}")
+        return spn
+
+    def write_krb5_conf(self, path: Path) -> Path:
+        """A krb5.conf of its own (KRB5_CONFIG) with this DC as the KDC of its realm, over TCP, no DNS lookups and
+        no host name canonicalisation (the service principal is ldap/<the host in AD_SERVER>, as written)."""
+        path.write_text(
+            "[libdefaults]\n"
+            f"    default_realm = {self.realm}\n"
+            "    dns_lookup_kdc = false\n    dns_lookup_realm = false\n"
+            "    dns_canonicalize_hostname = false\n    rdns = false\n"
+            "    udp_preference_limit = 1\n    forwardable = true\n"
+            "[realms]\n"
+            f"    {self.realm} = {{\n        kdc = {self.listen_ip}:88\n    }}\n"
+            "[domain_realm]\n"
+            f"    .{self.realm.lower()} = {self.realm}\n    {self.realm.lower()} = {self.realm}\n"
+        )
+        return path
 
     def create_service_account(self, name: str, password: str, ou_dn: str | Sequence[str]) -> str:
         """A least-privilege service account: a plain user with rights delegated on ``ou_dn`` (one or several

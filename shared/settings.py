@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from urllib.parse import urlsplit
 
 from shared.ad_rules import normalise_dns_name
 from shared.domain import ConfigurationError, is_guid
@@ -86,8 +87,10 @@ class GraphSettings:
 class DirectorySettings:
     """How to reach on-premises AD and where guests live there."""
 
-    server: str  # ldaps://dc1.contoso.com[:636]
-    bind_user: str
+    #: AD_SERVER: ldaps://dc1.contoso.com[:636], several of them (comma or space separated, tried in order), or
+    #: dns:contoso.com (the domain's DCs from DNS SRV records); see ``parse_ad_server``.
+    server: str
+    bind_user: str  # password: DN or UPN of the service account; kerberos: its principal (svc@REALM), or "" (own)
     bind_password: str = field(repr=False)
     guest_ou: str  # OU=B2BGuest,DC=contoso,DC=com
     ca_file: str | None = None  # PEM bundle that signed the DC certificate; None = system store
@@ -97,6 +100,65 @@ class DirectorySettings:
     #: HMAC keys of the ownership mark (GUESTSYNC_OWNERSHIP_KEY, then GUESTSYNC_OWNERSHIP_KEY_PREVIOUS): new marks
     #: use the first, marks under either are recognised (rotation).
     ownership_keys: tuple[str, ...] = field(default=(), repr=False)
+    bind_method: str = "password"  # password (simple bind) | kerberos (SASL GSSAPI over LDAPS)
+    keytab: str | None = None  # kerberos on Linux: the service account's keytab (AD_KEYTAB)
+
+
+#: LDAPS is always port 636 for a DC found through DNS (its SRV record names the LDAP port, 389).
+LDAPS_PORT = 636
+BIND_METHODS = ("password", "kerberos")
+_DNS_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+@dataclass(frozen=True)
+class DomainController:
+    """One DC to try: the host name that its certificate (and its Kerberos SPN ldap/<host>) must match."""
+
+    host: str
+    port: int = LDAPS_PORT
+
+    @property
+    def url(self) -> str:
+        return f"ldaps://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class AdServer:
+    """AD_SERVER parsed: a fixed list of DCs (tried in the order written) or a domain located through DNS."""
+
+    controllers: tuple[DomainController, ...] = ()
+    srv_domain: str | None = None  # dns:<domain>: the DCs of _ldap._tcp.dc._msdcs.<domain>
+
+
+def parse_ad_server(value: str) -> AdServer:
+    """``ldaps://dc1.contoso.com, ldaps://dc2.contoso.com:636`` (comma or space separated) or ``dns:contoso.com``.
+    Plain ldap:// is refused: passwords (and the initial password of every account) only ever travel over TLS."""
+    text = value.strip()
+    if text.lower().startswith("dns:"):
+        domain = text[4:].strip().strip("/").rstrip(".").lower()
+        if not domain or "." not in domain or not all(_DNS_LABEL.fullmatch(p) for p in domain.split(".")):
+            raise ConfigurationError(f"setting AD_SERVER: {text!r} does not name a DNS domain (write dns:contoso.com)")
+        return AdServer(srv_domain=domain)
+    controllers: list[DomainController] = []
+    for item in re.split(r"[\s,]+", text):
+        if not item:
+            continue
+        if not item.lower().startswith("ldaps://"):
+            raise ConfigurationError(
+                f"setting AD_SERVER: {item!r} is not an ldaps:// URL (passwords are only ever sent over TLS); write "
+                "ldaps://dc1.contoso.com, several of them separated by commas, or dns:contoso.com"
+            )
+        url = urlsplit(item)
+        try:
+            port = url.port or LDAPS_PORT
+        except ValueError:
+            raise ConfigurationError(f"setting AD_SERVER: {item!r} has an invalid port") from None
+        if not url.hostname or url.path.strip("/") or url.query:
+            raise ConfigurationError(f"setting AD_SERVER: {item!r} must be ldaps://<host>[:port], nothing more")
+        controllers.append(DomainController(url.hostname, port))
+    if not controllers:
+        raise ConfigurationError("setting AD_SERVER is empty")
+    return AdServer(controllers=tuple(dict.fromkeys(controllers)))
 
 
 @dataclass(frozen=True)
@@ -131,10 +193,13 @@ class StorageSettings:
     connection_string: str | None = field(default=None, repr=False)
     queue_url: str | None = None
     table_url: str | None = None
-    credential: str = "managedidentity"  # managedidentity | clientsecret (an on-premises agent)
+    credential: str = "managedidentity"  # managedidentity | clientsecret | clientcertificate (an on-premises agent)
     client_id: str | None = None
     tenant_id: str | None = None
     client_secret: str | None = field(default=None, repr=False)
+    certificate_path: str | None = None  # clientcertificate: PEM (certificate + private key) or PFX file
+    certificate_password: str | None = field(default=None, repr=False)  # of a protected PFX or key
+    authority_host: str = "https://login.microsoftonline.com"  # sign-in of the service principal (GRAPH_CLOUD)
 
 
 @dataclass(frozen=True)
@@ -284,19 +349,38 @@ def _ownership_keys(env: Mapping[str, str]) -> tuple[str, ...]:
 
 
 def load_directory_settings(env: Mapping[str, str]) -> DirectorySettings:
-    server = _require(env, "AD_SERVER", "the LDAPS URL of a domain controller, e.g. ldaps://dc1.contoso.com")
-    if not server.lower().startswith("ldaps://"):
-        raise ConfigurationError(
-            "setting AD_SERVER must be an ldaps:// URL: passwords are only ever sent over TLS"
-        )
+    server = _require(env, "AD_SERVER", "the LDAPS URL of a domain controller, e.g. ldaps://dc1.contoso.com, several "
+                                        "of them, or dns:contoso.com")
+    parse_ad_server(server)
     try:
         timeout = float(_get(env, "AD_CONNECT_TIMEOUT", "10") or "10")
     except ValueError as exc:
         raise ConfigurationError("setting AD_CONNECT_TIMEOUT must be a number of seconds") from exc
+    method = _choice(env, "AD_BIND_METHOD", "password", BIND_METHODS)
+    keytab = _get(env, "AD_KEYTAB")
+    if method == "password":
+        bind_user = _require(env, "AD_BIND_USER", "the service account that owns the guest OU")
+        password = _require(env, "AD_BIND_PASSWORD", "password of AD_BIND_USER, from Key Vault")
+        if keytab is not None:
+            raise ConfigurationError("setting AD_KEYTAB is only used with AD_BIND_METHOD=kerberos; remove it")
+    else:
+        # Linux: the principal in AD_KEYTAB (both set), or the tickets of the process (kinit, KRB5CCNAME); Windows:
+        # the service's own identity (a gMSA), neither set.
+        bind_user = _get(env, "AD_BIND_USER") or ""
+        password = ""
+        if _get(env, "AD_BIND_PASSWORD") is not None:
+            raise ConfigurationError("setting AD_BIND_PASSWORD is not used with AD_BIND_METHOD=kerberos; remove it so "
+                                     "no unused secret lingers")
+        if keytab is not None:
+            if not bind_user or "@" not in bind_user or "=" in bind_user:
+                raise ConfigurationError("setting AD_BIND_USER must be the Kerberos principal in AD_KEYTAB (e.g. "
+                                         "svc-guestsync@CONTOSO.COM) when AD_BIND_METHOD=kerberos")
+            if not os.path.isfile(keytab):
+                raise ConfigurationError(f"setting AD_KEYTAB: no such file {keytab!r}")
     return DirectorySettings(
         server=server,
-        bind_user=_require(env, "AD_BIND_USER", "the service account that owns the guest OU"),
-        bind_password=_require(env, "AD_BIND_PASSWORD", "password of AD_BIND_USER, from Key Vault"),
+        bind_user=bind_user,
+        bind_password=password,
         guest_ou=_require(env, "AD_GUEST_OU", "DN of the OU for guest accounts, e.g. OU=B2BGuest,DC=contoso,DC=com"),
         ca_file=_get(env, "AD_CA_FILE"),
         validate_certificate=_bool(env, "AD_VALIDATE_CERTIFICATE", True),
@@ -304,6 +388,8 @@ def load_directory_settings(env: Mapping[str, str]) -> DirectorySettings:
         connections=_int(env, "GUESTSYNC_LDAP_CONNECTIONS", DEFAULT_LDAP_CONNECTIONS, 1, MAX_LDAP_CONNECTIONS)
         or DEFAULT_LDAP_CONNECTIONS,
         ownership_keys=_ownership_keys(env),
+        bind_method=method,
+        keytab=keytab,
     )
 
 
@@ -327,15 +413,29 @@ def load_storage_settings(env: Mapping[str, str], cloud: str = "global") -> Stor
     storage = StorageSettings(
         queue_url=queue_url, table_url=table_url, credential=credential, client_id=_get(env, prefix + "clientId"),
         tenant_id=_get(env, prefix + "tenantId"), client_secret=_get(env, prefix + "clientSecret"),
+        certificate_path=_get(env, prefix + "clientCertificatePath"),
+        certificate_password=_get(env, prefix + "clientCertificatePassword"),
+        authority_host=(_get(env, "GRAPH_AUTHORITY_HOST", CLOUDS[cloud].authority_host)
+                        or CLOUDS[cloud].authority_host).rstrip("/"),
     )
-    if credential == "clientsecret":
-        for name, value in (("tenantId", storage.tenant_id), ("clientId", storage.client_id),
-                            ("clientSecret", storage.client_secret)):
-            if not value:
-                raise ConfigurationError(f"setting {prefix}{name} is required when {prefix}credential=clientsecret")
-    elif credential != "managedidentity":
-        raise ConfigurationError(f"setting {prefix}credential must be managedidentity or clientsecret, "
-                                 f"not {credential!r}")
+    needs = {"clientsecret": (("tenantId", storage.tenant_id), ("clientId", storage.client_id),
+                              ("clientSecret", storage.client_secret)),
+             "clientcertificate": (("tenantId", storage.tenant_id), ("clientId", storage.client_id),
+                                   ("clientCertificatePath", storage.certificate_path))}
+    if credential not in ("managedidentity", *needs):
+        raise ConfigurationError(f"setting {prefix}credential must be managedidentity, clientsecret or "
+                                 f"clientcertificate, not {credential!r}")
+    for name, value in needs.get(credential, ()):
+        if not value:
+            raise ConfigurationError(f"setting {prefix}{name} is required when {prefix}credential={credential}")
+    if credential != "clientsecret" and storage.client_secret is not None:
+        raise ConfigurationError(f"setting {prefix}clientSecret is only used with {prefix}credential=clientsecret; "
+                                 "remove it so no unused secret lingers")
+    if credential != "clientcertificate" and storage.certificate_path is not None:
+        raise ConfigurationError(f"setting {prefix}clientCertificatePath is only used with "
+                                 f"{prefix}credential=clientcertificate")
+    if storage.certificate_path is not None and not os.path.isfile(storage.certificate_path):
+        raise ConfigurationError(f"setting {prefix}clientCertificatePath: no such file {storage.certificate_path!r}")
     return storage
 
 

@@ -32,7 +32,6 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import ldap3
 from ldap3.core.exceptions import (
@@ -60,6 +59,7 @@ from shared.ad_rules import (
     uid_from_dn,
     validate_export,
 )
+from shared.adapters.dc_locator import DcLocator, DcLocatorError
 from shared.domain import (
     GUEST_USER_ACCOUNT_CONTROL,
     UAC_ACCOUNTDISABLE,
@@ -68,7 +68,7 @@ from shared.domain import (
     GuestsyncError,
 )
 from shared.rules import PERSISTENT_ATTRIBUTES
-from shared.settings import DirectorySettings
+from shared.settings import DirectorySettings, DomainController, parse_ad_server
 
 log = logging.getLogger("guestsync.directory")
 T = TypeVar("T")
@@ -184,7 +184,8 @@ def _split_dn(dn: str) -> tuple[str, str] | None:
 class Directory:
     """Guest shadow accounts in the guest OU (and, if given, the archive OU) of one AD domain."""
 
-    def __init__(self, settings: DirectorySettings, *, archive_ou: str | None = None) -> None:
+    def __init__(self, settings: DirectorySettings, *, archive_ou: str | None = None,
+                 locator: DcLocator | None = None) -> None:
         self._settings = settings
         if not settings.ownership_keys:
             raise ConfigurationError("setting GUESTSYNC_OWNERSHIP_KEY is required where guestsync writes to AD: it "
@@ -200,11 +201,12 @@ class Directory:
                 f"({self.guest_ou}) nor inside it or around it: archiving moves accounts between the two"
             )
         self.managed_ous: tuple[str, ...] = (self.guest_ou,) + ((self.archive_ou,) if self.archive_ou else ())
-        url = urlsplit(settings.server)
-        if url.scheme.lower() != "ldaps" or not url.hostname:
-            raise ConfigurationError(f"setting AD_SERVER must be an ldaps:// URL, not {settings.server!r}")
-        self._host = url.hostname
-        self._port = url.port or 636
+        self._locator = locator or DcLocator(parse_ad_server(settings.server))
+        self._dc: DomainController | None = None  # the DC of this instance's connection(s), once one was opened
+        self._sticky = False  # the current operation sequence has used self._dc: a reconnect must not leave it
+        if settings.bind_method == "kerberos":
+            _require_kerberos_library()
+        self._ccache = f"MEMORY:guestsync-{secrets.token_hex(8)}"  # this instance's tickets from AD_KEYTAB
         try:
             self._tls = ldap3.Tls(
                 validate=ssl.CERT_REQUIRED if settings.validate_certificate else ssl.CERT_NONE,
@@ -225,73 +227,161 @@ class Directory:
     # --- connection ---------------------------------------------------------------------------------------
     @property
     def _where(self) -> str:
-        return f"ldaps://{self._host}:{self._port}"
+        return self._dc.url if self._dc is not None else self._locator.description
 
-    def _connect(self, port: int | None = None) -> ldap3.Connection:
+    @property
+    def domain_controller(self) -> str | None:
+        """The URL of the DC this instance is connected to (or last was), None before its first connection."""
+        return self._dc.url if self._dc is not None else None
+
+    def end_sequence(self) -> None:
+        """The caller's operation sequence (one export) is over: the next connection may go to another DC.
+        ``DirectoryPool`` calls it when an instance comes back."""
+        with self._lock:
+            self._sticky = False
+
+    def _open(self) -> ldap3.Connection:
+        """Open and bind the main connection, choosing the DC (failover happens here and only here).
+
+        Within one operation sequence (an export: uniqueness check, add, read-back; see ``end_sequence``) every
+        call goes to one DC: a DC that has not replicated yet could answer "no such account" to the read-back of
+        an add made on another, or take a retried add for a new one (two objects, one renamed by replication).
+        So once the sequence has used a DC, a lost connection is re-opened to that DC only; if it cannot be,
+        DirectoryUnavailableError tells the caller, who retries the whole export later (on another DC, since this
+        one is then marked down). Before that, i.e. when the very first call of a sequence finds the connection
+        dead (an idle pooled connection whose DC went away), any DC is fine: nothing was done yet.
+        """
+        previous = self._dc
+        if self._sticky and previous is not None:
+            try:
+                return self._connect(previous)
+            except DirectoryUnavailableError as exc:
+                self._locator.mark_down(previous, str(exc))
+                self._dc, self._sticky = None, False
+                raise DirectoryUnavailableError(
+                    f"{exc} (the operation was under way on this DC: not continued on another one; a retry will "
+                    "pick another DC)") from None
+        try:
+            candidates = self._locator.candidates()
+        except DcLocatorError as exc:
+            raise DirectoryUnavailableError(f"cannot find a domain controller (setting AD_SERVER): {exc}") from None
+        failures: list[str] = []
+        for dc in candidates:
+            try:
+                conn = self._connect(dc)
+            except DirectoryUnavailableError as exc:
+                self._locator.mark_down(dc, str(exc))
+                failures.append(str(exc))
+                continue
+            self._locator.mark_up(dc)
+            if dc != previous:
+                self._forest_info = None  # whether the DC is a Global Catalog belongs to the DC
+                if failures or previous is not None:
+                    log.warning("connected to domain controller %s%s", dc.url,
+                                f" ({len(failures)} other(s) unreachable)" if failures else "")
+            self._dc = dc
+            return conn
+        if len(failures) == 1:
+            raise DirectoryUnavailableError(failures[0])
+        raise DirectoryUnavailableError(f"no domain controller of AD_SERVER could be reached: {'; '.join(failures)}")
+
+    def _connect(self, dc: DomainController, port: int | None = None) -> ldap3.Connection:
         """Open and bind a new connection (a fresh Server each time: ldap3 remembers failed addresses) to the
-        DC's LDAPS port, or to ``port`` on the same host (the Global Catalog)."""
+        DC's LDAPS port, or to ``port`` on the same DC (the Global Catalog). Every way of not reaching the DC
+        (refused, unreachable, name not resolved, TLS failure, timeout, KDC unreachable) is
+        DirectoryUnavailableError."""
         s = self._settings
+        where = f"ldaps://{dc.host}:{port or dc.port}"
         server = ldap3.Server(
-            self._host, port=port or self._port, use_ssl=True, tls=self._tls, get_info=ldap3.NONE,
+            dc.host, port=port or dc.port, use_ssl=True, tls=self._tls, get_info=ldap3.NONE,
             connect_timeout=s.connect_timeout,
         )
+        credentials: dict[str, Any]
+        if s.bind_method == "kerberos":
+            # SASL GSSAPI: the service ticket is for ldap/<dc.host>, the name the certificate is checked against.
+            credentials = {"authentication": ldap3.SASL, "sasl_mechanism": ldap3.KERBEROS,
+                           "user": s.bind_user or None}
+            if s.keytab:
+                credentials["cred_store"] = {"client_keytab": s.keytab, "ccache": self._ccache}
+        else:
+            credentials = {"authentication": ldap3.SIMPLE, "user": s.bind_user, "password": s.bind_password}
         conn = ldap3.Connection(
             server,
-            user=s.bind_user,
-            password=s.bind_password,
-            authentication=ldap3.SIMPLE,
             auto_bind=False,
             raise_exceptions=False,
             read_only=False,
             receive_timeout=int(max(s.connect_timeout * 3, 10)),  # ldap3 packs it as a C long
+            **credentials,
         )
         try:
             conn.open(read_server_info=False)
             bound = conn.bind(read_server_info=False)
-        except LDAPException as exc:
+        except (LDAPException, OSError) as exc:
             _close_quietly(conn)
-            raise DirectoryUnavailableError(self._describe_connect_error(exc)) from None
+            raise DirectoryUnavailableError(self._describe_connect_error(exc, dc, where)) from None
+        except Exception as exc:  # the Kerberos library's errors (gssapi.exceptions.GSSError, winkerberos.GSSError)
+            _close_quietly(conn)
+            if s.bind_method != "kerberos":
+                raise
+            raise self._kerberos_error(exc, dc, where) from None
         if not bound:
             result = conn.result or {}
             _close_quietly(conn)
             description = str(result.get("description", "no answer"))
             if description == "invalidCredentials":
                 # AD's message carries the reason code (data 52e bad password, 533 disabled, 775 locked out...)
-                said = str(result.get("message", "")).replace(s.bind_password, "***").strip()
+                said = str(result.get("message", "")).strip()
+                if s.bind_password:
+                    said = said.replace(s.bind_password, "***")
+                check = ("AD_BIND_USER and AD_KEYTAB" if s.bind_method == "kerberos"
+                         else "AD_BIND_USER and AD_BIND_PASSWORD")
                 raise InvalidCredentialsError(
-                    f"{self._where} refused the bind of {s.bind_user}: invalid credentials (check AD_BIND_USER "
-                    "and AD_BIND_PASSWORD; is the account disabled, locked out or its password expired?)"
+                    f"{where} refused the bind of {s.bind_user or 'this service'}: invalid credentials (check {check}; "
+                    "is the account disabled, locked out or its password expired?)"
                     + (f" (DC said: {said})" if said else "")
                 )
             if description in _UNAVAILABLE_RESULTS:
-                raise DirectoryUnavailableError(f"{self._where} did not accept the bind: {description}")
+                raise DirectoryUnavailableError(f"{where} did not accept the bind: {description}")
             raise DirectoryError(
-                f"{self._where} refused the bind of {s.bind_user}: {description}: {result.get('message', '')}".strip()
+                f"{where} refused the bind of {s.bind_user}: {description}: {result.get('message', '')}".strip()
             )
         return conn
 
-    def _describe_connect_error(self, exc: LDAPException) -> str:
+    def _kerberos_error(self, exc: Exception, dc: DomainController, where: str) -> DirectoryError:
+        text = " ".join(str(exc).split())
+        lowered = text.lower()
+        if "cannot contact any kdc" in lowered or "cannot find kdc" in lowered or "timed out" in lowered:
+            return DirectoryUnavailableError(f"Kerberos bind to {where}: no KDC of the realm answers ({text})")
+        if "server not found in kerberos database" in lowered:
+            return DirectoryError(
+                f"Kerberos bind to {where}: the KDC knows no service principal ldap/{dc.host} ({text}); AD_SERVER "
+                "must name the DC by the host name it is registered under (its FQDN, as DNS SRV gives it)")
+        keytab = f" in AD_KEYTAB={self._settings.keytab}" if self._settings.keytab else ""
+        return InvalidCredentialsError(
+            f"Kerberos bind to {where} as {self._settings.bind_user or 'this service'}{keytab} failed: {text}")
+
+    def _describe_connect_error(self, exc: Exception, dc: DomainController, where: str) -> str:
         text = str(exc)
         if isinstance(exc, LDAPCertificateError) or "doesn't match any name" in text:
             return (
-                f"TLS failure with {self._where}: the DC certificate is not issued for host {self._host!r} "
+                f"TLS failure with {where}: the DC certificate is not issued for host {dc.host!r} "
                 "(use a host name from the certificate in AD_SERVER)"
             )
         if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
             reason = text.split("certificate verify failed:", 1)[-1].split("(_ssl.c", 1)[0].strip(" :")
             trust = f"AD_CA_FILE={self._settings.ca_file}" if self._settings.ca_file else "the system trust store"
             return (
-                f"TLS failure with {self._where}: the DC certificate could not be validated against {trust} "
+                f"TLS failure with {where}: the DC certificate could not be validated against {trust} "
                 f"({reason or 'certificate verify failed'}); AD_CA_FILE must hold the CA that issued the DC "
                 "certificate"
             )
         if "SSL" in text or "TLS" in text:
-            return f"TLS failure with {self._where}: {text}"
+            return f"TLS failure with {where}: {text}"
         if "timed out" in text or isinstance(exc, LDAPResponseTimeoutError):
-            return f"{self._where} did not answer in time ({text})"
+            return f"{where} did not answer in time ({text})"
         if "refused" in text:
-            return f"{self._where} refused the connection (is the DC up and LDAPS enabled?): {text}"
-        return f"cannot reach {self._where}: {text}"
+            return f"{where} refused the connection (is the DC up and LDAPS enabled?): {text}"
+        return f"cannot reach {where}: {text}"
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
@@ -301,21 +391,28 @@ class Directory:
         if gc_conn is not None:
             _close_quietly(gc_conn)
 
-    def _run(self, what: str, operation: Callable[[ldap3.Connection], T]) -> T:
-        """Run ``operation`` on the bound connection; on a dropped connection reconnect once and retry."""
+    def _run(self, what: str, operation: Callable[[ldap3.Connection], T], *, writes: bool = False) -> T:
+        """Run ``operation`` on the bound connection; on a dropped connection reconnect once and retry. The retry
+        goes to the same DC once the sequence has used it (see ``_open``), so a retried write meets the first
+        attempt's result (entryAlreadyExists, noSuchObject), never a DC that has not seen it yet."""
         with self._lock:
             for attempt in (1, 2):
                 if self._conn is None or self._conn.closed:
-                    self._conn = self._connect()
+                    self._conn = self._open()
+                if writes:
+                    self._sticky = True
                 try:
-                    return operation(self._conn)
-                except (LDAPCommunicationError, LDAPResponseTimeoutError) as exc:
+                    result = operation(self._conn)
+                except (LDAPCommunicationError, LDAPResponseTimeoutError, OSError) as exc:
                     self._drop()
                     if attempt == 2:
                         raise DirectoryUnavailableError(
                             f"{what}: lost the connection to {self._where} twice ({exc})"
                         ) from None
                     log.info("connection to %s dropped during %s (%s); reconnecting", self._where, what, exc)
+                    continue
+                self._sticky = True
+                return result
             raise AssertionError("unreachable")
 
     def close(self) -> None:
@@ -436,7 +533,7 @@ class Directory:
                 raise DirectoryUnavailableError(f"{what}: the connection was lost between pages")
             try:
                 return fetch(self._conn)
-            except (LDAPCommunicationError, LDAPResponseTimeoutError) as exc:
+            except (LDAPCommunicationError, LDAPResponseTimeoutError, OSError) as exc:
                 self._drop()
                 raise DirectoryUnavailableError(f"{what}: the connection was lost between pages ({exc})") from None
 
@@ -551,12 +648,16 @@ class Directory:
             with self._lock:
                 for attempt in (1, 2):
                     try:
+                        if self._conn is None or self._conn.closed or self._dc is None:
+                            self._conn = self._open()  # the Global Catalog of the DC of this sequence
                         if self._gc_conn is None or self._gc_conn.closed:
-                            self._gc_conn = self._connect(GLOBAL_CATALOG_TLS_PORT)
+                            assert self._dc is not None  # set by _open
+                            self._gc_conn = self._connect(self._dc, GLOBAL_CATALOG_TLS_PORT)
+                        self._sticky = True
                         entries = self._search(self._gc_conn, "", search_filter, ldap3.SUBTREE, attributes,
                                                f"{what} in the Global Catalog", size_limit=20)
                         break
-                    except (LDAPCommunicationError, LDAPResponseTimeoutError) as exc:
+                    except (LDAPCommunicationError, LDAPResponseTimeoutError, OSError) as exc:
                         conn, self._gc_conn = self._gc_conn, None
                         if conn is not None:
                             _close_quietly(conn)
@@ -609,7 +710,7 @@ class Directory:
             conn.add(dn, USER_OBJECT_CLASSES, request)
             return dict(conn.result or {})
 
-        result = self._run(f"creating {dn}", add)
+        result = self._run(f"creating {dn}", add, writes=True)
         if result.get("description") == "entryAlreadyExists":
             if self._is_sam_clash(result, dn):
                 raise ConstraintError(
@@ -654,7 +755,7 @@ class Directory:
             conn.modify(dn, modification)
             return dict(conn.result or {})
 
-        result = self._run(what, modify)
+        result = self._run(what, modify, writes=True)
         if result.get("description") != "success":
             _raise_for(result, what, dn, values=changes, secret=password)
         log.warning("AUDIT adopted %s for guest %s (objectSid %s, userAccountControl %s -> %d, created %s): fresh "
@@ -675,7 +776,7 @@ class Directory:
             conn.modify(dn, {"userPrincipalName": [(ldap3.MODIFY_DELETE, [])]})
             return dict(conn.result or {})
 
-        result = self._run(what, modify)
+        result = self._run(what, modify, writes=True)
         if result.get("description") not in ("success", "noSuchAttribute"):
             _raise_for(result, what, dn)
         log.info("released the userPrincipalName of %s", dn)
@@ -691,7 +792,7 @@ class Directory:
                                                                                                   uid)])]})
             return dict(conn.result or {})
 
-        result = self._run(what, modify)
+        result = self._run(what, modify, writes=True)
         if result.get("description") != "success":
             _raise_for(result, what, account.dn)
         log.info("wrote the ownership mark on %s", account.dn)
@@ -732,7 +833,7 @@ class Directory:
             conn.modify(dn, modification)
             return dict(conn.result or {})
 
-        result = self._run(f"updating {dn}", modify)
+        result = self._run(f"updating {dn}", modify, writes=True)
         if result.get("description") != "success":
             _raise_for(result, f"updating {dn}", dn, values=changes)
         log.info("updated %s: %s", dn, ", ".join(sorted(changes)))
@@ -804,7 +905,7 @@ class Directory:
             conn.modify(account.dn, {"userAccountControl": [(ldap3.MODIFY_REPLACE, [str(wanted)])]})
             return dict(conn.result or {})
 
-        result = self._run(what, modify)
+        result = self._run(what, modify, writes=True)
         description = result.get("description")
         if description in ("constraintViolation", "unwillingToPerform"):
             said = str(result.get("message", "")).strip()
@@ -824,7 +925,7 @@ class Directory:
             conn.modify_dn(dn, rdn, new_superior=target_ou)
             return dict(conn.result or {})
 
-        result = self._run(what, move)
+        result = self._run(what, move, writes=True)
         description = result.get("description")
         if description == "entryAlreadyExists":
             raise AccountExistsError(
@@ -917,7 +1018,7 @@ class Directory:
                 conn.delete(dn)
                 return dict(conn.result or {})
 
-            result = self._run(what, delete)
+            result = self._run(what, delete, writes=True)
             description = result.get("description")
             if description == "noSuchObject":
                 log.info("%s is already gone; nothing to delete", dn)
@@ -959,7 +1060,7 @@ class Directory:
             conn.add(dn, USER_OBJECT_CLASSES, request)
             return dict(conn.result or {})
 
-        result = self._run(f"creating {dn}", add)
+        result = self._run(f"creating {dn}", add, writes=True)
         if result.get("description") != "success":
             _raise_for(result, f"creating {dn}", dn, values=values, secret=password)
         log.info("created probe account %s", dn)
@@ -998,7 +1099,9 @@ class DirectoryPool:
             raise ValueError(f"a directory pool needs at least one connection, not {self.size}")
         self._settings = settings
         self._archive_ou = archive_ou
-        first = Directory(settings, archive_ou=archive_ou)  # validates the settings now; connects on first use
+        # one view of which DCs are down for all connections, so that each does not wait for a dead DC's timeout
+        self._locator = DcLocator(parse_ad_server(settings.server))
+        first = Directory(settings, archive_ou=archive_ou, locator=self._locator)  # validates the settings now
         self._built: list[Directory] = [first]
         self._idle: list[Directory] = [first]
         self._changed = threading.Condition()
@@ -1047,7 +1150,7 @@ class DirectoryPool:
                 if self._idle:
                     return self._idle.pop()
                 if len(self._built) < self.size:
-                    directory = Directory(self._settings, archive_ou=self._archive_ou)
+                    directory = Directory(self._settings, archive_ou=self._archive_ou, locator=self._locator)
                     self._built.append(directory)
                     return directory
                 remaining = None if deadline is None else deadline - time.monotonic()
@@ -1058,6 +1161,7 @@ class DirectoryPool:
                 self._changed.wait(remaining)
 
     def _release(self, directory: Directory) -> None:
+        directory.end_sequence()  # the borrower's sequence is over: the next one may start on another DC
         with self._changed:
             closed = self._closed
             if not closed:
@@ -1108,6 +1212,16 @@ class LazyLease:
         directory, self._directory = self._directory, None
         if directory is not None:
             self._pool._release(directory)
+
+
+def _require_kerberos_library() -> None:
+    """AD_BIND_METHOD=kerberos needs a GSSAPI binding: ldap3 uses ``gssapi`` (MIT or Heimdal Kerberos, Linux) or,
+    where that is missing, ``winkerberos`` (SSPI, Windows: the service's own identity, e.g. a gMSA)."""
+    import importlib.util
+
+    if importlib.util.find_spec("gssapi") is None and importlib.util.find_spec("winkerberos") is None:
+        raise ConfigurationError("setting AD_BIND_METHOD=kerberos needs the Python package gssapi (Linux: pip install "
+                                 "gssapi, with the Kerberos libraries installed) or winkerberos (Windows)")
 
 
 def new_probe_name() -> str:

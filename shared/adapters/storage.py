@@ -1,13 +1,15 @@
 """Azure Storage clients from settings: a connection string, or keyless with an Entra identity.
 
 In Azure the app uses its user-assigned managed identity with RBAC roles on the account (no key exists in
-any setting); an on-premises agent uses a connection string or a service principal's client secret, like
-the Functions host's ``AzureWebJobsStorage__*`` identity-based connection settings.
+any setting); an on-premises agent uses a connection string or a service principal (with a client secret, or
+with a certificate so that no shared secret exists), like the Functions host's ``AzureWebJobsStorage__*``
+identity-based connection settings.
 """
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from azure.data.tables import TableServiceClient
 from azure.storage.queue import QueueClient
@@ -22,10 +24,26 @@ def credential(storage: StorageSettings) -> Any:
     if storage.credential == "clientsecret":
         from azure.identity import ClientSecretCredential
 
-        return ClientSecretCredential(str(storage.tenant_id), str(storage.client_id), str(storage.client_secret))
+        return ClientSecretCredential(str(storage.tenant_id), str(storage.client_id), str(storage.client_secret),
+                                      authority=storage.authority_host, **_discovery(storage))
+    if storage.credential == "clientcertificate":
+        from azure.identity import CertificateCredential
+
+        return CertificateCredential(str(storage.tenant_id), str(storage.client_id),
+                                     certificate_path=storage.certificate_path,
+                                     password=storage.certificate_password, authority=storage.authority_host,
+                                     **_discovery(storage))
     from azure.identity import ManagedIdentityCredential
 
     return ManagedIdentityCredential(client_id=storage.client_id) if storage.client_id else ManagedIdentityCredential()
+
+
+def _discovery(storage: StorageSettings) -> dict[str, Any]:
+    """Instance discovery asks Microsoft's sign-in about the authority: only for Microsoft's own hosts."""
+    from shared.adapters.graph import MICROSOFT_LOGIN_HOSTS
+
+    host = urlsplit(storage.authority_host).hostname or ""
+    return {"disable_instance_discovery": host not in MICROSOFT_LOGIN_HOSTS}
 
 
 def table_service(storage: StorageSettings, **options: Any) -> TableServiceClient:

@@ -543,14 +543,17 @@ def check_directory(directory: Directory, settings: Settings, *, probe: bool) ->
                 *_skip(["ad.bind", "ad.guest_ou", "ad.archive_ou", *probe_names], "no LDAPS connection")]
     except InvalidCredentialsError as exc:
         return [_ldaps_ok(ad.server, trust, ad.validate_certificate),
-                _result("ad.bind", Status.FAIL, str(exc), "check AD_BIND_USER and AD_BIND_PASSWORD"),
+                _result("ad.bind", Status.FAIL, str(exc), "check AD_BIND_USER and AD_KEYTAB" if ad.bind_method ==
+                        "kerberos" else "check AD_BIND_USER and AD_BIND_PASSWORD"),
                 *_skip(["ad.guest_ou", "ad.archive_ou", *probe_names], "the bind failed")]
     except DirectoryError as exc:
         return [_ldaps_ok(ad.server, trust, ad.validate_certificate),
                 _result("ad.bind", Status.FAIL, str(exc), "check AD_SERVER (a domain controller) and AD_BIND_USER"),
                 *_skip(["ad.guest_ou", "ad.archive_ou", *probe_names], "the bind failed")]
-    results = [_ldaps_ok(ad.server, trust, ad.validate_certificate),
-               _result("ad.bind", Status.PASS, f"bound as {ad.bind_user} (domain {netbios})")]
+    who = ad.bind_user or "the service's own identity"
+    how = "Kerberos" if ad.bind_method == "kerberos" else "password"
+    results = [_ldaps_ok(directory.domain_controller or ad.server, trust, ad.validate_certificate),
+               _result("ad.bind", Status.PASS, f"bound as {who} ({how}; domain {netbios})")]
     guest_ok = _check_ou(results, directory, "ad.guest_ou", "AD_GUEST_OU", directory.guest_ou)
     archive_ok: bool | None = None
     if directory.archive_ou is None:

@@ -51,6 +51,13 @@ CODE_ONLY_SETTINGS = {
     # Azure uses its managed identity and has no storage secret.
     "AzureWebJobsStorage__tenantId",
     "AzureWebJobsStorage__clientSecret",
+    # ... and =clientcertificate is the same principal with a certificate file on the agent's server.
+    "AzureWebJobsStorage__clientCertificatePath",
+    "AzureWebJobsStorage__clientCertificatePassword",
+    # The Kerberos bind is the agent's (a keytab on its Linux server, or its Windows service identity); the
+    # function app binds with the password from Key Vault and has no Kerberos library.
+    "AD_BIND_METHOD",
+    "AD_KEYTAB",
     # Overrides for the Graph simulator and tests: GRAPH_CLOUD (set from a parameter) selects a consistent
     # endpoint, authority and scope; setting them as well could only disagree with it.
     "GRAPH_ENDPOINT",

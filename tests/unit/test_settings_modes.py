@@ -213,3 +213,49 @@ def test_the_cli_prints_one_line_naming_the_setting(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("GUESTSYNC_LOG_FORMAT", "xml")
     assert cli.main(["status"]) == 2
     assert "GUESTSYNC_LOG_FORMAT" in capsys.readouterr().err
+
+
+# --- AD: DCs and the Kerberos bind -----------------------------------------------------------------------------
+def test_ad_server_takes_several_dcs_or_a_dns_domain() -> None:
+    several = load_settings({**BASE, **AD, "AD_SERVER": "ldaps://dc1.contoso.com,ldaps://dc2.contoso.com"})
+    assert several.directory is not None and several.directory.server == "ldaps://dc1.contoso.com,ldaps://dc2.contoso.com"
+    assert load_settings({**BASE, **AD, "AD_SERVER": "dns:contoso.com"}).directory is not None
+    fails({**AD, "AD_SERVER": "ldaps://dc1.contoso.com, ldap://dc2.contoso.com"}, "AD_SERVER")
+    fails({**AD, "AD_SERVER": "dns:"}, "AD_SERVER")
+
+
+def test_kerberos_bind_needs_no_password_and_refuses_a_stray_one(tmp_path: Path) -> None:
+    keytab = tmp_path / "svc.keytab"
+    keytab.write_bytes(b"\x05\x02")
+    kerberos = {**{k: v for k, v in AD.items() if k != "AD_BIND_PASSWORD"}, "AD_BIND_METHOD": "kerberos",
+                "AD_BIND_USER": "svc-guestsync@CONTOSO.COM", "AD_KEYTAB": str(keytab)}
+    directory = load_settings({**BASE, **kerberos}).directory
+    assert directory is not None and directory.bind_method == "kerberos" and directory.keytab == str(keytab)
+    assert directory.bind_password == ""
+    # Windows service identity (gMSA) or the process's own tickets: neither user nor keytab
+    own = {k: v for k, v in kerberos.items() if k not in ("AD_BIND_USER", "AD_KEYTAB")}
+    assert load_settings({**BASE, **own}).directory.bind_user == ""  # type: ignore[union-attr]
+    fails({**kerberos, "AD_BIND_PASSWORD": "pw-123456"}, "AD_BIND_PASSWORD")
+    fails({**kerberos, "AD_KEYTAB": str(tmp_path / "missing.keytab")}, "AD_KEYTAB")
+    fails({**kerberos, "AD_BIND_USER": "CN=svc,CN=Users,DC=contoso,DC=com"}, "AD_BIND_USER")
+    fails({**kerberos, "AD_BIND_METHOD": "ntlm"}, "AD_BIND_METHOD")
+    fails({**AD, "AD_KEYTAB": str(keytab)}, "AD_KEYTAB")  # a keytab with the password method: one of them is wrong
+    fails({k: v for k, v in AD.items() if k != "AD_BIND_PASSWORD"}, "AD_BIND_PASSWORD")
+
+
+def test_keyless_storage_for_an_agent_with_a_certificate(tmp_path: Path) -> None:
+    certificate = tmp_path / "agent.pem"
+    certificate.write_text("-----BEGIN CERTIFICATE-----\n")
+    env = {"AzureWebJobsStorage__accountName": "guestsyncst", "AzureWebJobsStorage__credential": "clientcertificate",
+           "AzureWebJobsStorage__tenantId": TENANT, "AzureWebJobsStorage__clientId": CLIENT,
+           "AzureWebJobsStorage__clientCertificatePath": str(certificate)}
+    storage = load_settings(env).storage
+    assert storage.credential == "clientcertificate" and storage.certificate_path == str(certificate)
+    assert load_settings({**env, "GRAPH_CLOUD": "usgov"}).storage.authority_host == "https://login.microsoftonline.us"
+    for missing in ("AzureWebJobsStorage__tenantId", "AzureWebJobsStorage__clientCertificatePath"):
+        with pytest.raises(ConfigurationError, match=missing):
+            load_settings({**env, missing: ""})
+    with pytest.raises(ConfigurationError, match="no such file"):
+        load_settings({**env, "AzureWebJobsStorage__clientCertificatePath": str(tmp_path / "gone.pem")})
+    with pytest.raises(ConfigurationError, match="AzureWebJobsStorage__clientSecret"):  # a stray secret
+        load_settings({**env, "AzureWebJobsStorage__clientSecret": "left-over"})
