@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -244,3 +244,35 @@ def test_failing_export_is_poisoned_after_five_dequeues_like_the_host(stack: Sta
     parked = _queue(poison).peek_messages()[0]
     assert json.loads(base64.b64decode(parked.content)) == {"uid": 42}
     bootstrap.reset()
+
+
+SENDER = "guestsync-alerts@contoso.onmicrosoft.com"
+AGENT_MODE_WITH_MAIL = AGENT_MODE | {"GUESTSYNC_MAIL": "graph", "GUESTSYNC_MAIL_TO": "admin@contoso.com",
+                                     "GUESTSYNC_MAIL_FROM": SENDER}
+
+
+@pytest.mark.parametrize("stack", [AGENT_MODE_WITH_MAIL], indirect=True)
+def test_azure_side_warns_when_no_agent_was_seen_for_ten_minutes(stack: Stack, start_agent: Any,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """The function app's agent_health timer (worker mode agent): silent while an agent's heartbeat is fresh;
+    a warning and one mail once the newest heartbeat is older than 10 minutes."""
+    sim: Any = stack.sim
+    sim.add_user(userPrincipalName=SENDER, mail=SENDER, displayName="guestsync alerts")
+    agent = start_agent("health")
+    stack.wait(lambda: len(agents(stack.state)) == 1, "the agent's heartbeat", 60)
+    caplog.clear()
+    assert stack.host.trigger_timer("agent_health").succeeded
+    assert not [r for r in caplog.records if r.name == "guestsync.agent.health"], "a live agent raised a warning"
+    assert sim.sent_mail == []
+    assert agent.stop() == 0
+    # The agent's last heartbeat, as if it had gone quiet 11 minutes ago (a dead server writes nothing more).
+    (name, body), = bootstrap.services().state.list_meta("agent-hb-")
+    seen = datetime.fromisoformat(body["seenAt"]) - timedelta(minutes=11)
+    bootstrap.services().state.put_meta(name, {**body, "seenAt": seen.isoformat()})
+    assert stack.host.trigger_timer("agent_health").succeeded
+    warnings = [r.getMessage() for r in caplog.records if r.name == "guestsync.agent.health"]
+    assert any("no guestsync agent has been seen for 11 minutes" in w for w in warnings), warnings
+    (mail,) = sim.sent_mail
+    assert "on-premises agents" in mail["subject"] and "11 minutes" in mail["content"]
+    assert stack.host.trigger_timer("agent_health").succeeded
+    assert len(sim.sent_mail) == 1, "the same silence is mailed once"
