@@ -196,7 +196,7 @@ param mailTo string = ''
 @description('GUESTSYNC_MAIL_FROM: graph: the mailbox (UPN) that sends; smtp: the From address.')
 param mailFrom string = ''
 
-@description('GUESTSYNC_ALERT_SCHEDULE: NCRONTAB schedule of the alerts timer (only with GUESTSYNC_MAIL not none).')
+@description('GUESTSYNC_ALERT_SCHEDULE: NCRONTAB schedule of the alerts timer (with GUESTSYNC_MAIL not none) and of the agent_health timer (worker mode agent).')
 param alertSchedule string = '0 */5 * * * *'
 
 @description('SMTP_HOST: the SMTP relay (GUESTSYNC_MAIL=smtp).')

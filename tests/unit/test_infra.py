@@ -60,6 +60,15 @@ CODE_ONLY_SETTINGS = {
     "GRAPH_CA_FILE",
     # The certificate as a file on the agent's server; in Azure it comes from Key Vault as GRAPH_CLIENT_CERTIFICATE.
     "GRAPH_CLIENT_CERTIFICATE_PATH",
+    # The on-premises agent's own runtime (shared.agent): message and timer leases, heartbeats, its stop and
+    # its log file. The function app never runs the agent loop; the agent reads them from its EnvironmentFile
+    # (systemd) or its service environment (Windows).
+    "GUESTSYNC_AGENT_VISIBILITY_SECONDS",
+    "GUESTSYNC_AGENT_LEASE_SECONDS",
+    "GUESTSYNC_AGENT_HEARTBEAT_SECONDS",
+    "GUESTSYNC_AGENT_OUTAGE_BACKOFF_SECONDS",
+    "GUESTSYNC_AGENT_STOP_SECONDS",
+    "GUESTSYNC_LOG_FILE",
 }
 
 #: App settings infra/ sets that the code does not read, each with the reader.
