@@ -93,6 +93,7 @@ class Agent:
         self.last_export_at: datetime | None = None
         self.exports = 0
         self.last_reconcile: dict[str, Any] = {}
+        self._reconcile: _ReconcileRun | None = None
 
     # --------------------------------------------------------------------------------------------- storage calls
 
@@ -125,7 +126,8 @@ class Agent:
             for task in side:
                 task.cancel()
             await asyncio.gather(*side, return_exceptions=True)
-            await self._io(self.lease.release)
+            if await self._io(self._end_reconcile):
+                await self._io(self.lease.release)  # the next agent need not wait for the lease to expire
             await self._write_heartbeat("stopped")
             with contextlib.suppress(Exception):
                 await self.services.graph.close()
@@ -337,7 +339,7 @@ class Agent:
 
     async def _timer_loop(self) -> None:
         """Hold the timer lease when no live agent does; run the reconcile at its schedule while holding it."""
-        running: _ReconcileRun | None = None
+        self._reconcile = running = None
         last_try = float("-inf")
         while True:
             if time.monotonic() - last_try >= self.lease.seconds / 3:
@@ -354,8 +356,21 @@ class Agent:
                 await self._reconcile_done(running)
                 running = None
             if running is None and held and not self.stop.is_set() and utcnow() >= self._next_reconcile():
-                running = await self._start_reconcile()
+                self._reconcile = running = await self._start_reconcile()
             await asyncio.sleep(0.5)
+
+    def _end_reconcile(self) -> bool:
+        """On stop: cancel a running reconcile and wait for it; False if it is still running (then the lease is
+        left to expire, so no other agent starts one meanwhile)."""
+        run = self._reconcile
+        if run is None or run.done:
+            return True
+        run.cancel()
+        run.join(self.config.stop_seconds)
+        if not run.done:
+            log.error("the reconcile did not stop within %d s; the timer lease is left to expire",
+                      self.config.stop_seconds)
+        return run.done
 
     async def _start_reconcile(self) -> _ReconcileRun | None:
         started = utcnow()
@@ -424,6 +439,9 @@ class _ReconcileRun:
     @property
     def done(self) -> bool:
         return not self._thread.is_alive()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
 
     def cancel(self) -> None:
         if self._loop is not None and self._task is not None:

@@ -277,3 +277,24 @@ def test_azure_side_warns_when_no_agent_was_seen_for_ten_minutes(stack: Stack, s
     assert "on-premises agents" in mail["subject"] and "11 minutes" in mail["content"]
     assert stack.host.trigger_timer("agent_health").succeeded
     assert len(sim.sent_mail) == 1, "the same silence is mailed once"
+
+
+def test_timer_lease_has_one_holder_and_expires(azurite: Any, storage_names: dict[str, str]) -> None:
+    """The ETag-guarded lease row in Azurite: one holder at a time; another takes it only once it expired; the old
+    holder then finds it lost (its guarded writes are refused) instead of running on."""
+    from shared.adapters.state import StateStore
+    from shared.agent.lease import TimerLease
+
+    state = StateStore.from_connection_string(azurite.connection_string, storage_names["GUESTSYNC_STATE_TABLE"])
+    first, second = TimerLease(state, "srv1-1", 3), TimerLease(state, "srv2-2", 3)
+    assert first.try_acquire() and first.held
+    assert not second.try_acquire() and not second.held
+    assert first.try_acquire(), "the holder renews"
+    time.sleep(3.2)
+    assert not first.held, "a holder whose renewal is older than the lease no longer counts itself the holder"
+    assert second.try_acquire() and second.held
+    assert not first.update(note="stale") and lease_status(state)["holder"] == "srv2-2"
+    assert second.reconcile_started(datetime.now().astimezone())
+    second.release()
+    assert first.try_acquire(), "a released lease is free at once"
+    assert lease_status(state)["reconciles"][0]["holder"] == "srv2-2"
