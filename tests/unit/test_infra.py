@@ -640,6 +640,18 @@ def test_agent_roles_are_scoped_to_its_queues_and_table(parsed: dict[Path, dict[
     assert 'f"{self.change_queue}-poison"' in SETTINGS_PY.read_text(encoding="utf-8")
 
 
+def test_agent_publishes_telemetry_with_its_own_identity(parsed: dict[Path, dict[str, Any]]) -> None:
+    """Application Insights has local authentication off: the agent's service principal gets Monitoring Metrics
+    Publisher on it (and nothing wider), as the agent sends its telemetry with that identity."""
+    monitoring = _tree(parsed, "monitoring.bicep")
+    agent = {name: config for name, config in _role_assignments(monitoring).items()
+             if config["properties"]["principalId"] == "agentPrincipalId"}
+    assert set(agent) == {"agentPublisher"}
+    assert agent["agentPublisher"]["scope"] == "appInsights"
+    assert "monitoringMetricsPublisher" in json.dumps(agent["agentPublisher"]["properties"]["roleDefinitionId"])
+    assert "agentPrincipalId" in json.dumps(_main(parsed)["modules"]["monitoring"])
+
+
 def test_app_reads_each_secret_through_its_own_role_assignment(parsed: dict[Path, dict[str, Any]]) -> None:
     vault = _tree(parsed, "keyvault.bicep")
     assert not _role_assignments(vault), "a role assignment on the whole vault"
