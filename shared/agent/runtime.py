@@ -50,6 +50,9 @@ BATCH_SIZE = 16  # host.json batchSize
 NEW_BATCH_THRESHOLD = 8  # host.json newBatchThreshold
 MAX_DEQUEUE_COUNT = 5  # host.json maxDequeueCount
 RETRY_VISIBILITY_SECONDS = 10  # host.json visibilityTimeout: the wait before a failed export is retried
+#: host.json functionTimeout: a message whose export runs longer is no longer kept invisible, so another agent
+#: (or this one) tries again while the stuck attempt's later writes are refused by its stale ETag.
+EXPORT_TIMEOUT_SECONDS = 300
 POLL_AFTER_WORK = 0.1
 POLL_IDLE = 1.0
 FIRST_OUTAGE_BACKOFF = 1.0
@@ -68,6 +71,7 @@ class _Held:
     message: QueueMessage
     pop_receipt: str
     renew_at: float
+    received_at: float = field(default_factory=time.monotonic)
     started: bool = False
     settled: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -289,6 +293,11 @@ class Agent:
             for held in [h for h in self._held.values() if h.renew_at <= now]:
                 async with held.lock:
                     if held.settled:
+                        continue
+                    if now - held.received_at > EXPORT_TIMEOUT_SECONDS:
+                        log.error("export of message %s has run for more than %d s; no longer holding it (it "
+                                  "comes back for another attempt)", held.message.id, EXPORT_TIMEOUT_SECONDS)
+                        held.renew_at = float("inf")
                         continue
                     try:
                         receipt = await self._io(self._queue.update_message, held.message.id, held.pop_receipt,
