@@ -196,7 +196,7 @@ param mailTo string = ''
 @description('GUESTSYNC_MAIL_FROM: graph: the mailbox (UPN) that sends; smtp: the From address.')
 param mailFrom string = ''
 
-@description('GUESTSYNC_ALERT_SCHEDULE: NCRONTAB schedule of the alerts timer (only with GUESTSYNC_MAIL not none).')
+@description('GUESTSYNC_ALERT_SCHEDULE: NCRONTAB schedule of the alerts timer (with GUESTSYNC_MAIL not none) and of the agent_health timer (worker mode agent).')
 param alertSchedule string = '0 */5 * * * *'
 
 @description('SMTP_HOST: the SMTP relay (GUESTSYNC_MAIL=smtp).')
@@ -292,7 +292,7 @@ param existingPrivateEndpointSubnetId string = ''
 @description('With enableVnet and no existingSubnetId: comma-separated DNS servers (e.g. the domain controllers); empty: Azure DNS.')
 param vnetDnsServers string = ''
 
-@description('Worker mode agent: object id of the service principal the on-premises agent signs in with; it gets the queue data role on each of guestsync\'s queues and the table data role on the state table (nothing on the account). Empty: none.')
+@description('Worker mode agent: object id of the service principal the on-premises agent signs in with; it gets the queue data role on each of guestsync\'s queues and the table data role on the state table (nothing on the account), and Monitoring Metrics Publisher on Application Insights for its telemetry. Empty: none.')
 param agentPrincipalId string = ''
 
 @description('With enableVnet, for an agent without a private route to the storage account: comma-separated public egress addresses or CIDR ranges of the agent\'s servers; the storage account\'s public endpoint then accepts these only. Empty: public endpoint off.')
@@ -388,6 +388,7 @@ module monitoring 'modules/monitoring.bicep' = {
     location: location
     tags: allTags
     identityPrincipalId: identity.properties.principalId
+    agentPrincipalId: agentPrincipalId
   }
 }
 

@@ -163,15 +163,15 @@ def run_demo(guests: int = 10, members: int = 5) -> int:
             os.environ["GUESTSYNC_LIFECYCLE_URL"] = f"{ingest.base_url}/api/graph/lifecycle"
             bootstrap.reset()
             say("- starting the AD worker agent (`guestsync worker`)")
-            import azure.functions as func
+            import threading
 
-            from shared.functions import make_worker_blueprint
+            from shared.agent import run_agent
 
-            worker_app = func.FunctionApp()
-            worker_app.register_functions(make_worker_blueprint())
-            worker = LocalFunctionsHost(worker_app, env=os.environ, host_json=repo / "host.json", http_port=None)
+            stop = threading.Event()
+            worker = threading.Thread(target=run_agent, args=(stop,), name="guestsync-agent", daemon=True)
             worker.start()
-            hosts.callback(worker.stop)
+            hosts.callback(worker.join, 90)
+            hosts.callback(stop.set)
             say("- subscribing to Graph change notifications on /users (validation handshake)")
             ingest.trigger_timer("maintain_subscription")
             _wait(lambda: bool(sim.subscriptions), 20, "the Graph subscription")
@@ -203,14 +203,14 @@ def run_demo(guests: int = 10, members: int = 5) -> int:
             say("- restoring it in Entra (within 30 days): the same account is enabled and moved back")
             sim.restore_user(leaver)
             _wait(lambda: _has_status(state, leaver, GuestStatus.PROVISIONED), 60, "the restore")
-            say("- a notification lost on purpose, then `guestsync plan` and the reconcile timer")
+            say("- a notification lost on purpose, then `guestsync plan` and `guestsync reconcile`")
             sim.drop_next_notifications(1)
             late = sim.invite_guest("late@contoso-partner.com", "Lena Late", "Lena", "Late")
             invited.append(late["id"])
             plan = _plan_lines()
             for line in plan:
                 say(f"  {line}")
-            worker.trigger_timer("reconcile")
+            _plan_lines("reconcile")  # `guestsync reconcile`: what the agent's reconcile timer runs, on demand
             _wait(lambda: _provisioned(state, invited), 60, "the reconcile")
             accounts = read_accounts(stack.dc, stack.guest_ou)
             latencies = [r.latency_ms for r in state if r.latency_ms is not None]
@@ -242,8 +242,8 @@ def _has_status(state: StateStore, uid: str, status: GuestStatus) -> bool:
     return record is not None and record.status is status
 
 
-def _plan_lines() -> list[str]:
-    """`guestsync plan` in this process, as an operator would run it."""
+def _plan_lines(command: str = "plan") -> list[str]:
+    """`guestsync plan` (or another command) in this process, as an operator would run it."""
     import contextlib
     import io
 
@@ -251,7 +251,7 @@ def _plan_lines() -> list[str]:
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        cli.main(["plan"])
+        cli.main([command])
     return out.getvalue().splitlines()
 
 

@@ -84,20 +84,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    import azure.functions as func
+    """The on-premises agent (shared.agent): until SIGTERM, Ctrl+C or the service manager stops it."""
+    import signal
+    import threading
 
-    from shared.functions import make_worker_blueprint
-    from shared.runner import LocalFunctionsHost
+    from shared.agent import run_agent
+    from shared.agent.logfiles import add_log_file
+    from shared.settings import load_agent_settings
 
-    load_settings(need_directory=True)  # fail fast, naming the missing setting
-    env = _apply_binding_defaults(os.environ)  # type: ignore[arg-type]
-    app = func.FunctionApp()
-    app.register_functions(make_worker_blueprint())
-    host = LocalFunctionsHost(app, env=env, host_json=_host_json(), http_port=None)
-    host.start()
+    settings = load_settings(need_directory=True)  # fail fast, naming the missing setting
+    agent = load_agent_settings()
+    add_log_file(agent.log_file)
+    stop = threading.Event()
+    for name in ("SIGTERM", "SIGINT", "SIGBREAK"):  # SIGBREAK: Ctrl+Break in a Windows console
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), lambda *_: stop.set())
     print("guestsync worker polling the export queue (Ctrl+C to stop)", flush=True)
-    host.run_forever()
-    return 0
+    return run_agent(stop, settings, agent)
 
 
 def cmd_subscribe(args: argparse.Namespace) -> int:
@@ -145,6 +148,8 @@ def collect_status(*, graph: bool = True) -> dict[str, Any]:
     """Everything an operator checks first, read-only: state counts, queues, errors, held changes,
     poison messages, subscription expiry and the last reconcile."""
     from shared.adapters.queues import MessageQueue
+    from shared.agent import health as agent_health
+    from shared.agent.lease import lease_status
     from shared.services.reconcile import delta_status, last_report
 
     s = _services()
@@ -174,6 +179,8 @@ def collect_status(*, graph: bool = True) -> dict[str, Any]:
         "poisonMessages": {name: bodies for name, bodies in poison.items() if bodies},
         "subscriptions": _subscription_status(s) if graph else {"error": "not checked (--no-graph)"},
         "lastReconcile": _reconcile_summary(last_report(s.state)),
+        "agents": agent_health.agents(s.state),
+        "timerLease": lease_status(s.state),
         "delta": delta_status(s.state),
     }
 
@@ -217,6 +224,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"Last reconcile: {rec['finishedAt']} ({rec['deltaMode']}): {actions}")
     else:
         print("Last reconcile: never")
+    _print_agents(status["agents"], status["timerLease"])
     if status["held"]:
         print("Held by the mass-change breaker (`guestsync approve --all` or `--reject`):")
         for item in status["held"]:
@@ -234,6 +242,22 @@ def cmd_status(args: argparse.Namespace) -> int:
         for body in bodies:
             print(f"  {body}")
     return 0
+
+
+def _print_agents(agents: list[dict[str, Any]], lease: dict[str, Any]) -> None:
+    if not agents:
+        print("Agents: none has reported (worker mode agent: is `guestsync worker` running?)")
+    else:
+        print("Agents (last heartbeat):")
+    for a in agents:
+        lag = a.get("queueLag") or {}
+        timers = "  holds the timer lease" if a.get("holdsTimerLease") else ""
+        print(f"  {a.get('agentId')}  version {a.get('version')}  {a.get('status')}  seen {a.get('ageSeconds')} s ago"
+              f"  started {a.get('startedAt')}  last export {a.get('lastExportAt') or 'never'}  exports "
+              f"{a.get('exports')}  oldest export message {lag.get('oldestMessageAgeSeconds')} s{timers}")
+    if lease.get("holder"):
+        print(f"Timer lease: {lease['holder']} until {lease.get('expiresAt')}; last reconcile started "
+              f"{lease.get('reconcileStartedAt') or 'never'}")
 
 
 class _Progress:

@@ -120,7 +120,30 @@ def create_app(worker_mode: str = "agent", *, mail_alerts: bool | None = None) -
         app.register_functions(make_worker_blueprint())
     if mail_alerts:
         app.register_functions(make_alerts_blueprint())
+    if worker_mode == "agent":
+        app.register_functions(make_agent_health_blueprint())
     return app
+
+
+def make_agent_health_blueprint() -> func.Blueprint:
+    """Worker mode agent: warn (log, metric, mail when mail is on) when no agent has been seen for 10 minutes or
+    the oldest export message is older than 10 minutes (shared.agent.health)."""
+    bp = func.Blueprint()  # type: ignore[no-untyped-call]
+
+    @bp.function_name("agent_health")
+    @bp.timer_trigger(arg_name="timer", schedule="%GUESTSYNC_ALERT_SCHEDULE%", run_on_startup=False)
+    async def agent_health(timer: func.TimerRequest) -> None:
+        from shared.adapters.storage import queue_client
+        from shared.agent.health import watch_agents
+
+        s = services()
+        client = queue_client(s.settings.storage, s.settings.export_queue)
+        try:
+            await watch_agents(s.state, client, s.mailer)
+        finally:
+            client.close()
+
+    return bp
 
 
 def make_alerts_blueprint() -> func.Blueprint:

@@ -215,8 +215,18 @@ def configure_exporters(settings: Settings) -> bool:
     except ImportError:  # pragma: no cover - it is in requirements.txt
         log.warning("azure-monitor-opentelemetry is not installed; metrics stay local")
         return False
-    configure_azure_monitor(connection_string=settings.app_insights, logger_name="guestsync")
+    configure_azure_monitor(connection_string=settings.app_insights, logger_name="guestsync",
+                            credential=telemetry_credential(settings))
     return True
+
+
+def telemetry_credential(settings: Settings) -> Any:
+    """The Entra credential telemetry is sent with (Application Insights has local authentication off): the one
+    the storage connection signs in with (managed identity in Azure, the agent's service principal on-premises);
+    None with a storage connection string, where no identity is configured."""
+    from shared.adapters.storage import credential
+
+    return credential(settings.storage)
 
 
 # --- metrics -----------------------------------------------------------------------------------------------

@@ -578,3 +578,43 @@ def load_settings(env: Mapping[str, str] | None = None, *, need_directory: bool 
         lifecycle=lifecycle,
         upn_suffixes=load_upn_suffixes(env),
     )
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """The on-premises agent's own runtime (``guestsync worker``): message leases, the timer lease, heartbeats,
+    log file. None of these apply to the function app."""
+
+    #: How long a received export message stays invisible to other agents; renewed at half while it runs, so a
+    #: crashed agent's messages come back after at most this long.
+    visibility_seconds: int = 60
+    #: The timer lease (reconcile): renewed every third of it; a dead holder's lease is taken over after it.
+    lease_seconds: int = 60
+    heartbeat_seconds: int = 60
+    #: Longest back-off of an export released because the directory is unreachable (it doubles up to this).
+    outage_backoff_seconds: int = 60
+    #: How long a stop waits for exports in flight before it exits (their messages come back after the lease).
+    stop_seconds: int = 60
+    reconcile_schedule: str = BINDING_DEFAULTS["GUESTSYNC_RECONCILE_SCHEDULE"]
+    log_file: str | None = None  # rotating log file (10 MB x 5)
+
+
+def load_agent_settings(env: Mapping[str, str] | None = None) -> AgentSettings:
+    """The agent runtime's settings (GUESTSYNC_AGENT_*, GUESTSYNC_LOG_FILE, GUESTSYNC_RECONCILE_SCHEDULE)."""
+    env = os.environ if env is None else env
+    defaults = AgentSettings()
+    return AgentSettings(
+        visibility_seconds=_int(env, "GUESTSYNC_AGENT_VISIBILITY_SECONDS", defaults.visibility_seconds, 2, 3600)
+        or defaults.visibility_seconds,
+        lease_seconds=_int(env, "GUESTSYNC_AGENT_LEASE_SECONDS", defaults.lease_seconds, 3, 900)
+        or defaults.lease_seconds,
+        heartbeat_seconds=_int(env, "GUESTSYNC_AGENT_HEARTBEAT_SECONDS", defaults.heartbeat_seconds, 1, 300)
+        or defaults.heartbeat_seconds,
+        outage_backoff_seconds=_int(env, "GUESTSYNC_AGENT_OUTAGE_BACKOFF_SECONDS", defaults.outage_backoff_seconds,
+                                    1, 900) or defaults.outage_backoff_seconds,
+        stop_seconds=_int(env, "GUESTSYNC_AGENT_STOP_SECONDS", defaults.stop_seconds, 1, 3600)
+        or defaults.stop_seconds,
+        reconcile_schedule=_get(env, "GUESTSYNC_RECONCILE_SCHEDULE", defaults.reconcile_schedule)
+        or defaults.reconcile_schedule,
+        log_file=_get(env, "GUESTSYNC_LOG_FILE"),
+    )

@@ -9,6 +9,9 @@ param tags object
 @description('Principal id of the function app\'s user-assigned managed identity.')
 param identityPrincipalId string
 
+@description('Object id of the on-premises agent\'s service principal (worker mode agent): it sends its logs and metrics with its own identity. Empty: none.')
+param agentPrincipalId string = ''
+
 @description('Days of log retention in the workspace.')
 @minValue(30)
 @maxValue(730)
@@ -46,6 +49,16 @@ resource publisher 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', monitoringMetricsPublisher)
     principalId: identityPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource agentPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(agentPrincipalId)) {
+  name: guid(appInsights.id, agentPrincipalId, monitoringMetricsPublisher)
+  scope: appInsights
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', monitoringMetricsPublisher)
+    principalId: agentPrincipalId
     principalType: 'ServicePrincipal'
   }
 }

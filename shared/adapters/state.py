@@ -8,6 +8,7 @@ No password is ever stored here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -253,6 +254,17 @@ class StateStore:
         self._table.upsert_entity({"PartitionKey": META_PARTITION, "RowKey": name,
                                    "Body": json.dumps(body, ensure_ascii=False, default=str)},
                                   mode=UpdateMode.REPLACE)
+
+    def list_meta(self, prefix: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The singletons whose name starts with ``prefix`` (agent heartbeats), as (name, body)."""
+        end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        query = f"PartitionKey eq '{META_PARTITION}' and RowKey ge '{prefix}' and RowKey lt '{end}'"
+        for entity in self._table.query_entities(query, select=["RowKey", "Body"]):
+            yield str(entity["RowKey"]), json.loads(entity.get("Body") or "{}")
+
+    def delete_meta(self, name: str) -> None:
+        with contextlib.suppress(ResourceNotFoundError):
+            self._table.delete_entity(META_PARTITION, name)
 
     def __iter__(self) -> Iterator[GuestRecord]:
         for entity in self._table.query_entities(f"PartitionKey eq '{PARTITION}'", results_per_page=1000):

@@ -54,6 +54,7 @@ class AlertKind(StrEnum):
     ERROR = "error"
     HELD = "held"
     POISON = "poison"
+    AGENT = "agent"  # no on-premises agent seen, or the export queue lagging (shared.agent.health)
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,8 @@ _HEADLINES = {
                      "changed in AD for them"),
     AlertKind.POISON: ("{n} message(s) parked in a poison queue",
                        "These queue messages failed 5 times and were moved to a poison queue, where they stay"),
+    AlertKind.AGENT: ("{n} warning(s) about the on-premises agents",
+                      "The on-premises agents (`guestsync worker`) look unhealthy"),
 }
 _ADVICE = {
     AlertKind.ERROR: "Fix the cause (in AD, or the guest's attributes in Entra ID); every reconcile retries guests "
@@ -183,6 +186,9 @@ _ADVICE = {
     AlertKind.POISON: "Find the cause (an unreachable domain controller: DNS, firewall TCP 636, certificate; see "
                       "the function logs), fix it, then move the messages back to the queue named without "
                       "'-poison'. `guestsync status` shows the queues.",
+    AlertKind.AGENT: "Check the agent servers: the service (systemd `guestsync-agent`, Windows `GuestsyncAgent`), "
+                     "its log file, outbound HTTPS 443 to the storage account, Graph and sign-in, and LDAPS 636 to "
+                     "the DCs. `guestsync status` lists the agents with the age of their last heartbeat.",
 }
 
 

@@ -128,7 +128,8 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path, azurite, storage_names
                                   "batchSize": 16, "maxDequeueCount": 5}},
     }))
     bootstrap.reset()
-    host = LocalFunctionsHost(create_app("function"), env=os.environ, host_json=host_json)
+    # worker mode agent: the host runs the cloud half only, and the test runs agents of its own
+    host = LocalFunctionsHost(create_app(env["GUESTSYNC_WORKER_MODE"]), env=os.environ, host_json=host_json)
     host.start()
     try:
         monkeypatch.setenv("GUESTSYNC_NOTIFICATION_URL", f"{host.base_url}/api/graph/notifications")

@@ -67,6 +67,15 @@ CODE_ONLY_SETTINGS = {
     "GRAPH_CA_FILE",
     # The certificate as a file on the agent's server; in Azure it comes from Key Vault as GRAPH_CLIENT_CERTIFICATE.
     "GRAPH_CLIENT_CERTIFICATE_PATH",
+    # The on-premises agent's own runtime (shared.agent): message and timer leases, heartbeats, its stop and
+    # its log file. The function app never runs the agent loop; the agent reads them from its EnvironmentFile
+    # (systemd) or its service environment (Windows).
+    "GUESTSYNC_AGENT_VISIBILITY_SECONDS",
+    "GUESTSYNC_AGENT_LEASE_SECONDS",
+    "GUESTSYNC_AGENT_HEARTBEAT_SECONDS",
+    "GUESTSYNC_AGENT_OUTAGE_BACKOFF_SECONDS",
+    "GUESTSYNC_AGENT_STOP_SECONDS",
+    "GUESTSYNC_LOG_FILE",
 }
 
 #: App settings infra/ sets that the code does not read, each with the reader.
@@ -638,6 +647,18 @@ def test_agent_roles_are_scoped_to_its_queues_and_table(parsed: dict[Path, dict[
     assert declared["stateTableName"]["default"] == DEFAULT_STATE_TABLE
     assert 'f"{self.export_queue}-poison"' in SETTINGS_PY.read_text(encoding="utf-8")
     assert 'f"{self.change_queue}-poison"' in SETTINGS_PY.read_text(encoding="utf-8")
+
+
+def test_agent_publishes_telemetry_with_its_own_identity(parsed: dict[Path, dict[str, Any]]) -> None:
+    """Application Insights has local authentication off: the agent's service principal gets Monitoring Metrics
+    Publisher on it (and nothing wider), as the agent sends its telemetry with that identity."""
+    monitoring = _tree(parsed, "monitoring.bicep")
+    agent = {name: config for name, config in _role_assignments(monitoring).items()
+             if config["properties"]["principalId"] == "agentPrincipalId"}
+    assert set(agent) == {"agentPublisher"}
+    assert agent["agentPublisher"]["scope"] == "appInsights"
+    assert "monitoringMetricsPublisher" in json.dumps(agent["agentPublisher"]["properties"]["roleDefinitionId"])
+    assert "agentPrincipalId" in json.dumps(_main(parsed)["modules"]["monitoring"])
 
 
 def test_app_reads_each_secret_through_its_own_role_assignment(parsed: dict[Path, dict[str, Any]]) -> None:

@@ -1,0 +1,7 @@
+"""The on-premises agent's own runtime (``guestsync worker``): the export queue consumer, the timer lease,
+heartbeats and its service wrappers. The local Functions runner (shared/runner.py) is for tests and
+``guestsync serve`` only."""
+
+from shared.agent.runtime import run_agent
+
+__all__ = ["run_agent"]
