@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 
 import azure.functions as func
 
 from shared import observability
+from shared.adapters.directory import DirectoryUnavailableError
 from shared.adapters.queues import ChangeMessage, ExportMessage, NewerSchemaError, leave_for_newer_reader
 from shared.adapters.state import utcnow
 from shared.bootstrap import services
 from shared.notifications import LifecycleBatch
 from shared.observability import guest_context, new_correlation_id
 from shared.services import alerts, apply, reconcile, subscriptions, webhook
+from shared.services.apply import deferral_delay
 
 log = logging.getLogger("guestsync.functions")
 
@@ -178,7 +181,16 @@ def make_worker_blueprint() -> func.Blueprint:
         with guest_context(message.uid, message.correlation_id or None):
             # LDAP is blocking: off the event loop, on the export threads. Each export borrows a connection of
             # its own from the pool, so parallel exports overlap their round trips.
-            outcome = await s.run_export(message)
+            try:
+                outcome = await s.run_export(message)
+            except DirectoryUnavailableError as exc:
+                # A DC outage must not use up the message's dequeues (the host would poison it after 5): send a
+                # fresh copy back with a growing delay, as apply does for Graph throttling, and complete this one.
+                delay = deferral_delay(message.deferrals)  # 2 s doubling to a minute, with jitter
+                s.export_queue.send(replace(message, deferrals=message.deferrals + 1).to_json(), delay_seconds=delay)
+                log.warning("directory unavailable; export of %s sent back for %d s (deferral %d, not counted "
+                            "toward poison): %s", message.uid, delay, message.deferrals + 1, exc)
+                return
             # The guest's state is saved: mail the operators about an error or a held deprovisioning (never raises).
             await alerts.report_export(outcome.uid, outcome.action, outcome.detail, s.state, s.mailer)
 

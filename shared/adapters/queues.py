@@ -142,9 +142,12 @@ class ExportMessage:
     reason: str
     correlation_id: str = ""
     snapshot: dict[str, Any] | None = field(default=None, hash=False)
+    deferrals: int = 0  # times sent back because the directory was unreachable (function mode; never poison)
 
     def to_json(self) -> str:
         data = {"v": SCHEMA_VERSION, **asdict(self)}
+        if not self.deferrals:
+            del data["deferrals"]
         # A queue message holds 64 KB: an oversized snapshot is left out (the worker then reads state).
         if self.snapshot is None or len(json.dumps(self.snapshot)) > MAX_SNAPSHOT_CHARS:
             del data["snapshot"]
@@ -159,9 +162,11 @@ class ExportMessage:
         if not isinstance(uid, str) or not isinstance(version, int):
             raise ValueError("export message needs uid (string) and version (integer)")
         snapshot = data.get("snapshot")  # checked by the worker; anything but an object is ignored
+        deferrals = data.get("deferrals", 0)
         return cls(uid=graph_id(uid), version=version, reason=str(data.get("reason", "")),
                    correlation_id=str(data.get("correlation_id", "")),
-                   snapshot=snapshot if isinstance(snapshot, dict) else None)
+                   snapshot=snapshot if isinstance(snapshot, dict) else None,
+                   deferrals=deferrals if isinstance(deferrals, int) and not isinstance(deferrals, bool) else 0)
 
 
 #: Largest snapshot (JSON, ASCII-escaped) an export message carries; a guest's entity is a few hundred bytes.

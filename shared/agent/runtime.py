@@ -35,7 +35,7 @@ from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import QueueMessage
 
 from shared import ncrontab
-from shared.adapters.queues import ExportMessage
+from shared.adapters.queues import ExportMessage, NewerSchemaError, leave_for_newer_reader, newer_versions_seen
 from shared.adapters.state import utcnow
 from shared.adapters.storage import queue_client
 from shared.agent import health
@@ -241,7 +241,11 @@ class Agent:
         from shared.services import alerts
 
         s = self.services
-        message = ExportMessage.from_json(body)
+        try:
+            message = ExportMessage.from_json(body)
+        except NewerSchemaError as newer:  # written by a newer app: a newer agent applies it (never poison)
+            await asyncio.to_thread(leave_for_newer_reader, s.export_queue, body, newer)
+            return
         with guest_context(message.uid, message.correlation_id or None):
             outcome = await s.run_export(message)
             await alerts.report_export(outcome.uid, outcome.action, outcome.detail, s.state, s.mailer)
@@ -327,6 +331,7 @@ class Agent:
             "seenAt": utcnow().isoformat(), "lastExportAt": self.last_export_at.isoformat()
             if self.last_export_at else None, "exports": self.exports, "holdsTimerLease": self.lease.held,
             "lastReconcile": self.last_reconcile or None, "queueLag": lag, "inFlight": len(self._held),
+            "newerSchemaSeen": newer_versions_seen(),  # set: messages wait for an upgraded agent
         }
         try:
             await self._io(self.services.state.put_meta, health.heartbeat_row(self.agent_id), body)

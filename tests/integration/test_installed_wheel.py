@@ -62,9 +62,19 @@ def _base_env() -> dict[str, str]:
     return env
 
 
+#: The machine's CA settings as they were when the tests were collected: the Graph simulator's fixture points
+#: SSL_CERT_FILE and REQUESTS_CA_BUNDLE at the test CA for the whole session, which pip must not use.
+_MACHINE_CA = {name: os.environ.get(name) for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")}
+
+
 def _pip(python: Path | str, *args: str, timeout: float = 240) -> None:
+    env = _base_env()
+    for name, value in _MACHINE_CA.items():
+        env.pop(name, None)
+        if value is not None:
+            env[name] = value
     done = subprocess.run([str(python), "-m", "pip", "--disable-pip-version-check", "-q", *args],
-                          capture_output=True, text=True, timeout=timeout, check=False, env=_base_env())
+                          capture_output=True, text=True, timeout=timeout, check=False, env=env)
     assert done.returncode == 0, f"pip {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
 
 
