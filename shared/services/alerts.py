@@ -37,7 +37,8 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from shared.adapters.mail import Mailer, NoMailer
-from shared.adapters.state import ConcurrencyError, GuestRecord, StateStore, utcnow
+from shared.adapters.state import GuestRecord, StateStore, utcnow
+from shared.core.unit_of_work import change_meta
 
 log = logging.getLogger("guestsync.alerts")
 META_PREFIX = "alerts-"
@@ -357,19 +358,12 @@ class Alerts:
     def _update(self, kind: AlertKind,
                 change: Callable[[AlertLog, datetime], tuple[AlertLog, Digest | None]]) -> Digest | None:
         """Read-modify-write of the kind's singleton under its ETag; only the winning writer gets the digest."""
-        name = META_PREFIX + kind.value
-        for _ in range(MAX_ATTEMPTS):
-            body, etag = self._state.get_meta(name)
+        def decide(body: dict[str, Any]) -> tuple[dict[str, Any] | None, Digest | None]:
             current = AlertLog.from_body(body)
             new, digest = change(current, self._now())
-            if new == current:
-                return digest
-            try:
-                self._state.save_meta(name, new.to_body(), etag)
-            except ConcurrencyError:
-                continue
-            return digest
-        raise ConcurrencyError(f"{name} kept changing")
+            return (None if new == current else new.to_body()), digest
+
+        return change_meta(self._state, META_PREFIX + kind.value, decide, attempts=MAX_ATTEMPTS)
 
 
 async def report_export(uid: str, action: str, detail: str, state: StateStore, mailer: Mailer) -> None:

@@ -21,8 +21,9 @@ from typing import Protocol
 
 from shared.adapters.graph import GraphThrottledError
 from shared.adapters.queues import ChangeMessage, ExportMessage
-from shared.adapters.state import ConcurrencyError, GuestRecord, StateStore, utcnow
+from shared.adapters.state import GuestRecord, StateStore, utcnow
 from shared.concurrency import run_blocking
+from shared.core.unit_of_work import READ, Change, change_guest
 from shared.domain import DEPROVISION_STATUSES, GraphUser, GuestStatus
 from shared.observability import current_correlation_id, guest_context
 from shared.rules import ApplyPlan, Decision, plan_apply, scope_exit
@@ -241,28 +242,25 @@ def apply_user(
         insert_first = user_id not in KNOWN_RECORDS
     unknown = plan_for(user, None, in_group=in_group, removed=removed)
     read = not insert_first or unknown.decision is not Decision.EXPORT
-    for _ in range(MAX_ATTEMPTS):
-        record = state.get(user_id) if read else None
-        read = True
+
+    def decide(record: GuestRecord | None) -> Change[ApplyPlan]:
         if record is not None:
             KNOWN_RECORDS.add(user_id)
         plan = plan_for(user, record, in_group=in_group, removed=removed)
-        new = next_record(record, plan, read_at=read_at, notified_at=notified_at)
-        if new is None:
-            log.info("user %s: %s (%s)", user_id, plan.decision.value, plan.reason)
-            return plan
-        try:
-            saved = state.save(new)
-        except ConcurrencyError:
-            continue  # someone else wrote this guest: plan again from fresh state
-        KNOWN_RECORDS.add(user_id)
-        if plan.decision in (Decision.EXPORT, Decision.OUT_OF_SCOPE):
-            # Out of scope: deprovision, or (already archived, now for another reason) e.g. release the UPN of a
-            # guest now gone for good; the worker plans from the record and writes nothing when nothing is due.
-            # The worker would re-read a deprovisioning record anyway: no snapshot for those.
-            snapshot = None if saved.status in DEPROVISION_STATUSES else saved.to_snapshot()
-            send_export(ExportMessage(saved.uid, saved.version, plan.reason, current_correlation_id() or "",
-                                      snapshot).to_json())
-        log.info("guest %s: %s (%s)", user_id, plan.decision.value, plan.reason)
+        return Change(plan, next_record(record, plan, read_at=read_at, notified_at=notified_at))
+
+    done = change_guest(state, user_id, decide, start=READ if read else None, attempts=MAX_ATTEMPTS)
+    plan, saved = done.result, done.saved
+    if saved is None:
+        log.info("user %s: %s (%s)", user_id, plan.decision.value, plan.reason)
         return plan
-    raise ConcurrencyError(f"guest {user_id}: state kept changing under {MAX_ATTEMPTS} attempts")
+    KNOWN_RECORDS.add(user_id)
+    if plan.decision in (Decision.EXPORT, Decision.OUT_OF_SCOPE):
+        # Out of scope: deprovision, or (already archived, now for another reason) e.g. release the UPN of a
+        # guest now gone for good; the worker plans from the record and writes nothing when nothing is due.
+        # The worker would re-read a deprovisioning record anyway: no snapshot for those.
+        snapshot = None if saved.status in DEPROVISION_STATUSES else saved.to_snapshot()
+        send_export(ExportMessage(saved.uid, saved.version, plan.reason, current_correlation_id() or "",
+                                  snapshot).to_json())
+    log.info("guest %s: %s (%s)", user_id, plan.decision.value, plan.reason)
+    return plan

@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from shared.adapters.queues import ExportMessage
-from shared.adapters.state import ConcurrencyError, GuestRecord, StateStore
+from shared.adapters.state import GuestRecord, StateStore
+from shared.core.unit_of_work import Change, change_guest
 from shared.domain import Approval, GuestStatus, SecurityKind, graph_id
 
 log = logging.getLogger("guestsync.approvals")
@@ -44,22 +45,23 @@ def answer(
 
 
 def _answer_one(state: StateStore, uid: str, send_export: Callable[[str], None], *, approve: bool) -> Answer:
-    for _ in range(8):
-        record = state.get(uid)
+    decision = Approval.APPROVED if approve else Approval.REJECTED
+
+    def decide(record: GuestRecord | None) -> Change[Answer]:
         if record is None:
-            return Answer(uid, "unknown", "no such guest in state")
+            return Change(Answer(uid, "unknown", "no such guest in state"))
         if record.status is not GuestStatus.HELD:
-            return Answer(uid, "not-held", f"status is {record.status.value}")
-        decision = Approval.APPROVED if approve else Approval.REJECTED
-        try:
-            saved = state.save(record.evolve(status=GuestStatus.OUT_OF_SCOPE, approval=decision, error=None))
-        except ConcurrencyError:
-            continue
+            return Change(Answer(uid, "not-held", f"status is {record.status.value}"))
+        return Change(Answer(uid, decision.value, record.reason or ""),
+                      record.evolve(status=GuestStatus.OUT_OF_SCOPE, approval=decision, error=None))
+
+    done = change_guest(state, uid, decide)
+    if done.saved is not None:
         if approve:
-            send_export(ExportMessage(saved.uid, saved.version, "deprovisioning approved by an operator").to_json())
+            send_export(ExportMessage(done.saved.uid, done.saved.version,
+                                      "deprovisioning approved by an operator").to_json())
         log.warning("guest %s: held deprovisioning %s by an operator", uid, decision.value)
-        return Answer(uid, decision.value, record.reason or "")
-    raise ConcurrencyError(f"guest {uid}: state kept changing")
+    return done.result
 
 
 # --- adoption: taking over a CN=<uid> that guestsync did not create ---------------------------------------------
@@ -80,19 +82,18 @@ def adopt(state: StateStore, uids: Iterable[str], send_export: Callable[[str], N
 
 
 def _adopt_one(state: StateStore, uid: str, send_export: Callable[[str], None]) -> Answer:
-    for _ in range(8):
-        record = state.get(uid)
+    def decide(record: GuestRecord | None) -> Change[Answer]:
         if record is None:
-            return Answer(uid, "unknown", "no such guest in state")
+            return Change(Answer(uid, "unknown", "no such guest in state"))
         if record.security not in ADOPTABLE:
-            return Answer(uid, "not-adoptable", "no object to take over was found for this guest "
-                                                f"(status {record.status.value})")
-        try:
-            saved = state.save(record.evolve(adopt=True))
-        except ConcurrencyError:
-            continue
+            return Change(Answer(uid, "not-adoptable", "no object to take over was found for this guest "
+                                                       f"(status {record.status.value})"))
+        return Change(Answer(uid, "adopting", record.error or ""), record.evolve(adopt=True))
+
+    done = change_guest(state, uid, decide)
+    saved = done.saved
+    if saved is not None:
         send_export(ExportMessage(saved.uid, saved.version, "takeover approved by an operator").to_json())
-        log.warning("AUDIT guest %s: an operator approved taking over %s (%s)", uid, record.dn or f"CN={uid}",
-                    record.security.value if record.security else "")
-        return Answer(uid, "adopting", record.error or "")
-    raise ConcurrencyError(f"guest {uid}: state kept changing")
+        log.warning("AUDIT guest %s: an operator approved taking over %s (%s)", uid, saved.dn or f"CN={uid}",
+                    saved.security.value if saved.security else "")
+    return done.result

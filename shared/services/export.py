@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from shared.ad_rules import fit_cosmetic, guest_upn_problem, new_password, validate_export
 from shared.adapters.directory import (
@@ -25,6 +25,7 @@ from shared.adapters.directory import (
 )
 from shared.adapters.queues import ExportMessage
 from shared.adapters.state import ConcurrencyError, GuestRecord, StateStore, utcnow
+from shared.core.unit_of_work import READ, Change, change_guest, change_meta
 from shared.domain import (
     DEPROVISION_STATUSES,
     AdAccount,
@@ -178,19 +179,14 @@ def _refresh(directory: GuestDirectory, account: AdAccount, desired: dict[str, s
 
 def admit_destructive(state: StateStore, policy: LifecycleSettings, now: datetime) -> BreakerVerdict:
     """Reserve one disable/delete in the breaker window (shared by every worker through an ETag)."""
-    for _ in range(MAX_ATTEMPTS * 4):
-        body, etag = state.get_meta(BREAKER_META)
+
+    def decide(body: dict[str, Any]) -> tuple[dict[str, Any] | None, BreakerVerdict]:
         window = [datetime.fromisoformat(t) for t in body.get("applied", [])]
         verdict = breaker_admit(window, now, threshold=policy.breaker_threshold,
                                 window_minutes=policy.breaker_window_minutes)
-        if not verdict.allowed:
-            return verdict
-        try:
-            state.save_meta(BREAKER_META, {"applied": [t.isoformat() for t in verdict.window]}, etag)
-        except ConcurrencyError:
-            continue
-        return verdict
-    raise ConcurrencyError("the breaker window kept changing; retrying the export later")
+        return ({"applied": [t.isoformat() for t in verdict.window]} if verdict.allowed else None), verdict
+
+    return change_meta(state, BREAKER_META, decide, attempts=MAX_ATTEMPTS * 4)
 
 
 def _execute(
@@ -300,76 +296,81 @@ def export_guest(
     the tenant's initial domain as stored in state; see shared.services.tenant), is refused before any LDAP
     call as a security finding."""
     policy = policy or LifecycleSettings()
-    pending = message_snapshot(message, now())  # the first attempt starts from it instead of reading state
-    for _ in range(MAX_ATTEMPTS):
-        snapshot, pending = pending, None
-        record = snapshot if snapshot is not None else state.get(message.uid)
+    snapshot = message_snapshot(message, now())  # the first attempt starts from it instead of reading state
+
+    def decide(record: GuestRecord | None) -> Change[tuple[ExportOutcome, bool]]:
+        """(the outcome, whether it was written to state), and the record to save or delete."""
         if record is None:
-            return ExportOutcome(message.uid, "skipped", "guest unknown to state")
+            return Change((ExportOutcome(message.uid, "skipped", "guest unknown to state"), False))
         if record.status is GuestStatus.HELD and record.approval is None:
-            return ExportOutcome(record.uid, "held", record.error or "awaiting `guestsync approve`")
-        desired, warnings = fit_cosmetic(outbound_persistent(record.entry))
-        leaving = record.status in DEPROVISION_STATUSES
-        problems = [] if leaving else validate_export(desired)
-        error: str | None = "; ".join(problems) if problems else None
-        if error is None and not leaving:
-            allowed = allowed_suffixes(state, ()) if upn_suffixes is None else upn_suffixes
-            refused = guest_upn_problem(desired.get("userPrincipalName"), allowed)
-            error = f"{SECURITY_PREFIX}{refused}" if refused else None
-        new: GuestRecord | None = record
-        outcome = ExportOutcome(record.uid, "error", error or "")
-        security: SecurityKind | None = None
-        adopted = False
-        if error is None:
-            try:
-                at = now()
-                account, takeover = _join(directory, record, policy, at)
-                if takeover and account is not None:
-                    account = _adopt(directory, record, account, desired)
-                    adopted = True
-                plan = plan_export(status=record.status, reason=record.reason, approval=record.approval,
-                                   archived_at=record.archived_at, account=account, desired=desired,
-                                   policy=policy, now=at)
-                if snapshot is not None and plan.action in NOT_FROM_SNAPSHOT:
-                    continue  # nothing written yet: plan again from the record as it is now
-                verdict = None
-                if plan.destructive and record.approval is not Approval.APPROVED:
-                    verdict = admit_destructive(state, policy, at)
-                if verdict is not None and not verdict.allowed:
-                    new = record.evolve(status=GuestStatus.HELD, error=verdict.reason)
-                    outcome = ExportOutcome(record.uid, "held", verdict.reason)
-                else:
-                    action, after = _execute(directory, record, plan, account, desired, policy, at)
-                    if adopted and action in ("updated", "unchanged"):
-                        action = "adopted"
-                    new = _after(record, action, after, desired, warnings, directory, policy, at)
-                    outcome = ExportOutcome(record.uid, action, plan.reason)
-            except (ConstraintError, AccessDeniedError, OutsideManagedOuError, AccountExistsError) as exc:
-                error = str(exc)
-                outcome = ExportOutcome(record.uid, "error", error)
-            except SecurityFindingError as exc:
-                error = f"{SECURITY_PREFIX}{exc}"
-                security = exc.kind
-                outcome = ExportOutcome(record.uid, "error", error)
-        if outcome.action == "error":
-            status = record.status if leaving else GuestStatus.ERROR
-            new = record.evolve(status=status, error=error, security=security, warnings="; ".join(warnings) or None)
-        try:
-            if new is None:
-                state.delete(record.uid)
-            else:
-                state.save(new)
-        except ConcurrencyError:
-            continue  # the record changed while we exported: run again on the fresh record (idempotent)
-        record_export(outcome.action, new.latency_ms if new is not None and outcome.action != "unchanged" else None)
-        if outcome.detail.startswith(SECURITY_PREFIX):
-            SECURITY_FINDINGS.add(1)
-            log.error("guest %s: export refused: %s", record.uid, outcome.detail)
-        elif outcome.action == "error":
-            log.warning("guest %s: export failed: %s", record.uid, outcome.detail)
-        elif outcome.action == "held":
-            log.warning("guest %s: %s", record.uid, outcome.detail)
-        else:
-            log.info("guest %s: %s (%s)", record.uid, outcome.action, outcome.detail)
+            return Change((ExportOutcome(record.uid, "held", record.error or "awaiting `guestsync approve`"), False))
+        outcome, new = _export_record(record, record is snapshot, state, directory, policy, now, upn_suffixes)
+        if new is None:
+            return Change((outcome, True), delete=True)
+        return Change((outcome, True), new)
+
+    done = change_guest(state, message.uid, decide, start=snapshot if snapshot is not None else READ,
+                        attempts=MAX_ATTEMPTS)
+    outcome, written = done.result
+    if not written:
         return outcome
-    raise ConcurrencyError(f"guest {message.uid}: state kept changing under {MAX_ATTEMPTS} attempts")
+    latency = done.saved.latency_ms if done.saved is not None and outcome.action != "unchanged" else None
+    record_export(outcome.action, latency)
+    if outcome.detail.startswith(SECURITY_PREFIX):
+        SECURITY_FINDINGS.add(1)
+        log.error("guest %s: export refused: %s", outcome.uid, outcome.detail)
+    elif outcome.action == "error":
+        log.warning("guest %s: export failed: %s", outcome.uid, outcome.detail)
+    elif outcome.action == "held":
+        log.warning("guest %s: %s", outcome.uid, outcome.detail)
+    else:
+        log.info("guest %s: %s (%s)", outcome.uid, outcome.action, outcome.detail)
+    return outcome
+
+
+def _export_record(
+    record: GuestRecord, from_snapshot: bool, state: StateStore, directory: GuestDirectory,
+    policy: LifecycleSettings, now: Callable[[], datetime], upn_suffixes: Collection[str] | None,
+) -> tuple[ExportOutcome, GuestRecord | None]:
+    """Bring AD in line with ``record``: the outcome and the record to save (None: delete it with the account).
+    Raises ConcurrencyError to be run again on the record read fresh (a snapshot met a lifecycle action)."""
+    desired, warnings = fit_cosmetic(outbound_persistent(record.entry))
+    leaving = record.status in DEPROVISION_STATUSES
+    problems = [] if leaving else validate_export(desired)
+    error: str | None = "; ".join(problems) if problems else None
+    security: SecurityKind | None = None
+    if error is None and not leaving:
+        allowed = allowed_suffixes(state, ()) if upn_suffixes is None else upn_suffixes
+        refused = guest_upn_problem(desired.get("userPrincipalName"), allowed)
+        if refused:
+            error, security = f"{SECURITY_PREFIX}{refused}", SecurityKind.RULE
+    if error is None:
+        try:
+            at = now()
+            account, takeover = _join(directory, record, policy, at)
+            adopted = False
+            if takeover and account is not None:
+                account = _adopt(directory, record, account, desired)
+                adopted = True
+            plan = plan_export(status=record.status, reason=record.reason, approval=record.approval,
+                               archived_at=record.archived_at, account=account, desired=desired,
+                               policy=policy, now=at)
+            if from_snapshot and plan.action in NOT_FROM_SNAPSHOT:
+                raise ConcurrencyError(record.uid)  # nothing written yet: plan again from the record as it is now
+            if plan.destructive and record.approval is not Approval.APPROVED:
+                verdict = admit_destructive(state, policy, at)
+                if not verdict.allowed:
+                    return (ExportOutcome(record.uid, "held", verdict.reason),
+                            record.evolve(status=GuestStatus.HELD, error=verdict.reason))
+            action, after = _execute(directory, record, plan, account, desired, policy, at)
+            if adopted and action in ("updated", "unchanged"):
+                action = "adopted"
+            return (ExportOutcome(record.uid, action, plan.reason),
+                    _after(record, action, after, desired, warnings, directory, policy, at))
+        except (ConstraintError, AccessDeniedError, OutsideManagedOuError, AccountExistsError) as exc:
+            error = str(exc)
+        except SecurityFindingError as exc:
+            error, security = f"{SECURITY_PREFIX}{exc}", exc.kind
+    status = record.status if leaving else GuestStatus.ERROR
+    return (ExportOutcome(record.uid, "error", error),
+            record.evolve(status=status, error=error, security=security, warnings="; ".join(warnings) or None))

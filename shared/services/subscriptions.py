@@ -19,11 +19,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from shared.adapters.graph import Subscription, SubscriptionConflictError
-from shared.adapters.state import ConcurrencyError, StateStore, utcnow
+from shared.adapters.state import StateStore, utcnow
+from shared.core.unit_of_work import change_meta
 from shared.domain import ConfigurationError
 from shared.settings import Settings
 
@@ -193,28 +194,25 @@ def claim_catch_up(state: StateStore, received_at: datetime, token: str, now: Ca
     last one stopped). Catch-ups start at most once per ``window``: an event that arrives meanwhile defers one
     message to the window's end, and every other event until then is covered by that one. ``token`` names the
     message (its correlation id), so a redelivery of a claimed or deferred message still runs."""
-    for _ in range(10):
-        body, etag = state.get_meta(CATCH_UP_META)
+
+    def decide(body: dict[str, Any]) -> tuple[dict[str, Any] | None, CatchUpClaim]:
         started = _when(body.get("startedAt"))
         deferred_until = _when(body.get("deferredUntil"))
         moment = now()
         if body.get("token") == token:
-            return CatchUpClaim(CatchUp.RUN)  # a retry of the run this message claimed
+            return None, CatchUpClaim(CatchUp.RUN)  # a retry of the run this message claimed
         if started is not None and started >= received_at:
-            return CatchUpClaim(CatchUp.COVERED)
+            return None, CatchUpClaim(CatchUp.COVERED)
         if body.get("deferredBy") not in (None, token) and deferred_until is not None and deferred_until > moment:
-            return CatchUpClaim(CatchUp.COVERED)  # the deferred message runs after this event arrived
-        try:
-            if started is not None and moment - started < window:
-                until = started + window
-                state.save_meta(CATCH_UP_META, {**body, "deferredBy": token, "deferredUntil": until.isoformat()},
-                                etag)
-                return CatchUpClaim(CatchUp.DEFERRED, max(1, int((until - moment).total_seconds()) + 1))
-            state.save_meta(CATCH_UP_META, {"startedAt": moment.isoformat(), "token": token}, etag)
-            return CatchUpClaim(CatchUp.RUN)
-        except ConcurrencyError:
-            continue  # another instance claimed or deferred meanwhile: decide again on what it wrote
-    raise ConcurrencyError(CATCH_UP_META)
+            return None, CatchUpClaim(CatchUp.COVERED)  # the deferred message runs after this event arrived
+        if started is not None and moment - started < window:
+            until = started + window
+            return ({**body, "deferredBy": token, "deferredUntil": until.isoformat()},
+                    CatchUpClaim(CatchUp.DEFERRED, max(1, int((until - moment).total_seconds()) + 1)))
+        return {"startedAt": moment.isoformat(), "token": token}, CatchUpClaim(CatchUp.RUN)
+
+    # another instance that claimed or deferred meanwhile makes the save fail: decide again on what it wrote
+    return change_meta(state, CATCH_UP_META, decide, attempts=10)
 
 
 async def on_lifecycle_message(

@@ -28,13 +28,20 @@ def _count_state_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, 
     calls: list[tuple[str, str, str]] = []
     real_get, real_save = StateStore.get, StateStore.save
 
+    def service() -> str:
+        """The module that asked, past the unit of work that runs every service's read-decide-save loop."""
+        frame = sys._getframe(2)
+        while frame.f_back is not None and frame.f_globals.get("__name__") == "shared.core.unit_of_work":
+            frame = frame.f_back
+        return str(frame.f_globals.get("__name__", ""))
+
     def get(self: StateStore, uid: str) -> GuestRecord | None:
-        calls.append((sys._getframe(1).f_globals.get("__name__", ""), "get", uid))
+        calls.append((service(), "get", uid))
         return real_get(self, uid)
 
     def save(self: StateStore, record: GuestRecord) -> GuestRecord:
         operation = "insert" if record.etag is None else "replace"
-        calls.append((sys._getframe(1).f_globals.get("__name__", ""), operation, record.uid))
+        calls.append((service(), operation, record.uid))
         return real_save(self, record)
 
     monkeypatch.setattr(StateStore, "get", get)
