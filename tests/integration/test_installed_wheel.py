@@ -98,8 +98,10 @@ def test_the_wheel_holds_the_product_and_no_dev_tooling(installed: InstalledAgen
         names = [n for n in wheel.namelist() if ".dist-info/" not in n]
     top = {name.split("/", 1)[0] for name in names}
     assert top == {"shared"}, f"only the product package belongs in the wheel, not {sorted(top - {'shared'})}"
-    for needed in ("shared/services/preflight.py", "shared/services/export.py", "shared/adapters/directory.py",
-                   "shared/cli.py", "shared/host_options.json", "shared/runner.py", "shared/ncrontab.py"):
+    for needed in ("shared/services/preflight/__init__.py", "shared/services/preflight/directory.py",
+                   "shared/services/export.py", "shared/adapters/directory/__init__.py",
+                   "shared/adapters/directory/pool.py", "shared/cli.py", "shared/host_options.json",
+                   "shared/runner.py", "shared/ncrontab.py"):
         assert needed in names, needed
     product = {p.relative_to(ROOT).as_posix() for p in (ROOT / "shared").rglob("*.py")}
     assert product <= set(names), f"modules missing from the wheel: {sorted(product - set(names))}"
