@@ -28,9 +28,9 @@ import ldap3
 
 from localenv.azurite import azurite_executable, free_port
 from localenv.demo import LocalStack, local_stack
-from shared.ad_rules import fit_cosmetic, guest_dn
-from shared.domain import GraphUser
-from shared.rules import inbound, outbound_persistent
+from shared.core.ad_rules import fit_cosmetic, guest_dn
+from shared.core.domain import GraphUser
+from shared.core.rules import inbound, outbound_persistent
 
 REPO = Path(__file__).resolve().parent.parent
 #: NCRONTAB that never fires during a run (timers are fired on demand through the admin API).

@@ -45,9 +45,9 @@ from bench.common import (
     run_benchmark,
     say,
 )
-from shared.adapters.state import GuestRecord
-from shared.domain import GuestStatus
-from shared.rules import inbound
+from shared.core.domain import GuestStatus
+from shared.core.records import GuestRecord
+from shared.core.rules import inbound
 from shared.settings import load_settings
 
 NAME = "reconcile"

@@ -65,7 +65,7 @@ async def _graph_raw(settings: Settings) -> dict[str, Any]:
     """users/delta over plain httpx (token from the same authority), pages followed until the deltaLink."""
     import httpx
 
-    from shared.domain import GRAPH_USER_SELECT
+    from shared.core.domain import GRAPH_USER_SELECT
 
     verify: Any = settings.graph.ca_file or True
     async with httpx.AsyncClient(verify=verify, timeout=120) as client:

@@ -44,10 +44,10 @@ from bench.common import (
     subscribe,
     wait_until,
 )
-from shared.ad_rules import new_password
 from shared.adapters.directory import Directory
 from shared.adapters.state import StateStore
-from shared.rules import initial_user_account_control
+from shared.core.ad_rules import new_password
+from shared.core.rules import initial_user_account_control
 from shared.settings import load_settings
 
 NAME = "throughput"

@@ -27,7 +27,7 @@ from localenv.azurite import Azurite
 from localenv.certs import create_local_pki
 from localenv.samba import SambaDC, random_loopback_ip
 from shared.adapters.state import StateStore
-from shared.domain import GuestStatus
+from shared.core.domain import GuestStatus
 from shared.settings import BINDING_DEFAULTS
 
 GUEST_OU_RDN = "OU=B2BGuest"

@@ -37,15 +37,15 @@ from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import escape_rdn
 
 from localenv.certs import LocalPki, create_local_pki
-from shared.ad_rules import OWNERSHIP_ATTRIBUTE, format_sid, new_password
-from shared.rules import PERSISTENT_ATTRIBUTES
+from shared.core.ad_rules import OWNERSHIP_ATTRIBUTE, format_sid, new_password
+from shared.core.rules import PERSISTENT_ATTRIBUTES
 
 LDAPS_PORT = 636
 #: Bump when the way the template is provisioned changes, so stale caches are not reused.
 TEMPLATE_FORMAT = 3
 TEMPLATE_READY = "guestsync-template.json"
 #: What the guest worker writes on the accounts in the guest and archive OUs after it created them (an LDAP add
-#: needs the Create Child right only): the attributes kept in sync (shared.rules.PERSISTENT_ATTRIBUTES),
+#: needs the Create Child right only): the attributes kept in sync (shared.core.rules.PERSISTENT_ATTRIBUTES),
 #: userAccountControl (disable, enable, adoption), adminDescription (the ownership mark, written by an
 #: adoption) and cn and name (the RDN attribute and name, which AD checks on a modify DN). README's dsacls
 #: commands grant exactly these (tests/integration/test_delegation.py compares them).

@@ -11,9 +11,10 @@ from functools import cached_property, partial
 from typing import TYPE_CHECKING, cast
 
 from shared import observability
-from shared.adapters.queues import ExportMessage, MessageQueue
+from shared.adapters.queues import MessageQueue
 from shared.adapters.state import StateStore
 from shared.concurrency import run_blocking
+from shared.core.messages import ExportMessage
 from shared.settings import DirectorySettings, Settings, load_settings
 
 log = logging.getLogger("guestsync.bootstrap")
@@ -76,7 +77,7 @@ class Services:
         return mailer_from_settings(mail, self.graph if mail.mode == "graph" else None)
 
     def _directory_settings(self) -> DirectorySettings:
-        from shared.domain import ConfigurationError
+        from shared.core.domain import ConfigurationError
 
         if self.settings.directory is None:
             raise ConfigurationError("setting AD_SERVER is required where the AD worker runs")

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.bootstrap import Services
-from shared.domain import GuestStatus, GuestsyncError, graph_id
+from shared.core.domain import GuestStatus, GuestsyncError, graph_id
 from shared.settings import BINDING_DEFAULTS, load_settings
 
 log = logging.getLogger("guestsync.cli")

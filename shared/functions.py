@@ -15,10 +15,11 @@ import azure.functions as func
 
 from shared import observability
 from shared.adapters.directory import DirectoryUnavailableError
-from shared.adapters.queues import ChangeMessage, ExportMessage, NewerSchemaError, leave_for_newer_reader
-from shared.adapters.state import utcnow
+from shared.adapters.queues import leave_for_newer_reader
 from shared.bootstrap import services
-from shared.notifications import LifecycleBatch
+from shared.core.messages import ChangeMessage, ExportMessage, NewerSchemaError
+from shared.core.notifications import LifecycleBatch
+from shared.core.records import utcnow
 from shared.observability import guest_context, new_correlation_id
 from shared.services import alerts, apply, reconcile, subscriptions, webhook
 from shared.services.apply import deferral_delay

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from urllib.parse import urlsplit
 
-from shared.ad_rules import normalise_dns_name
-from shared.domain import ConfigurationError, is_guid
+from shared.core.ad_rules import normalise_dns_name
+from shared.core.domain import ConfigurationError, is_guid
 
 EMAIL_RE = re.compile(r"[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+")
 DEFAULT_CHANGE_QUEUE = "guestsync-changes"

@@ -39,7 +39,7 @@ from msgraph.graph_request_adapter import GraphRequestAdapter
 from msgraph.graph_service_client import GraphServiceClient
 from msgraph_core import GraphClientFactory
 
-from shared.domain import GRAPH_USER_SELECT, GraphUser, GuestsyncError, graph_id, is_guid
+from shared.core.domain import GRAPH_USER_SELECT, GraphUser, GuestsyncError, graph_id, is_guid
 from shared.settings import GraphSettings
 
 MICROSOFT_LOGIN_HOSTS = (

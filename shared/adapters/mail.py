@@ -16,7 +16,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import TYPE_CHECKING, Any, Protocol
 
-from shared.domain import ConfigurationError, GuestsyncError
+from shared.core.domain import ConfigurationError, GuestsyncError
 from shared.settings import MailSettings
 
 if TYPE_CHECKING:

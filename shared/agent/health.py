@@ -18,7 +18,8 @@ from typing import Any
 
 from opentelemetry import metrics
 
-from shared.adapters.state import StateStore, utcnow
+from shared.adapters.state import StateStore
+from shared.core.records import utcnow
 from shared.services.alerts import Alert, AlertKind, Alerts
 
 log = logging.getLogger("guestsync.agent.health")

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from shared.adapters.state import ConcurrencyError, StateStore, utcnow
+from shared.adapters.state import StateStore
+from shared.core.records import ConcurrencyError, utcnow
 
 log = logging.getLogger("guestsync.agent.lease")
 LEASE_ROW = "agent-lease"

@@ -35,12 +35,13 @@ from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import QueueMessage
 
 from shared import ncrontab
-from shared.adapters.queues import ExportMessage, NewerSchemaError, leave_for_newer_reader, newer_versions_seen
-from shared.adapters.state import utcnow
+from shared.adapters.queues import leave_for_newer_reader
 from shared.adapters.storage import queue_client
 from shared.agent import health
 from shared.agent.lease import TimerLease
 from shared.bootstrap import Services
+from shared.core.messages import ExportMessage, NewerSchemaError, newer_versions_seen
+from shared.core.records import utcnow
 from shared.observability import guest_context
 from shared.settings import AgentSettings, Settings, load_agent_settings, load_settings
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from shared.adapters.state import ConcurrencyError, GuestRecord
+from shared.core.records import ConcurrencyError, GuestRecord
 
 T = TypeVar("T")
 

@@ -37,7 +37,8 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from shared.adapters.mail import Mailer, NoMailer
-from shared.adapters.state import GuestRecord, StateStore, utcnow
+from shared.adapters.state import StateStore
+from shared.core.records import GuestRecord, utcnow
 from shared.core.unit_of_work import change_meta
 
 log = logging.getLogger("guestsync.alerts")

@@ -20,13 +20,14 @@ from functools import partial
 from typing import Protocol
 
 from shared.adapters.graph import GraphThrottledError
-from shared.adapters.queues import ChangeMessage, ExportMessage
-from shared.adapters.state import GuestRecord, StateStore, utcnow
+from shared.adapters.state import StateStore
 from shared.concurrency import run_blocking
+from shared.core.domain import DEPROVISION_STATUSES, GraphUser, GuestStatus
+from shared.core.messages import ChangeMessage, ExportMessage
+from shared.core.records import GuestRecord, utcnow
+from shared.core.rules import ApplyPlan, Decision, plan_apply, scope_exit
 from shared.core.unit_of_work import READ, Change, change_guest
-from shared.domain import DEPROVISION_STATUSES, GraphUser, GuestStatus
 from shared.observability import current_correlation_id, guest_context
-from shared.rules import ApplyPlan, Decision, plan_apply, scope_exit
 from shared.services.tenant import ensure_initial_domain
 
 log = logging.getLogger("guestsync.apply")

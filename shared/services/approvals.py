@@ -11,10 +11,11 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from shared.adapters.queues import ExportMessage
-from shared.adapters.state import GuestRecord, StateStore
+from shared.adapters.state import StateStore
+from shared.core.domain import Approval, GuestStatus, SecurityKind, graph_id
+from shared.core.messages import ExportMessage
+from shared.core.records import GuestRecord
 from shared.core.unit_of_work import Change, change_guest
-from shared.domain import Approval, GuestStatus, SecurityKind, graph_id
 
 log = logging.getLogger("guestsync.approvals")
 

@@ -16,25 +16,15 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
 
-from shared.ad_rules import fit_cosmetic, guest_upn_problem, new_password, validate_export
 from shared.adapters.directory import (
     AccessDeniedError,
     AccountExistsError,
     ConstraintError,
     OutsideManagedOuError,
 )
-from shared.adapters.queues import ExportMessage
-from shared.adapters.state import ConcurrencyError, GuestRecord, StateStore, utcnow
-from shared.core.unit_of_work import READ, Change, change_guest, change_meta
-from shared.domain import (
-    DEPROVISION_STATUSES,
-    AdAccount,
-    Approval,
-    GuestStatus,
-    SecurityFindingError,
-    SecurityKind,
-)
-from shared.lifecycle import (
+from shared.adapters.state import StateStore
+from shared.core.ad_rules import fit_cosmetic, guest_upn_problem, new_password, validate_export
+from shared.core.deprovisioning import (
     BreakerVerdict,
     ExportAction,
     ExportPlan,
@@ -43,8 +33,19 @@ from shared.lifecycle import (
     is_disabled,
     plan_export,
 )
+from shared.core.domain import (
+    DEPROVISION_STATUSES,
+    AdAccount,
+    Approval,
+    GuestStatus,
+    SecurityFindingError,
+    SecurityKind,
+)
+from shared.core.messages import ExportMessage
+from shared.core.records import ConcurrencyError, GuestRecord, utcnow
+from shared.core.rules import attribute_changes, gone_for_good, initial_user_account_control, outbound_persistent
+from shared.core.unit_of_work import READ, Change, change_guest, change_meta
 from shared.observability import SECURITY_FINDINGS, record_export
-from shared.rules import attribute_changes, gone_for_good, initial_user_account_control, outbound_persistent
 from shared.services.tenant import allowed_suffixes
 from shared.settings import LifecycleSettings
 

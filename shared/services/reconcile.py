@@ -32,14 +32,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from shared.ad_rules import fit_cosmetic, uid_from_dn
 from shared.adapters.graph import DeltaExpiredError, DeltaPage
-from shared.adapters.queues import ExportMessage
-from shared.adapters.state import GuestRecord, StateStore, utcnow
-from shared.domain import DEPROVISION_STATUSES, AdAccount, GraphUser, GuestStatus
-from shared.lifecycle import ExportAction, plan_export
+from shared.adapters.state import StateStore
+from shared.core.ad_rules import fit_cosmetic, uid_from_dn
+from shared.core.deprovisioning import ExportAction, plan_export
+from shared.core.domain import DEPROVISION_STATUSES, AdAccount, GraphUser, GuestStatus
+from shared.core.messages import ExportMessage
+from shared.core.records import GuestRecord, utcnow
+from shared.core.rules import GUEST_USER_TYPE, Decision, outbound_persistent
 from shared.observability import RECONCILE_FINDINGS, guest_context, new_correlation_id
-from shared.rules import GUEST_USER_TYPE, Decision, outbound_persistent
 from shared.services.apply import apply_user, next_record, plan_for, read_scope
 from shared.settings import LifecycleSettings
 

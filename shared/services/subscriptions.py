@@ -23,9 +23,10 @@ from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from shared.adapters.graph import Subscription, SubscriptionConflictError
-from shared.adapters.state import StateStore, utcnow
+from shared.adapters.state import StateStore
+from shared.core.domain import ConfigurationError
+from shared.core.records import utcnow
 from shared.core.unit_of_work import change_meta
-from shared.domain import ConfigurationError
 from shared.settings import Settings
 
 log = logging.getLogger("guestsync.subscriptions")

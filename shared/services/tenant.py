@@ -2,7 +2,7 @@
 
 Where the rule runs and where its inputs come from:
 
-* The rule itself is pure (``shared.ad_rules.guest_upn_problem``). The **export** enforces it, before any LDAP
+* The rule itself is pure (``shared.core.ad_rules.guest_upn_problem``). The **export** enforces it, before any LDAP
   call, in both worker modes (the queue-triggered function and the on-premises agent run the same
   ``export_guest``): it is the last step before AD, so nothing that reaches AD escapes it. Apply does not refuse
   on its own: it would only repeat the same check one hop earlier, and one place deciding keeps the error, the
@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from shared.adapters.state import StateStore
-from shared.domain import GuestsyncError
+from shared.core.domain import GuestsyncError
 
 log = logging.getLogger("guestsync.tenant")
 TENANT_META = "tenant"

@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from shared.adapters.graph import MAX_IN_VALUES
-from shared.adapters.queues import ChangeMessage
-from shared.adapters.state import utcnow
-from shared.notifications import (
+from shared.core.messages import ChangeMessage
+from shared.core.notifications import (
     MAX_BODY_BYTES,
     ChangeBatch,
     LifecycleBatch,
@@ -25,6 +24,7 @@ from shared.notifications import (
     parse_lifecycle_notifications,
     validation_token,
 )
+from shared.core.records import utcnow
 from shared.observability import new_correlation_id
 from shared.settings import WebhookSettings
 

@@ -22,10 +22,10 @@ import pytest
 from azure.storage.queue import QueueClient
 
 from shared import bootstrap
-from shared.ad_rules import format_sid
 from shared.agent.health import agents
 from shared.agent.lease import lease_status
-from shared.domain import GuestStatus
+from shared.core.ad_rules import format_sid
+from shared.core.domain import GuestStatus
 from tests.plugins.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -23,10 +23,10 @@ import pytest
 from ldap3.protocol.microsoft import security_descriptor_control
 
 from localenv.samba import DELEGATED_WRITE_ATTRIBUTES, OWNER_RIGHTS_SID
-from shared.ad_rules import new_password
 from shared.adapters.directory import Directory
-from shared.domain import GUEST_USER_ACCOUNT_CONTROL, AdAccount
-from shared.rules import PERSISTENT_ATTRIBUTES
+from shared.core.ad_rules import new_password
+from shared.core.domain import GUEST_USER_ACCOUNT_CONTROL, AdAccount
+from shared.core.rules import PERSISTENT_ATTRIBUTES
 from shared.settings import DirectorySettings
 from tests.plugins.samba import GuestsyncDC
 

@@ -22,7 +22,6 @@ import pytest
 from ldap3.utils.log import BASIC, OFF, PROTOCOL, set_library_log_detail_level
 
 from localenv.certs import create_local_pki
-from shared.ad_rules import fit_cosmetic, new_password
 from shared.adapters.directory import (
     AccessDeniedError,
     AccountExistsError,
@@ -33,7 +32,8 @@ from shared.adapters.directory import (
     InvalidCredentialsError,
     OutsideManagedOuError,
 )
-from shared.domain import GUEST_USER_ACCOUNT_CONTROL, AdAccount, ConfigurationError
+from shared.core.ad_rules import fit_cosmetic, new_password
+from shared.core.domain import GUEST_USER_ACCOUNT_CONTROL, AdAccount, ConfigurationError
 from shared.settings import DirectorySettings
 from tests.plugins.samba import GuestsyncDC, delete_children
 

@@ -17,7 +17,6 @@ import ldap3
 import pytest
 from ldap3.core.exceptions import LDAPCommunicationError
 
-from shared.ad_rules import new_password
 from shared.adapters.directory import (
     AccountExistsError,
     AccountNotFoundError,
@@ -25,7 +24,8 @@ from shared.adapters.directory import (
     DirectoryError,
     OutsideManagedOuError,
 )
-from shared.domain import (
+from shared.core.ad_rules import new_password
+from shared.core.domain import (
     GUEST_USER_ACCOUNT_CONTROL,
     UAC_ACCOUNTDISABLE,
     UAC_NORMAL_ACCOUNT,

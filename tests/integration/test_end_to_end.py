@@ -10,7 +10,7 @@ from __future__ import annotations
 import ldap3
 import pytest
 
-from shared.domain import GuestStatus
+from shared.core.domain import GuestStatus
 from tests.plugins.stack import Stack
 
 pytestmark = pytest.mark.integration

@@ -14,9 +14,10 @@ import ldap3
 import pytest
 
 from shared import bootstrap
-from shared.adapters.queues import ExportMessage
-from shared.adapters.state import GuestRecord, StateStore
-from shared.domain import UAC_ACCOUNTDISABLE, GuestStatus
+from shared.adapters.state import StateStore
+from shared.core.domain import UAC_ACCOUNTDISABLE, GuestStatus
+from shared.core.messages import ExportMessage
+from shared.core.records import GuestRecord
 from shared.services.export import export_guest
 from tests.plugins.stack import Stack
 

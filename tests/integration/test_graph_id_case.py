@@ -17,7 +17,7 @@ import pytest
 from azure.data.tables import TableServiceClient
 
 from shared import bootstrap
-from shared.domain import GuestStatus
+from shared.core.domain import GuestStatus
 from tests.plugins.stack import Stack
 from tests.reliability.faults import notification, poisoned, post
 

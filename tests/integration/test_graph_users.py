@@ -10,7 +10,7 @@ import pytest
 
 from graphsim.server import GraphSimulator
 from shared.adapters.graph import MAX_IN_VALUES, GraphClient
-from shared.domain import GraphUser
+from shared.core.domain import GraphUser
 from shared.settings import GraphSettings
 from tests.plugins.graph import raw_request
 

@@ -25,10 +25,12 @@ from pathlib import Path
 import ldap3
 import pytest
 
-from shared.adapters.queues import ExportMessage, MessageQueue
-from shared.adapters.state import GuestRecord, StateStore
-from shared.domain import GraphUser, GuestStatus
-from shared.rules import inbound
+from shared.adapters.queues import MessageQueue
+from shared.adapters.state import StateStore
+from shared.core.domain import GraphUser, GuestStatus
+from shared.core.messages import ExportMessage
+from shared.core.records import GuestRecord
+from shared.core.rules import inbound
 
 pytestmark = pytest.mark.integration
 

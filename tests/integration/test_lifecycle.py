@@ -13,8 +13,8 @@ import ldap3
 import pytest
 
 from shared import cli
-from shared.ad_rules import format_sid
-from shared.domain import UAC_ACCOUNTDISABLE, GuestStatus
+from shared.core.ad_rules import format_sid
+from shared.core.domain import UAC_ACCOUNTDISABLE, GuestStatus
 from tests.plugins.stack import Stack
 
 pytestmark = pytest.mark.integration

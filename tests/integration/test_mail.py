@@ -30,7 +30,7 @@ from shared import bootstrap
 from shared.adapters.graph import GraphClient
 from shared.adapters.mail import GraphMailer, MailError, NoMailer, SmtpMailer, mailer_from_settings
 from shared.adapters.queues import MessageQueue
-from shared.domain import GuestStatus
+from shared.core.domain import GuestStatus
 from shared.settings import GraphSettings, MailSettings, load_mail_settings
 from tests.plugins.stack import Stack
 

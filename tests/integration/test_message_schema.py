@@ -19,11 +19,11 @@ from azure.storage.queue import QueueClient, TextBase64DecodePolicy
 
 from shared import bootstrap
 from shared.adapters import queues
-from shared.adapters.queues import SCHEMA_VERSION, ExportMessage
-from shared.adapters.state import GuestRecord
-from shared.domain import GraphUser, GuestStatus
+from shared.core.domain import GraphUser, GuestStatus
+from shared.core.messages import SCHEMA_VERSION, ExportMessage
+from shared.core.records import GuestRecord
+from shared.core.rules import inbound
 from shared.functions import create_app
-from shared.rules import inbound
 from shared.runner import LocalFunctionsHost
 from tests.plugins.stack import Stack
 

@@ -4,10 +4,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from shared.adapters.queues import ChangeMessage, ExportMessage, MessageQueue
-from shared.adapters.state import ConcurrencyError, GuestRecord, StateStore
-from shared.domain import GraphUser, GuestStatus
-from shared.rules import inbound
+from shared.adapters.queues import MessageQueue
+from shared.adapters.state import StateStore
+from shared.core.domain import GraphUser, GuestStatus
+from shared.core.messages import ChangeMessage, ExportMessage
+from shared.core.records import ConcurrencyError, GuestRecord
+from shared.core.rules import inbound
 
 UID = "6ea91a8d-e32e-41a1-b7bd-d2d185eed0e0"
 
@@ -82,7 +84,7 @@ def test_bad_export_messages_are_refused(raw: str) -> None:
 
 
 def test_planning_records_carry_what_planning_reads_and_cannot_be_saved(store: StateStore) -> None:
-    from shared.domain import Approval
+    from shared.core.domain import Approval
 
     full = store.save(record().evolve(status=GuestStatus.HELD, version=4, exported_version=3, reason="left",
                                       error="held by the breaker", object_sid="S-1-5-21-1-2-3-1105",

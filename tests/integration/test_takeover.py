@@ -17,8 +17,8 @@ from typing import Any
 import ldap3
 import pytest
 
-from shared.ad_rules import OWNERSHIP_ATTRIBUTE, carries_mark, new_password
-from shared.domain import GuestStatus, SecurityKind
+from shared.core.ad_rules import OWNERSHIP_ATTRIBUTE, carries_mark, new_password
+from shared.core.domain import GuestStatus, SecurityKind
 from tests.plugins.samba import OWNERSHIP_KEY
 from tests.plugins.stack import Stack
 

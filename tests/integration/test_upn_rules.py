@@ -15,7 +15,7 @@ import ldap3
 import pytest
 
 from shared.adapters.directory import ConstraintError, Directory
-from shared.domain import GUEST_USER_ACCOUNT_CONTROL, GuestStatus
+from shared.core.domain import GUEST_USER_ACCOUNT_CONTROL, GuestStatus
 from shared.settings import DirectorySettings
 from tests.integration.test_directory import guest_values, password_for
 from tests.plugins.samba import GuestsyncDC

@@ -16,8 +16,8 @@ import ldap3
 import pytest
 
 from localenv.samba import SambaDC, random_loopback_ip
-from shared.ad_rules import new_password
 from shared.adapters.directory import Directory
+from shared.core.ad_rules import new_password
 from shared.settings import DirectorySettings
 
 GUEST_OU_RDN = "OU=B2BGuest"

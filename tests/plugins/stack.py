@@ -20,7 +20,7 @@ import pytest
 
 from shared import bootstrap
 from shared.adapters.state import StateStore
-from shared.domain import GuestStatus
+from shared.core.domain import GuestStatus
 from shared.functions import create_app
 from shared.runner import LocalFunctionsHost
 

@@ -54,8 +54,8 @@ from ldap3.core.exceptions import LDAPException
 from ldap3.protocol.microsoft import security_descriptor_control
 
 from shared import ad_rules, bootstrap
-from shared.ad_rules import format_sid, is_within, same_dn
-from shared.domain import GuestStatus
+from shared.core.ad_rules import format_sid, is_within, same_dn
+from shared.core.domain import GuestStatus
 from shared.services import export
 from tests.plugins.samba import GuestsyncDC
 from tests.plugins.stack import Stack

@@ -15,9 +15,9 @@ from typing import Any
 import ldap3
 import pytest
 
-from shared.ad_rules import fit_cosmetic
-from shared.domain import GuestStatus
-from shared.rules import outbound_persistent
+from shared.core.ad_rules import fit_cosmetic
+from shared.core.domain import GuestStatus
+from shared.core.rules import outbound_persistent
 from tests.plugins.stack import Stack
 from tests.reliability.faults import poisoned
 from tests.reliability.invariants import admin, assert_invariants

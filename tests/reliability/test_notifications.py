@@ -28,8 +28,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared import bootstrap
-from shared.domain import GuestStatus, is_guid
-from shared.notifications import CHANGE_TYPES, MAX_BODY_BYTES
+from shared.core.domain import GuestStatus, is_guid
+from shared.core.notifications import CHANGE_TYPES, MAX_BODY_BYTES
 from tests.plugins.stack import Stack
 from tests.reliability.faults import notification, poisoned, post
 from tests.reliability.invariants import admin, assert_invariants

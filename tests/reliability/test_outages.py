@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from localenv.azurite import Azurite
-from shared.domain import GuestStatus
+from shared.core.domain import GuestStatus
 from tests.plugins.samba import GuestsyncDC
 from tests.plugins.stack import Stack
 from tests.reliability.faults import Killer, new_host, notification, poisoned, port_of, post, short_leases

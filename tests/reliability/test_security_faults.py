@@ -13,8 +13,8 @@ from typing import Any
 import ldap3
 import pytest
 
-from shared.ad_rules import OWNERSHIP_ATTRIBUTE, new_password
-from shared.domain import GuestStatus, SecurityKind
+from shared.core.ad_rules import OWNERSHIP_ATTRIBUTE, new_password
+from shared.core.domain import GuestStatus, SecurityKind
 from tests.plugins.stack import Stack
 from tests.reliability.faults import poisoned, post
 from tests.reliability.invariants import admin, assert_invariants

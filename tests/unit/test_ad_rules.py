@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.ad_rules import (
+from shared.core.ad_rules import (
     MAX_LENGTHS,
     escape_filter_value,
     fit_cosmetic,

@@ -9,7 +9,7 @@ import pytest
 
 from shared import observability
 from shared.agent.health import problems
-from shared.domain import ConfigurationError
+from shared.core.domain import ConfigurationError
 from shared.settings import AgentSettings, Settings, StorageSettings, load_agent_settings
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)

@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.adapters.mail import MailError, NoMailer
-from shared.adapters.state import ConcurrencyError, GuestRecord
-from shared.domain import GraphUser, GuestStatus
-from shared.rules import inbound
+from shared.core.domain import GraphUser, GuestStatus
+from shared.core.records import ConcurrencyError, GuestRecord
+from shared.core.rules import inbound
 from shared.services.alerts import (
     Alert,
     AlertKind,

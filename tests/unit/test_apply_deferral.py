@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from shared.adapters.graph import GraphError, GraphThrottledError
-from shared.adapters.queues import ChangeMessage
-from shared.domain import GraphUser
+from shared.core.domain import GraphUser
+from shared.core.messages import ChangeMessage
 from shared.services import apply
 
 USER = "6ea91a8d-e32e-41a1-b7bd-d2d185eed0e0"

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from shared.adapters.dc_locator import DcLocator, DcLocatorError, SrvRecord, order_srv
-from shared.domain import ConfigurationError
+from shared.core.domain import ConfigurationError
 from shared.settings import DomainController, parse_ad_server
 
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from shared.adapters.directory import Directory, DirectoryError, DirectoryPool, DirectoryUnavailableError
-from shared.domain import ConfigurationError
+from shared.core.domain import ConfigurationError
 from shared.settings import DirectorySettings
 
 SETTINGS = DirectorySettings(server="ldaps://dc1.contoso.com", bind_user="svc@contoso.com",

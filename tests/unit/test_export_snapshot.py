@@ -13,12 +13,19 @@ from typing import Any
 
 import pytest
 
-from shared.ad_rules import fit_cosmetic
 from shared.adapters.directory import AccountExistsError
-from shared.adapters.queues import MAX_SNAPSHOT_CHARS, ExportMessage
-from shared.adapters.state import ConcurrencyError, GuestRecord
-from shared.domain import GUEST_USER_ACCOUNT_CONTROL, UAC_ACCOUNTDISABLE, AdAccount, Approval, GraphUser, GuestStatus
-from shared.rules import Decision, inbound, outbound_persistent
+from shared.core.ad_rules import fit_cosmetic
+from shared.core.domain import (
+    GUEST_USER_ACCOUNT_CONTROL,
+    UAC_ACCOUNTDISABLE,
+    AdAccount,
+    Approval,
+    GraphUser,
+    GuestStatus,
+)
+from shared.core.messages import MAX_SNAPSHOT_CHARS, ExportMessage
+from shared.core.records import ConcurrencyError, GuestRecord
+from shared.core.rules import Decision, inbound, outbound_persistent
 from shared.services.apply import KNOWN_RECORDS, apply_user
 from shared.services.export import SNAPSHOT_FRESH_SECONDS, export_guest
 from shared.settings import LifecycleSettings

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 
 from shared import cli
-from shared.adapters.queues import ChangeMessage, ExportMessage
-from shared.adapters.state import GuestRecord
-from shared.domain import GraphUser, graph_id
-from shared.notifications import parse_change_notifications
-from shared.rules import inbound
+from shared.core.domain import GraphUser, graph_id
+from shared.core.messages import ChangeMessage, ExportMessage
+from shared.core.notifications import parse_change_notifications
+from shared.core.records import GuestRecord
+from shared.core.rules import inbound
 
 UID = "6ea91a8d-e32e-41a1-b7bd-d2d185eed0e0"
 UPPER = UID.upper()

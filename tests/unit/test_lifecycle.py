@@ -7,17 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.adapters.queues import ExportMessage
-from shared.adapters.state import GuestRecord
-from shared.domain import (
-    GUEST_USER_ACCOUNT_CONTROL,
-    UAC_ACCOUNTDISABLE,
-    AdAccount,
-    Approval,
-    GraphUser,
-    GuestStatus,
-)
-from shared.lifecycle import (
+from shared.core.deprovisioning import (
     DESTRUCTIVE,
     ExportAction,
     ExportPlan,
@@ -27,7 +17,17 @@ from shared.lifecycle import (
     is_disabled,
     plan_export,
 )
-from shared.rules import inbound
+from shared.core.domain import (
+    GUEST_USER_ACCOUNT_CONTROL,
+    UAC_ACCOUNTDISABLE,
+    AdAccount,
+    Approval,
+    GraphUser,
+    GuestStatus,
+)
+from shared.core.messages import ExportMessage
+from shared.core.records import GuestRecord
+from shared.core.rules import inbound
 from shared.services.export import export_guest
 from shared.settings import LifecycleSettings
 

@@ -4,9 +4,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.adapters.state import GuestRecord
-from shared.domain import Approval, GuestStatus
-from shared.rules import ApplyPlan, Decision, inbound, plan_apply, scope_exit
+from shared.core.domain import Approval, GuestStatus
+from shared.core.records import GuestRecord
+from shared.core.rules import ApplyPlan, Decision, inbound, plan_apply, scope_exit
 from shared.services.apply import next_record
 from tests.unit.test_rules import GUEST_ID, guest
 

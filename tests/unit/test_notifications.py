@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.notifications import (
+from shared.core.notifications import (
     MalformedNotificationError,
     client_state_matches,
     parse_change_notifications,
@@ -198,7 +198,7 @@ def _user(n: int) -> str:
 
 
 def test_webhook_queues_a_burst_as_messages_of_at_most_15_users_per_change_type() -> None:
-    from shared.adapters.queues import ChangeMessage
+    from shared.core.messages import ChangeMessage
 
     sent: list[str] = []
     users = [_user(n) for n in range(40)]
@@ -217,7 +217,7 @@ def test_webhook_queues_a_burst_as_messages_of_at_most_15_users_per_change_type(
 
 
 def test_change_message_round_trip_keeps_the_batch_and_the_deferrals() -> None:
-    from shared.adapters.queues import ChangeMessage
+    from shared.core.messages import ChangeMessage
 
     message = ChangeMessage(_user(1), "updated", "2026-11-23T00:00:00+00:00", correlation_id="c",
                             more_user_ids=(_user(2), _user(3)), deferrals=2)
@@ -233,7 +233,7 @@ def test_change_message_round_trip_keeps_the_batch_and_the_deferrals() -> None:
 # --- headers first, nosniff, lifecycle events of other subscriptions --------------------------------------------
 
 def test_screen_refuses_on_headers_before_the_body() -> None:
-    from shared.notifications import MAX_BODY_BYTES
+    from shared.core.notifications import MAX_BODY_BYTES
     from shared.services.webhook import screen
 
     too_big = screen({}, {"content-length": str(MAX_BODY_BYTES + 1), "Content-Type": "application/json"})
@@ -251,7 +251,7 @@ def test_screen_refuses_on_headers_before_the_body() -> None:
 
 
 def test_validation_echo_is_text_with_nosniff_and_length_limited() -> None:
-    from shared.notifications import MAX_VALIDATION_TOKEN_LENGTH
+    from shared.core.notifications import MAX_VALIDATION_TOKEN_LENGTH
 
     reply = receive_changes(b"", {"validationToken": "<script>x</script>"}, WebhookSettings((SECRET,)), print)
     assert reply.mimetype == "text/plain" and reply.headers["X-Content-Type-Options"] == "nosniff"

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from shared.adapters import queues
-from shared.adapters.queues import SCHEMA_VERSION, ChangeMessage, ExportMessage, NewerSchemaError
+from shared.core import messages as queues
+from shared.core.messages import SCHEMA_VERSION, ChangeMessage, ExportMessage, NewerSchemaError
 
 UID = "6ea91a8d-e32e-41a1-b7bd-d2d185eed0e0"
 MESSAGES = [ExportMessage(UID, 3, "new guest", "c0ffee"), ChangeMessage(UID, "updated", "2026-01-01T00:00:00+00:00")]

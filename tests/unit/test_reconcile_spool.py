@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from shared.domain import AdAccount
+from shared.core.domain import AdAccount
 from shared.services.reconcile import _AccountSpool
 
 

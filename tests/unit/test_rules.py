@@ -2,8 +2,8 @@
 
 import pytest
 
-from shared.domain import GUEST_USER_ACCOUNT_CONTROL, GraphUser, GuestStatus
-from shared.rules import (
+from shared.core.domain import GUEST_USER_ACCOUNT_CONTROL, GraphUser, GuestStatus
+from shared.core.rules import (
     Decision,
     attribute_changes,
     in_scope,
@@ -141,7 +141,7 @@ def test_plan_returning_guest_exports() -> None:
 
 
 def test_guid_check_refuses_trailing_newline() -> None:
-    from shared.domain import is_guid
+    from shared.core.domain import is_guid
 
     assert is_guid(GUEST_ID)
     assert not is_guid(GUEST_ID + "\n")

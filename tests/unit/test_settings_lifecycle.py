@@ -4,14 +4,14 @@ from datetime import UTC, datetime
 
 import pytest
 
-from shared.domain import (
+from shared.core.deprovisioning import ExportAction, breaker_admit, plan_export
+from shared.core.domain import (
     GUEST_USER_ACCOUNT_CONTROL,
     UAC_ACCOUNTDISABLE,
     AdAccount,
     ConfigurationError,
     GuestStatus,
 )
-from shared.lifecycle import ExportAction, breaker_admit, plan_export
 from shared.settings import LifecycleSettings, load_lifecycle_settings, load_settings
 
 ARCHIVE_OU = "OU=B2BGuestArchive,DC=contoso,DC=com"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from shared import cli
-from shared.domain import ConfigurationError
+from shared.core.domain import ConfigurationError
 from shared.settings import CLOUDS, load_settings
 
 TENANT = "84bd8158-6d4d-4958-8b9f-9d6445542f95"

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from shared.adapters.graph import Subscription, SubscriptionConflictError
-from shared.domain import ConfigurationError
+from shared.core.domain import ConfigurationError
 from shared.services.subscriptions import ensure_subscription, handle_lifecycle, keyed_url, url_without_key
 from shared.settings import Settings, WebhookSettings
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.ad_rules import GUEST_UPN_MARKER, guest_upn_problem
-from shared.domain import ConfigurationError
+from shared.core.ad_rules import GUEST_UPN_MARKER, guest_upn_problem
+from shared.core.domain import ConfigurationError
 from shared.settings import load_upn_suffixes
 
 ALLOWED = ("contoso.onmicrosoft.com",)

@@ -11,16 +11,6 @@ import ldap3
 from ldap3.core.exceptions import LDAPCommunicationError, LDAPResponseTimeoutError
 from ldap3.utils.log import PROTOCOL, log_enabled
 
-from shared.ad_rules import (
-    OWNERSHIP_ATTRIBUTE,
-    escape_filter_value,
-    guest_dn,
-    is_within,
-    ownership_mark,
-    same_dn,
-    uid_from_dn,
-    validate_export,
-)
 from shared.adapters.directory.connection import _close_quietly
 from shared.adapters.directory.entries import USER_OBJECT_CLASSES, _raw, _text
 from shared.adapters.directory.errors import (
@@ -35,8 +25,18 @@ from shared.adapters.directory.errors import (
 )
 from shared.adapters.directory.forest import GLOBAL_CATALOG_TLS_PORT, Forest, ForestDomain
 from shared.adapters.directory.reads import DirectoryReads
-from shared.domain import AdAccount, ConfigurationError
-from shared.rules import PERSISTENT_ATTRIBUTES
+from shared.core.ad_rules import (
+    OWNERSHIP_ATTRIBUTE,
+    escape_filter_value,
+    guest_dn,
+    is_within,
+    ownership_mark,
+    same_dn,
+    uid_from_dn,
+    validate_export,
+)
+from shared.core.domain import AdAccount, ConfigurationError
+from shared.core.rules import PERSISTENT_ATTRIBUTES
 
 log = logging.getLogger("guestsync.directory")
 

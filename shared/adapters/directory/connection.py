@@ -21,7 +21,6 @@ from ldap3.core.exceptions import (
     LDAPSSLConfigurationError,
 )
 
-from shared.ad_rules import is_within, same_dn
 from shared.adapters.dc_locator import DcLocator, DcLocatorError
 from shared.adapters.directory.entries import _valid_dn
 from shared.adapters.directory.errors import (
@@ -31,7 +30,8 @@ from shared.adapters.directory.errors import (
     InvalidCredentialsError,
 )
 from shared.adapters.directory.forest import Forest
-from shared.domain import ConfigurationError
+from shared.core.ad_rules import is_within, same_dn
+from shared.core.domain import ConfigurationError
 from shared.settings import DirectorySettings, DomainController, parse_ad_server
 
 log = logging.getLogger("guestsync.directory")

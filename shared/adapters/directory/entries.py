@@ -8,9 +8,9 @@ from typing import Any
 from ldap3.core.exceptions import LDAPInvalidDnError
 from ldap3.utils.dn import parse_dn
 
-from shared.ad_rules import OWNERSHIP_ATTRIBUTE, format_sid
-from shared.domain import AdAccount, ConfigurationError
-from shared.rules import PERSISTENT_ATTRIBUTES
+from shared.core.ad_rules import OWNERSHIP_ATTRIBUTE, format_sid
+from shared.core.domain import AdAccount, ConfigurationError
+from shared.core.rules import PERSISTENT_ATTRIBUTES
 
 USER_OBJECT_CLASSES = ["top", "person", "organizationalPerson", "user"]
 READ_ATTRIBUTES = [*PERSISTENT_ATTRIBUTES, "objectSid", "userAccountControl", OWNERSHIP_ATTRIBUTE, "whenCreated"]

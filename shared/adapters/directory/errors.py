@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from shared.domain import GuestsyncError
+from shared.core.domain import GuestsyncError
 
 #: Windows error codes in the diagnostic message that identify the cause.
 _WIN_PASSWORD_RESTRICTION = "0000052d"  # noqa: S105 (ERROR_PASSWORD_RESTRICTION, an error code)

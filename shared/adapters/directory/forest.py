@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.ad_rules import is_within
+from shared.core.ad_rules import is_within
 
 #: The Global Catalog over TLS (LDAPS to the GC): the whole forest, with the attributes uniqueness needs.
 GLOBAL_CATALOG_TLS_PORT = 3269

@@ -9,7 +9,6 @@ from typing import Any
 
 import ldap3
 
-from shared.ad_rules import same_dn
 from shared.adapters.directory.entries import _split_dn
 from shared.adapters.directory.errors import (
     AccountExistsError,
@@ -20,7 +19,8 @@ from shared.adapters.directory.errors import (
     _raise_for,
 )
 from shared.adapters.directory.reads import DirectoryReads
-from shared.domain import UAC_ACCOUNTDISABLE, AdAccount, ConfigurationError
+from shared.core.ad_rules import same_dn
+from shared.core.domain import UAC_ACCOUNTDISABLE, AdAccount, ConfigurationError
 
 log = logging.getLogger("guestsync.directory")
 

@@ -11,11 +11,11 @@ from typing import Any
 import ldap3
 from ldap3.utils.log import PROTOCOL, log_enabled
 
-from shared.ad_rules import escape_filter_value, new_password
 from shared.adapters.directory.entries import PERSON_FILTER, USER_OBJECT_CLASSES, _raw, _text
 from shared.adapters.directory.errors import _raise_for
 from shared.adapters.directory.reads import DirectoryReads
-from shared.domain import GUEST_USER_ACCOUNT_CONTROL, UAC_ACCOUNTDISABLE, AdAccount, ConfigurationError
+from shared.core.ad_rules import escape_filter_value, new_password
+from shared.core.domain import GUEST_USER_ACCOUNT_CONTROL, UAC_ACCOUNTDISABLE, AdAccount, ConfigurationError
 
 log = logging.getLogger("guestsync.directory")
 

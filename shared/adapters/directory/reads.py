@@ -10,15 +10,6 @@ from typing import Any
 import ldap3
 from ldap3.core.exceptions import LDAPCommunicationError, LDAPResponseTimeoutError
 
-from shared.ad_rules import (
-    OWNERSHIP_ATTRIBUTE,
-    carries_mark,
-    escape_filter_value,
-    guest_dn,
-    is_within,
-    sid_filter_value,
-    uid_from_dn,
-)
 from shared.adapters.directory.connection import DirectoryConnection
 from shared.adapters.directory.entries import PAGED_RESULTS_OID, PERSON_FILTER, READ_ATTRIBUTES, _account, _raw, _text
 from shared.adapters.directory.errors import (
@@ -27,7 +18,16 @@ from shared.adapters.directory.errors import (
     OutsideManagedOuError,
     _raise_for,
 )
-from shared.domain import AdAccount
+from shared.core.ad_rules import (
+    OWNERSHIP_ATTRIBUTE,
+    carries_mark,
+    escape_filter_value,
+    guest_dn,
+    is_within,
+    sid_filter_value,
+    uid_from_dn,
+)
+from shared.core.domain import AdAccount
 
 
 class DirectoryReads(DirectoryConnection):

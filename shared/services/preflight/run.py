@@ -6,7 +6,7 @@ import asyncio
 import os
 from collections.abc import Mapping
 
-from shared.domain import ConfigurationError
+from shared.core.domain import ConfigurationError
 from shared.services.preflight.directory import check_directory, entra_connect_reminder
 from shared.services.preflight.graph import _check_mail, _check_scope_group, _first, _graph_failure, _signin
 from shared.services.preflight.results import CHECKS, CheckResult, Status, _result, _skip

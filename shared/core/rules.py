@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from shared.domain import (
+from shared.core.domain import (
     DEPROVISION_STATUSES,
     GUEST_USER_ACCOUNT_CONTROL,
     GraphUser,

@@ -21,7 +21,7 @@ from ldap3.core.exceptions import LDAPInvalidDnError
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import escape_rdn, parse_dn
 
-from shared.domain import GUID_RE
+from shared.core.domain import GUID_RE
 
 #: rangeUpper of the attributes we write (Windows AD schema).
 MAX_LENGTHS: dict[str, int] = {

@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from shared.ad_rules import is_within
-from shared.domain import (
+from shared.core.ad_rules import is_within
+from shared.core.domain import (
     DEPROVISION_STATUSES,
     UAC_ACCOUNTDISABLE,
     AdAccount,
     Approval,
     GuestStatus,
 )
-from shared.rules import attribute_changes, gone_for_good
+from shared.core.rules import attribute_changes, gone_for_good
 from shared.settings import LifecycleSettings
 
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.domain import graph_id, is_guid
+from shared.core.domain import graph_id, is_guid
 
 #: Graph answers a subscription request with a validation token that we must echo; keep it bounded.
 MAX_VALIDATION_TOKEN_LENGTH = 4096
