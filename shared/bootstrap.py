@@ -22,8 +22,8 @@ log = logging.getLogger("guestsync.bootstrap")
 if TYPE_CHECKING:
     from shared.adapters.directory import Directory, DirectoryPool
     from shared.adapters.graph import GraphClient
-    from shared.adapters.mail import Mailer
-    from shared.services.export import ExportOutcome, GuestDirectory
+    from shared.core.ports import GuestDirectory, Mailer
+    from shared.services.export import ExportOutcome
 
 
 class Services:

@@ -14,9 +14,9 @@ from dataclasses import replace
 import azure.functions as func
 
 from shared import observability
-from shared.adapters.directory import DirectoryUnavailableError
-from shared.adapters.queues import leave_for_newer_reader
+from shared.adapters.queues import StoragePoisonQueues, leave_for_newer_reader
 from shared.bootstrap import services
+from shared.core.errors import DirectoryUnavailableError
 from shared.core.messages import ChangeMessage, ExportMessage, NewerSchemaError
 from shared.core.notifications import LifecycleBatch
 from shared.core.records import utcnow
@@ -159,7 +159,7 @@ def make_alerts_blueprint() -> func.Blueprint:
     @bp.timer_trigger(arg_name="timer", schedule="%GUESTSYNC_ALERT_SCHEDULE%", run_on_startup=False)
     async def alerts_timer(timer: func.TimerRequest) -> None:
         s = services()
-        await alerts.watch_poison(s.state, s.mailer, alerts.StoragePoisonQueues(s.settings.storage),
+        await alerts.watch_poison(s.state, s.mailer, StoragePoisonQueues(s.settings.storage),
                                   (s.settings.change_poison_queue, s.settings.export_poison_queue))
 
     return bp

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import ssl
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -39,7 +38,22 @@ from msgraph.graph_request_adapter import GraphRequestAdapter
 from msgraph.graph_service_client import GraphServiceClient
 from msgraph_core import GraphClientFactory
 
-from shared.core.domain import GRAPH_USER_SELECT, GraphUser, GuestsyncError, graph_id, is_guid
+from shared.core.domain import (
+    GRAPH_USER_SELECT,
+    MAX_IN_VALUES,
+    DeltaPage,
+    GraphUser,
+    Subscription,
+    graph_id,
+    is_guid,
+)
+from shared.core.errors import (
+    DeltaExpiredError,
+    GraphError,
+    GraphNotFoundError,
+    GraphThrottledError,
+    SubscriptionConflictError,
+)
 from shared.settings import GraphSettings
 
 MICROSOFT_LOGIN_HOSTS = (
@@ -50,47 +64,7 @@ MICROSOFT_LOGIN_HOSTS = (
 )
 
 
-MAX_IN_VALUES = 15  # values in one $filter ``in`` clause that Graph accepts without advanced queries
 
-
-class GraphError(GuestsyncError):
-    def __init__(self, status: int | None, code: str | None, message: str) -> None:
-        super().__init__(f"Graph answered {status} {code or ''}: {message}".strip())
-        self.status, self.code = status, code
-
-
-class GraphThrottledError(GraphError):
-    """Still throttled after the SDK's retries: let the queue try again later."""
-
-
-class DeltaExpiredError(GraphError):
-    """410 Gone on a deltaLink: the sync state expired; start a full round again."""
-
-
-class SubscriptionConflictError(GraphError):
-    """409: a subscription for this resource and URL exists already."""
-
-
-class GraphNotFoundError(GraphError):
-    """404 where a missing object is an error, e.g. the scoping group does not exist (or is not visible)."""
-
-
-@dataclass(frozen=True)
-class Subscription:
-    id: str
-    resource: str
-    change_type: str
-    notification_url: str
-    lifecycle_url: str | None
-    expiration: datetime
-
-
-@dataclass
-class DeltaPage:
-    users: list[GraphUser] = field(default_factory=list)
-    removed: list[tuple[str, str]] = field(default_factory=list)  # (id, reason: changed | deleted)
-    next_link: str | None = None
-    delta_link: str | None = None
 
 
 def _to_graph_user(user: User) -> GraphUser:

@@ -14,9 +14,10 @@ import ssl
 from collections.abc import Sequence
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from shared.core.domain import ConfigurationError, GuestsyncError
+from shared.core.ports import Mailer, NoMailer
 from shared.settings import MailSettings
 
 if TYPE_CHECKING:
@@ -29,19 +30,8 @@ class MailError(GuestsyncError):
     """The mail could not be handed over; ``str()`` says why in words an operator can act on."""
 
 
-class Mailer(Protocol):
-    async def send(self, subject: str, body: str) -> None: ...
-
-
 def _one_line(text: str) -> str:
     return " ".join(text.split())
-
-
-class NoMailer:
-    """GUESTSYNC_MAIL=none: alerts are not mailed (they are still logged and shown by ``guestsync status``)."""
-
-    async def send(self, subject: str, body: str) -> None:
-        return None
 
 
 class GraphMailer:

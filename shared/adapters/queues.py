@@ -11,6 +11,8 @@ Upgrade the agents first, then the app: a newer agent reads every older schema.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import logging
 from typing import Any
@@ -20,6 +22,7 @@ from azure.storage.queue import ExponentialRetry, QueueClient, TextBase64DecodeP
 
 from shared.adapters.storage import queue_client
 from shared.core.messages import NEWER_SCHEMA_DELAY_SECONDS, NewerSchemaError
+from shared.core.ports import PoisonMessage
 from shared.settings import StorageSettings
 
 log = logging.getLogger("guestsync.queues")
@@ -80,3 +83,32 @@ class MessageQueue:
     def peek(self, max_messages: int = 32) -> list[str]:
         self.ensure()
         return [str(m.content) for m in self._client.peek_messages(max_messages=max_messages)]
+
+
+class StoragePoisonQueues:
+    """Peeks (never receives, never deletes) poison queues in the storage account."""
+
+    def __init__(self, storage: Any) -> None:
+        self._storage = storage  # shared.settings.StorageSettings
+
+    def peek(self, queue: str, max_messages: int = 32) -> list[PoisonMessage]:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        from shared.adapters.storage import queue_client
+
+        client = queue_client(self._storage, queue)
+        try:
+            messages = client.peek_messages(max_messages=max_messages)
+        except ResourceNotFoundError:  # no poison queue yet: nothing was ever poisoned
+            return []
+        finally:
+            client.close()
+        return [PoisonMessage(queue, str(m.id), m.inserted_on, _decode(str(m.content or ""))) for m in messages]
+
+
+def _decode(content: str) -> bytes:
+    """Poison messages keep the trigger's base64 encoding; one that was not valid base64 is kept as it was."""
+    try:
+        return base64.b64decode("".join(content.split()), validate=True)
+    except (ValueError, binascii.Error):
+        return content.encode("utf-8")

@@ -60,7 +60,7 @@ FIRST_OUTAGE_BACKOFF = 1.0
 
 
 def _directory_unavailable(exc: BaseException) -> bool:
-    from shared.adapters.directory import DirectoryUnavailableError
+    from shared.core.errors import DirectoryUnavailableError
 
     return isinstance(exc, DirectoryUnavailableError)
 

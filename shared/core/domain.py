@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -178,3 +179,26 @@ class SecurityFindingError(GuestsyncError):
         super().__init__(message)
         self.kind = kind
         self.dn = dn
+
+
+# --- Graph resources the services reason about ------------------------------------------------------------------
+
+MAX_IN_VALUES = 15  # values in one $filter ``in`` clause that Graph accepts without advanced queries
+
+
+@dataclass(frozen=True)
+class Subscription:
+    id: str
+    resource: str
+    change_type: str
+    notification_url: str
+    lifecycle_url: str | None
+    expiration: datetime
+
+
+@dataclass
+class DeltaPage:
+    users: list[GraphUser] = field(default_factory=list)
+    removed: list[tuple[str, str]] = field(default_factory=list)  # (id, reason: changed | deleted)
+    next_link: str | None = None
+    delta_link: str | None = None

@@ -12,24 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
+from shared.core.ports import MetaStore, RecordStore
 from shared.core.records import ConcurrencyError, GuestRecord
 
 T = TypeVar("T")
 
 
-class RecordStore(Protocol):
-    """What the unit of work needs of the guest store (``StateStore`` and the tests' fakes)."""
-
-    def get(self, uid: str) -> GuestRecord | None: ...
-    def save(self, record: GuestRecord) -> GuestRecord: ...
-    def delete(self, uid: str) -> None: ...
-
-
-class MetaStore(Protocol):
-    def get_meta(self, name: str) -> tuple[dict[str, Any], str | None]: ...
-    def save_meta(self, name: str, body: dict[str, Any], etag: str | None) -> str: ...
 
 
 class _Read:

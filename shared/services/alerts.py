@@ -24,8 +24,6 @@ there for the operator.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import logging
@@ -34,10 +32,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any
 
-from shared.adapters.mail import Mailer, NoMailer
-from shared.adapters.state import StateStore
+from shared.core.ports import GuestStore, Mailer, MetaStore, NoMailer, PoisonMessage, PoisonQueues
 from shared.core.records import GuestRecord, utcnow
 from shared.core.unit_of_work import change_meta
 
@@ -248,47 +245,6 @@ def _mask(value: Any) -> Any:
 # ----------------------------------------------------------------------------------------------- poison queues
 
 
-@dataclass(frozen=True)
-class PoisonMessage:
-    queue: str
-    id: str
-    inserted_on: datetime | None
-    body: bytes
-
-
-class PoisonQueues(Protocol):
-    def peek(self, queue: str, max_messages: int = 32) -> list[PoisonMessage]: ...
-
-
-class StoragePoisonQueues:
-    """Peeks (never receives, never deletes) poison queues in the storage account."""
-
-    def __init__(self, storage: Any) -> None:
-        self._storage = storage  # shared.settings.StorageSettings
-
-    def peek(self, queue: str, max_messages: int = 32) -> list[PoisonMessage]:
-        from azure.core.exceptions import ResourceNotFoundError
-
-        from shared.adapters.storage import queue_client
-
-        client = queue_client(self._storage, queue)
-        try:
-            messages = client.peek_messages(max_messages=max_messages)
-        except ResourceNotFoundError:  # no poison queue yet: nothing was ever poisoned
-            return []
-        finally:
-            client.close()
-        return [PoisonMessage(queue, str(m.id), m.inserted_on, _decode(str(m.content or ""))) for m in messages]
-
-
-def _decode(content: str) -> bytes:
-    """Poison messages keep the trigger's base64 encoding; one that was not valid base64 is kept as it was."""
-    try:
-        return base64.b64decode("".join(content.split()), validate=True)
-    except (ValueError, binascii.Error):
-        return content.encode("utf-8")
-
-
 def poison_alert(message: PoisonMessage) -> Alert:
     when = f", parked {message.inserted_on.astimezone(UTC):%Y-%m-%d %H:%M} UTC" if message.inserted_on else ""
     return Alert(AlertKind.POISON, f"{message.queue}:{message.id}",
@@ -297,10 +253,6 @@ def poison_alert(message: PoisonMessage) -> Alert:
 
 # --------------------------------------------------------------------------------------------------- service
 
-
-class MetaStore(Protocol):
-    def get_meta(self, name: str) -> tuple[dict[str, Any], str | None]: ...
-    def save_meta(self, name: str, body: dict[str, Any], etag: str | None) -> str: ...
 
 
 class Alerts:
@@ -367,7 +319,7 @@ class Alerts:
         return change_meta(self._state, META_PREFIX + kind.value, decide, attempts=MAX_ATTEMPTS)
 
 
-async def report_export(uid: str, action: str, detail: str, state: StateStore, mailer: Mailer) -> None:
+async def report_export(uid: str, action: str, detail: str, state: GuestStore, mailer: Mailer) -> None:
     """After an export: alert on ``error`` and ``held``. Never raises."""
     if action not in ("error", "held") or isinstance(mailer, NoMailer):
         return

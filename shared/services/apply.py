@@ -12,18 +12,17 @@ import logging
 import random
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime
 from functools import partial
-from typing import Protocol
 
-from shared.adapters.graph import GraphThrottledError
-from shared.adapters.state import StateStore
 from shared.concurrency import run_blocking
 from shared.core.domain import DEPROVISION_STATUSES, GraphUser, GuestStatus
+from shared.core.errors import GraphThrottledError
 from shared.core.messages import ChangeMessage, ExportMessage
+from shared.core.ports import GuestReader, GuestStore, UserReader
 from shared.core.records import GuestRecord, utcnow
 from shared.core.rules import ApplyPlan, Decision, plan_apply, scope_exit
 from shared.core.unit_of_work import READ, Change, change_guest
@@ -40,15 +39,6 @@ MAX_DEFERRAL_SECONDS = 60
 #: Apply's own threads for its blocking state and queue calls (see shared.concurrency).
 _STORAGE_THREADS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="guestsync-apply")
 
-
-class UserReader(Protocol):
-    async def get_user(self, user_id: str) -> GraphUser | None: ...
-    async def is_group_member(self, user_id: str, group_id: str) -> bool | None: ...
-
-
-class GuestReader(UserReader, Protocol):
-    async def get_users(self, user_ids: Sequence[str]) -> dict[str, GraphUser | None]: ...
-    async def get_initial_domain(self) -> str: ...
 
 
 async def read_scope(
@@ -117,7 +107,7 @@ def next_record(
 async def apply_change(
     message: ChangeMessage,
     graph: GuestReader,
-    state: StateStore,
+    state: GuestStore,
     send_export: Callable[[str], None],
     now: Callable[[], datetime] = utcnow,
     scope_group_id: str | None = None,
@@ -159,7 +149,7 @@ def deferral_delay(deferrals: int, rand: Callable[[], float] = random.random) ->
 async def apply_or_defer(
     message: ChangeMessage,
     graph: GuestReader,
-    state: StateStore,
+    state: GuestStore,
     send_export: Callable[[str], None],
     requeue: Callable[[str, int], None],
     scope_group_id: str | None = None,
@@ -223,7 +213,7 @@ KNOWN_RECORDS = _KnownRecords(100_000)  # ~10 MB at most
 def apply_user(
     user_id: str,
     user: GraphUser | None,
-    state: StateStore,
+    state: GuestStore,
     send_export: Callable[[str], None],
     *,
     in_group: bool | None,

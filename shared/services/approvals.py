@@ -11,9 +11,9 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from shared.adapters.state import StateStore
 from shared.core.domain import Approval, GuestStatus, SecurityKind, graph_id
 from shared.core.messages import ExportMessage
+from shared.core.ports import GuestStore
 from shared.core.records import GuestRecord
 from shared.core.unit_of_work import Change, change_guest
 
@@ -27,12 +27,12 @@ class Answer:
     detail: str = ""
 
 
-def held(state: StateStore) -> Iterator[GuestRecord]:
+def held(state: GuestStore) -> Iterator[GuestRecord]:
     return state.with_status(GuestStatus.HELD)
 
 
 def answer(
-    state: StateStore,
+    state: GuestStore,
     uids: Iterable[str],
     send_export: Callable[[str], None],
     *,
@@ -45,7 +45,7 @@ def answer(
     return answers
 
 
-def _answer_one(state: StateStore, uid: str, send_export: Callable[[str], None], *, approve: bool) -> Answer:
+def _answer_one(state: GuestStore, uid: str, send_export: Callable[[str], None], *, approve: bool) -> Answer:
     decision = Approval.APPROVED if approve else Approval.REJECTED
 
     def decide(record: GuestRecord | None) -> Change[Answer]:
@@ -71,18 +71,18 @@ def _answer_one(state: StateStore, uid: str, send_export: Callable[[str], None],
 ADOPTABLE = frozenset({SecurityKind.UNMARKED, SecurityKind.FOREIGN_OBJECT})
 
 
-def adoptable(state: StateStore) -> Iterator[GuestRecord]:
+def adoptable(state: GuestStore) -> Iterator[GuestRecord]:
     """Guests whose export found an object at CN=<uid> that is not theirs (unmarked, or not the joined one)."""
     return (r for r in state.with_status(GuestStatus.ERROR) if r.security in ADOPTABLE)
 
 
-def adopt(state: StateStore, uids: Iterable[str], send_export: Callable[[str], None]) -> list[Answer]:
+def adopt(state: GuestStore, uids: Iterable[str], send_export: Callable[[str], None]) -> list[Answer]:
     """Record the operator's decision to take over each guest's CN=<uid> and queue the export that does it (fresh
     password, userAccountControl 262656, ownership mark; audited in the worker's log)."""
     return [_adopt_one(state, graph_id(uid), send_export) for uid in uids]
 
 
-def _adopt_one(state: StateStore, uid: str, send_export: Callable[[str], None]) -> Answer:
+def _adopt_one(state: GuestStore, uid: str, send_export: Callable[[str], None]) -> Answer:
     def decide(record: GuestRecord | None) -> Change[Answer]:
         if record is None:
             return Change(Answer(uid, "unknown", "no such guest in state"))

@@ -14,15 +14,8 @@ import logging
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
-from shared.adapters.directory import (
-    AccessDeniedError,
-    AccountExistsError,
-    ConstraintError,
-    OutsideManagedOuError,
-)
-from shared.adapters.state import StateStore
 from shared.core.ad_rules import fit_cosmetic, guest_upn_problem, new_password, validate_export
 from shared.core.deprovisioning import (
     BreakerVerdict,
@@ -41,7 +34,9 @@ from shared.core.domain import (
     SecurityFindingError,
     SecurityKind,
 )
+from shared.core.errors import AccessDeniedError, AccountExistsError, ConstraintError, OutsideManagedOuError
 from shared.core.messages import ExportMessage
+from shared.core.ports import GuestDirectory, GuestStore
 from shared.core.records import ConcurrencyError, GuestRecord, utcnow
 from shared.core.rules import attribute_changes, gone_for_good, initial_user_account_control, outbound_persistent
 from shared.core.unit_of_work import READ, Change, change_guest, change_meta
@@ -59,24 +54,6 @@ SNAPSHOT_FRESH_SECONDS = 10.0
 #: How a guest's error says it is a security finding (status, plan and the alert digest key on it).
 SECURITY_PREFIX = "security: "
 
-
-class GuestDirectory(Protocol):
-    def find_guest(self, uid: str) -> AdAccount | None: ...
-    def holder_of(self, uid: str) -> str | None: ...
-    def find_by_sid(self, sid: str) -> AdAccount | None: ...
-    def create_guest(
-        self, uid: str, attributes: dict[str, str | None], password: str, user_account_control: int
-    ) -> AdAccount: ...
-    def adopt_guest(
-        self, dn: str, uid: str, attributes: dict[str, str | None], password: str, user_account_control: int
-    ) -> AdAccount: ...
-    def mark_owned(self, account: AdAccount, uid: str) -> None: ...
-    def release_upn(self, dn: str) -> None: ...
-    def update_guest(self, dn: str, changes: dict[str, str | None]) -> None: ...
-    def netbios_domain(self) -> str: ...
-    def disable_and_archive(self, dn: str) -> AdAccount: ...
-    def restore_guest(self, dn: str) -> AdAccount: ...
-    def delete_guest(self, dn: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -178,7 +155,7 @@ def _refresh(directory: GuestDirectory, account: AdAccount, desired: dict[str, s
         directory.update_guest(account.dn, changes)
 
 
-def admit_destructive(state: StateStore, policy: LifecycleSettings, now: datetime) -> BreakerVerdict:
+def admit_destructive(state: GuestStore, policy: LifecycleSettings, now: datetime) -> BreakerVerdict:
     """Reserve one disable/delete in the breaker window (shared by every worker through an ETag)."""
 
     def decide(body: dict[str, Any]) -> tuple[dict[str, Any] | None, BreakerVerdict]:
@@ -284,7 +261,7 @@ def message_snapshot(message: ExportMessage, now: datetime) -> GuestRecord | Non
 
 def export_guest(
     message: ExportMessage,
-    state: StateStore,
+    state: GuestStore,
     directory: GuestDirectory,
     policy: LifecycleSettings | None = None,
     now: Callable[[], datetime] = utcnow,
@@ -330,7 +307,7 @@ def export_guest(
 
 
 def _export_record(
-    record: GuestRecord, from_snapshot: bool, state: StateStore, directory: GuestDirectory,
+    record: GuestRecord, from_snapshot: bool, state: GuestStore, directory: GuestDirectory,
     policy: LifecycleSettings, now: Callable[[], datetime], upn_suffixes: Collection[str] | None,
 ) -> tuple[ExportOutcome, GuestRecord | None]:
     """Bring AD in line with ``record``: the outcome and the record to save (None: delete it with the account).

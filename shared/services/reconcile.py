@@ -26,18 +26,18 @@ import sqlite3
 import tempfile
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from shared.adapters.graph import DeltaExpiredError, DeltaPage
-from shared.adapters.state import StateStore
 from shared.core.ad_rules import fit_cosmetic, uid_from_dn
 from shared.core.deprovisioning import ExportAction, plan_export
-from shared.core.domain import DEPROVISION_STATUSES, AdAccount, GraphUser, GuestStatus
+from shared.core.domain import DEPROVISION_STATUSES, AdAccount, DeltaPage, GraphUser, GuestStatus
+from shared.core.errors import DeltaExpiredError
 from shared.core.messages import ExportMessage
+from shared.core.ports import AccountScanner, DeltaReader, GuestStore
 from shared.core.records import GuestRecord, utcnow
 from shared.core.rules import GUEST_USER_TYPE, Decision, outbound_persistent
 from shared.observability import RECONCILE_FINDINGS, guest_context, new_correlation_id
@@ -50,15 +50,6 @@ REPORT_META = "reconcile"
 MAX_FINDINGS_KEPT = 200  # in the stored report (status); the full list goes to the caller as it is found
 
 
-class ReconcileGraph(Protocol):
-    def delta(self, delta_link: str | None = None) -> AsyncIterator[DeltaPage]: ...
-    def iter_group_member_ids(self, group_id: str, page_size: int = 999) -> AsyncIterator[str]: ...
-    async def get_user(self, user_id: str) -> GraphUser | None: ...
-    async def is_group_member(self, user_id: str, group_id: str) -> bool | None: ...
-
-
-class ReconcileDirectory(Protocol):
-    def iter_managed_accounts(self, page_size: int = 500) -> Iterator[AdAccount]: ...
 
 
 @dataclass(frozen=True)
@@ -186,7 +177,7 @@ class _AccountSpool:
     to a file of their own: the LDAP scan (mostly waiting on the DC) overlaps the other phases, and memory stays
     flat however many accounts there are. The AD phase reads them back in scan order once the scan is done."""
 
-    def __init__(self, folder: str, directory: ReconcileDirectory) -> None:
+    def __init__(self, folder: str, directory: AccountScanner) -> None:
         self._path = str(Path(folder) / "accounts.sqlite")
         self._directory = directory
         self._error: BaseException | None = None
@@ -263,12 +254,12 @@ class Reconciler:
 
     def __init__(
         self,
-        graph: ReconcileGraph,
-        state: StateStore,
+        graph: DeltaReader,
+        state: GuestStore,
         send_export: Callable[[str], None],
         policy: LifecycleSettings,
         *,
-        directory: ReconcileDirectory | None = None,
+        directory: AccountScanner | None = None,
         dry_run: bool = False,
         on_finding: Callable[[Finding], None] | None = None,
         progress: Callable[[str, int], None] | None = None,
@@ -486,11 +477,11 @@ class Reconciler:
                                            new_correlation_id()).to_json())
 
 
-def last_report(state: StateStore) -> dict[str, Any] | None:
+def last_report(state: GuestStore) -> dict[str, Any] | None:
     body, _ = state.get_meta(REPORT_META)
     return body or None
 
 
-def delta_status(state: StateStore) -> dict[str, Any] | None:
+def delta_status(state: GuestStore) -> dict[str, Any] | None:
     body, _ = state.get_meta(DELTA_META)
     return {"at": body.get("at")} if body else None

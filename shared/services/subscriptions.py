@@ -19,12 +19,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from shared.adapters.graph import Subscription, SubscriptionConflictError
-from shared.adapters.state import StateStore
-from shared.core.domain import ConfigurationError
+from shared.core.domain import ConfigurationError, Subscription
+from shared.core.errors import SubscriptionConflictError
+from shared.core.ports import GuestStore, SubscriptionApi
 from shared.core.records import utcnow
 from shared.core.unit_of_work import change_meta
 from shared.settings import Settings
@@ -58,14 +58,6 @@ def url_key(url: str) -> str | None:
     return dict(parse_qsl(urlsplit(url).query, keep_blank_values=True)).get(KEY_PARAMETER)
 
 
-class SubscriptionApi(Protocol):
-    async def list_subscriptions(self) -> list[Subscription]: ...
-    async def create_subscription(
-        self, notification_url: str, lifecycle_url: str | None, client_state: str, expiration: datetime
-    ) -> Subscription: ...
-    async def renew_subscription(self, subscription_id: str, expiration: datetime) -> Subscription: ...
-    async def delete_subscription(self, subscription_id: str) -> None: ...
-
 
 def _ours(subscriptions: list[Subscription], notification_url: str) -> list[Subscription]:
     """Our users subscriptions, whatever key their URL carries."""
@@ -77,7 +69,7 @@ def _ours(subscriptions: list[Subscription], notification_url: str) -> list[Subs
     ]
 
 
-def _record(state: StateStore | None, current: Subscription, previous: str | None = None) -> None:
+def _record(state: GuestStore | None, current: Subscription, previous: str | None = None) -> None:
     """Remember our subscription's id (and the one it replaced) for the lifecycle endpoint's checks."""
     if state is None:
         return
@@ -89,7 +81,7 @@ def _record(state: StateStore | None, current: Subscription, previous: str | Non
     state.put_meta(SUBSCRIPTION_META, {"id": current.id, "previous": previous})
 
 
-def our_subscription_ids(state: StateStore) -> frozenset[str] | None:
+def our_subscription_ids(state: GuestStore) -> frozenset[str] | None:
     """Our subscription and the one it replaced (lower case); None when none is recorded yet."""
     body, _ = state.get_meta(SUBSCRIPTION_META)
     ids = {str(v).lower() for v in (body.get("id"), body.get("previous")) if v}
@@ -98,7 +90,7 @@ def our_subscription_ids(state: StateStore) -> frozenset[str] | None:
 
 async def ensure_subscription(
     graph: SubscriptionApi, settings: Settings, now: Callable[[], datetime] = utcnow, *,
-    state: StateStore | None = None,
+    state: GuestStore | None = None,
 ) -> Subscription:
     """Create the users subscription if it is missing (or replace one with another key), renew it if it
     expires soon; record it in state (when given) and return it."""
@@ -187,7 +179,7 @@ def _when(value: object) -> datetime | None:
         return None
 
 
-def claim_catch_up(state: StateStore, received_at: datetime, token: str, now: Callable[[], datetime] = utcnow,
+def claim_catch_up(state: GuestStore, received_at: datetime, token: str, now: Callable[[], datetime] = utcnow,
                    window: timedelta = CATCH_UP_WINDOW) -> CatchUpClaim:
     """Decide, through the ETag-guarded catch-up marker, whether this event's catch-up runs now.
 
@@ -218,7 +210,7 @@ def claim_catch_up(state: StateStore, received_at: datetime, token: str, now: Ca
 
 async def on_lifecycle_message(
     graph: SubscriptionApi,
-    state: StateStore,
+    state: GuestStore,
     settings: Settings,
     subscription_id: str,
     event: str,

@@ -26,10 +26,10 @@ import time
 import weakref
 from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
-from shared.adapters.state import StateStore
 from shared.core.domain import GuestsyncError
+from shared.core.ports import GuestStore, OrganizationReader
 
 log = logging.getLogger("guestsync.tenant")
 TENANT_META = "tenant"
@@ -40,26 +40,23 @@ GRAPH_REFRESH = timedelta(days=1)
 MEMORY_SECONDS = 300.0
 
 
-class OrganizationReader(Protocol):
-    async def get_initial_domain(self) -> str: ...
-
 
 class _Cache:
     """Per state store (one per table and process): the initial domain and when it was taken from state."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._values: weakref.WeakKeyDictionary[StateStore, tuple[str, datetime, float]] = (
+        self._values: weakref.WeakKeyDictionary[GuestStore, tuple[str, datetime, float]] = (
             weakref.WeakKeyDictionary())
 
-    def get(self, state: StateStore) -> tuple[str, datetime] | None:
+    def get(self, state: GuestStore) -> tuple[str, datetime] | None:
         with self._lock:
             found = self._values.get(state)
         if found is None or time.monotonic() - found[2] > MEMORY_SECONDS:
             return None
         return found[0], found[1]
 
-    def put(self, state: StateStore, domain: str, read_at: datetime) -> None:
+    def put(self, state: GuestStore, domain: str, read_at: datetime) -> None:
         with self._lock:
             self._values[state] = (domain, read_at, time.monotonic())
 
@@ -71,7 +68,7 @@ class _Cache:
 _CACHE = _Cache()
 
 
-def _from_state(state: StateStore) -> tuple[str, datetime] | None:
+def _from_state(state: GuestStore) -> tuple[str, datetime] | None:
     cached = _CACHE.get(state)
     if cached is not None:
         return cached
@@ -87,7 +84,7 @@ def _from_state(state: StateStore) -> tuple[str, datetime] | None:
     return domain, when
 
 
-def known_initial_domain(state: StateStore) -> str | None:
+def known_initial_domain(state: GuestStore) -> str | None:
     """The initial domain as stored by apply (memory, then the meta entity); None when never stored."""
     found = _from_state(state)
     return found[0] if found else None
@@ -105,7 +102,7 @@ def _read_lock() -> asyncio.Lock:
     return lock
 
 
-async def refresh_initial_domain(graph: OrganizationReader, state: StateStore, *, force: bool = False) -> str:
+async def refresh_initial_domain(graph: OrganizationReader, state: GuestStore, *, force: bool = False) -> str:
     """The initial domain, read from Graph and stored when state has none or an old one (or ``force``)."""
     found = await asyncio.to_thread(_from_state, state)
     if found is not None and not force and datetime.now(UTC) - found[1] < GRAPH_REFRESH:
@@ -118,7 +115,7 @@ async def refresh_initial_domain(graph: OrganizationReader, state: StateStore, *
         return await _read_and_store(graph, state, found)
 
 
-async def _read_and_store(graph: OrganizationReader, state: StateStore, found: tuple[str, datetime] | None) -> str:
+async def _read_and_store(graph: OrganizationReader, state: GuestStore, found: tuple[str, datetime] | None) -> str:
     domain = await graph.get_initial_domain()
     now = datetime.now(UTC)
     body: dict[str, Any] = {"initialDomain": domain, "readAt": now.isoformat()}
@@ -129,7 +126,7 @@ async def _read_and_store(graph: OrganizationReader, state: StateStore, found: t
     return domain
 
 
-async def ensure_initial_domain(graph: OrganizationReader, state: StateStore) -> str | None:
+async def ensure_initial_domain(graph: OrganizationReader, state: GuestStore) -> str | None:
     """``refresh_initial_domain`` for callers that must go on without it (apply, the worker): a Graph failure
     is logged and the stored value (or None) is returned."""
     try:
@@ -141,7 +138,7 @@ async def ensure_initial_domain(graph: OrganizationReader, state: StateStore) ->
         return known
 
 
-def allowed_suffixes(state: StateStore, configured: Collection[str]) -> frozenset[str]:
+def allowed_suffixes(state: GuestStore, configured: Collection[str]) -> frozenset[str]:
     """What a guest's UPN may end in: the stored initial domain plus the configured suffixes."""
     initial = known_initial_domain(state)
     return frozenset({*configured, *((initial,) if initial else ())})

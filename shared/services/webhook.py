@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from shared.adapters.graph import MAX_IN_VALUES
+from shared.core.domain import MAX_IN_VALUES
 from shared.core.messages import ChangeMessage
 from shared.core.notifications import (
     MAX_BODY_BYTES,

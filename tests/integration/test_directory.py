@@ -22,18 +22,18 @@ import pytest
 from ldap3.utils.log import BASIC, OFF, PROTOCOL, set_library_log_detail_level
 
 from localenv.certs import create_local_pki
-from shared.adapters.directory import (
+from shared.adapters.directory import Directory
+from shared.core.ad_rules import fit_cosmetic, new_password
+from shared.core.domain import GUEST_USER_ACCOUNT_CONTROL, AdAccount, ConfigurationError
+from shared.core.errors import (
     AccessDeniedError,
     AccountExistsError,
     AccountNotFoundError,
     ConstraintError,
-    Directory,
     DirectoryUnavailableError,
     InvalidCredentialsError,
     OutsideManagedOuError,
 )
-from shared.core.ad_rules import fit_cosmetic, new_password
-from shared.core.domain import GUEST_USER_ACCOUNT_CONTROL, AdAccount, ConfigurationError
 from shared.settings import DirectorySettings
 from tests.plugins.samba import GuestsyncDC, delete_children
 

@@ -24,8 +24,9 @@ import pytest
 from localenv.certs import create_local_pki
 from localenv.samba import random_loopback_ip
 from shared.adapters.dc_locator import DcLocator, DcLocatorError, SrvRecord
-from shared.adapters.directory import Directory, DirectoryPool, DirectoryUnavailableError
+from shared.adapters.directory import Directory, DirectoryPool
 from shared.core.domain import GUEST_USER_ACCOUNT_CONTROL, GuestStatus
+from shared.core.errors import DirectoryUnavailableError
 from shared.settings import DirectorySettings, parse_ad_server
 from tests.integration.test_directory import guest_values, password_for
 from tests.plugins.samba import GuestsyncDC

@@ -17,13 +17,7 @@ import ldap3
 import pytest
 from ldap3.core.exceptions import LDAPCommunicationError
 
-from shared.adapters.directory import (
-    AccountExistsError,
-    AccountNotFoundError,
-    Directory,
-    DirectoryError,
-    OutsideManagedOuError,
-)
+from shared.adapters.directory import Directory
 from shared.core.ad_rules import new_password
 from shared.core.domain import (
     GUEST_USER_ACCOUNT_CONTROL,
@@ -33,6 +27,7 @@ from shared.core.domain import (
     AdAccount,
     ConfigurationError,
 )
+from shared.core.errors import AccountExistsError, AccountNotFoundError, DirectoryError, OutsideManagedOuError
 from shared.settings import DirectorySettings
 from tests.plugins.samba import GuestsyncDC
 

@@ -12,9 +12,10 @@ from typing import Any
 import ldap3
 import pytest
 
-from shared.adapters.directory import AccountExistsError, Directory, DirectoryPool, DirectoryUnavailableError
+from shared.adapters.directory import Directory, DirectoryPool
 from shared.core.ad_rules import new_password
 from shared.core.domain import GUEST_USER_ACCOUNT_CONTROL, AdAccount
+from shared.core.errors import AccountExistsError, DirectoryUnavailableError
 from shared.settings import DirectorySettings
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from graphsim.server import GraphSimulator
-from shared.adapters.graph import GraphClient, GraphError, GraphNotFoundError, GraphThrottledError
+from shared.adapters.graph import GraphClient
+from shared.core.errors import GraphError, GraphNotFoundError, GraphThrottledError
 from shared.settings import GraphSettings
 from tests.plugins.graph import raw_request
 

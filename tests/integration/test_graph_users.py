@@ -9,8 +9,8 @@ import urllib.parse
 import pytest
 
 from graphsim.server import GraphSimulator
-from shared.adapters.graph import MAX_IN_VALUES, GraphClient
-from shared.core.domain import GraphUser
+from shared.adapters.graph import GraphClient
+from shared.core.domain import MAX_IN_VALUES, GraphUser
 from shared.settings import GraphSettings
 from tests.plugins.graph import raw_request
 

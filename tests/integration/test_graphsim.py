@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from graphsim.server import GraphSimulator
-from shared.adapters.graph import DeltaExpiredError, GraphClient, GraphThrottledError, SubscriptionConflictError
+from shared.adapters.graph import GraphClient
+from shared.core.errors import DeltaExpiredError, GraphThrottledError, SubscriptionConflictError
 from shared.settings import GraphSettings
 from tests.plugins.graph import raw_request
 
@@ -271,7 +272,7 @@ def test_subscription_and_notification_shapes(graph: GraphSimulator, graph_setti
 
 def test_missing_application_permissions_get_403_authorization_request_denied(
         graph: GraphSimulator, graph_settings: GraphSettings) -> None:
-    from shared.adapters.graph import GraphError
+    from shared.core.errors import GraphError
 
     guest = graph.invite_guest("perm@fabrikam.com", "Perm")
     group = graph.add_group("Scope")
@@ -459,7 +460,7 @@ def test_organization_lists_the_verified_domains_as_graph_does(graph: GraphSimul
     assert graph.request_count["GET /organization"] == 3
 
     graph.app_roles = {"User.Read.All"}  # Organization.Read.All (or a Directory role) is needed
-    from shared.adapters.graph import GraphError
+    from shared.core.errors import GraphError
 
     with pytest.raises(GraphError) as info:
         run(initial())

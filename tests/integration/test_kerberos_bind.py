@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.adapters.directory import Directory, InvalidCredentialsError
+from shared.adapters.directory import Directory
 from shared.core.domain import GUEST_USER_ACCOUNT_CONTROL
+from shared.core.errors import InvalidCredentialsError
 from shared.settings import DirectorySettings, load_directory_settings
 from tests.integration.test_directory import guest_values, password_for
 from tests.plugins.samba import SERVICE_ACCOUNT, GuestsyncDC

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from localenv.samba import SambaDC, random_loopback_ip
-from shared.adapters.directory import Directory, DirectoryPool, DirectoryUnavailableError
+from shared.adapters.directory import Directory, DirectoryPool
 from shared.core.ad_rules import new_password
 from shared.core.domain import GUEST_USER_ACCOUNT_CONTROL
+from shared.core.errors import DirectoryUnavailableError
 from shared.settings import DirectorySettings
 from tests.integration.test_directory import guest_values, password_for
 from tests.plugins.samba import GUEST_OU_RDN, OWNERSHIP_KEY, SERVICE_ACCOUNT

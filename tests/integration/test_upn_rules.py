@@ -14,8 +14,9 @@ from typing import Any
 import ldap3
 import pytest
 
-from shared.adapters.directory import ConstraintError, Directory
+from shared.adapters.directory import Directory
 from shared.core.domain import GUEST_USER_ACCOUNT_CONTROL, GuestStatus
+from shared.core.errors import ConstraintError
 from shared.settings import DirectorySettings
 from tests.integration.test_directory import guest_values, password_for
 from tests.plugins.samba import GuestsyncDC

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from shared.adapters.graph import GraphError, GraphThrottledError
 from shared.core.domain import GraphUser
+from shared.core.errors import GraphError, GraphThrottledError
 from shared.core.messages import ChangeMessage
 from shared.services import apply
 

@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from shared.adapters.directory import Directory, DirectoryError, DirectoryPool, DirectoryUnavailableError
+from shared.adapters.directory import Directory, DirectoryPool
 from shared.core.domain import ConfigurationError
+from shared.core.errors import DirectoryError, DirectoryUnavailableError
 from shared.settings import DirectorySettings
 
 SETTINGS = DirectorySettings(server="ldaps://dc1.contoso.com", bind_user="svc@contoso.com",

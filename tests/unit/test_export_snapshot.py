@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from shared.adapters.directory import AccountExistsError
 from shared.core.ad_rules import fit_cosmetic
 from shared.core.domain import (
     GUEST_USER_ACCOUNT_CONTROL,
@@ -23,6 +22,7 @@ from shared.core.domain import (
     GraphUser,
     GuestStatus,
 )
+from shared.core.errors import AccountExistsError
 from shared.core.messages import MAX_SNAPSHOT_CHARS, ExportMessage
 from shared.core.records import ConcurrencyError, GuestRecord
 from shared.core.rules import Decision, inbound, outbound_persistent

@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.adapters.graph import Subscription, SubscriptionConflictError
-from shared.core.domain import ConfigurationError
+from shared.core.domain import ConfigurationError, Subscription
+from shared.core.errors import SubscriptionConflictError
 from shared.services.subscriptions import ensure_subscription, handle_lifecycle, keyed_url, url_without_key
 from shared.settings import Settings, WebhookSettings
 

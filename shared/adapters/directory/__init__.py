@@ -20,16 +20,6 @@ Design points:
 """
 
 from shared.adapters.directory.adapter import Directory
-from shared.adapters.directory.errors import (
-    AccessDeniedError,
-    AccountExistsError,
-    AccountNotFoundError,
-    ConstraintError,
-    DirectoryError,
-    DirectoryUnavailableError,
-    InvalidCredentialsError,
-    OutsideManagedOuError,
-)
 from shared.adapters.directory.forest import GLOBAL_CATALOG_TLS_PORT, Forest, ForestDomain
 from shared.adapters.directory.pool import DirectoryPool, LazyLease
 from shared.adapters.directory.probe import PROBE_DESCRIPTION, PROBE_PREFIX, new_probe_name
@@ -38,18 +28,10 @@ __all__ = [
     "GLOBAL_CATALOG_TLS_PORT",
     "PROBE_DESCRIPTION",
     "PROBE_PREFIX",
-    "AccessDeniedError",
-    "AccountExistsError",
-    "AccountNotFoundError",
-    "ConstraintError",
     "Directory",
-    "DirectoryError",
     "DirectoryPool",
-    "DirectoryUnavailableError",
     "Forest",
     "ForestDomain",
-    "InvalidCredentialsError",
     "LazyLease",
-    "OutsideManagedOuError",
     "new_probe_name",
 ]

@@ -13,16 +13,7 @@ from ldap3.utils.log import PROTOCOL, log_enabled
 
 from shared.adapters.directory.connection import _close_quietly
 from shared.adapters.directory.entries import USER_OBJECT_CLASSES, _raw, _text
-from shared.adapters.directory.errors import (
-    _WIN_USER_EXISTS,
-    AccountExistsError,
-    AccountNotFoundError,
-    ConstraintError,
-    DirectoryError,
-    DirectoryUnavailableError,
-    OutsideManagedOuError,
-    _raise_for,
-)
+from shared.adapters.directory.errors import _WIN_USER_EXISTS, _raise_for
 from shared.adapters.directory.forest import GLOBAL_CATALOG_TLS_PORT, Forest, ForestDomain
 from shared.adapters.directory.reads import DirectoryReads
 from shared.core.ad_rules import (
@@ -36,6 +27,14 @@ from shared.core.ad_rules import (
     validate_export,
 )
 from shared.core.domain import AdAccount, ConfigurationError
+from shared.core.errors import (
+    AccountExistsError,
+    AccountNotFoundError,
+    ConstraintError,
+    DirectoryError,
+    DirectoryUnavailableError,
+    OutsideManagedOuError,
+)
 from shared.core.rules import PERSISTENT_ATTRIBUTES
 
 log = logging.getLogger("guestsync.directory")

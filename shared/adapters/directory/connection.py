@@ -23,15 +23,11 @@ from ldap3.core.exceptions import (
 
 from shared.adapters.dc_locator import DcLocator, DcLocatorError
 from shared.adapters.directory.entries import _valid_dn
-from shared.adapters.directory.errors import (
-    _UNAVAILABLE_RESULTS,
-    DirectoryError,
-    DirectoryUnavailableError,
-    InvalidCredentialsError,
-)
+from shared.adapters.directory.errors import _UNAVAILABLE_RESULTS
 from shared.adapters.directory.forest import Forest
 from shared.core.ad_rules import is_within, same_dn
 from shared.core.domain import ConfigurationError
+from shared.core.errors import DirectoryError, DirectoryUnavailableError, InvalidCredentialsError
 from shared.settings import DirectorySettings, DomainController, parse_ad_server
 
 log = logging.getLogger("guestsync.directory")

@@ -1,48 +1,25 @@
-"""The directory adapter's exceptions, and the mapping of an LDAP result onto them (``_raise_for``)."""
+"""The mapping of an LDAP result onto the directory port's exceptions (``_raise_for``; the exceptions are in
+shared.core.errors)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from shared.core.domain import GuestsyncError
+from shared.core.errors import (
+    AccessDeniedError,
+    AccountExistsError,
+    AccountNotFoundError,
+    ConstraintError,
+    DirectoryError,
+    DirectoryUnavailableError,
+)
 
 #: Windows error codes in the diagnostic message that identify the cause.
 _WIN_PASSWORD_RESTRICTION = "0000052d"  # noqa: S105 (ERROR_PASSWORD_RESTRICTION, an error code)
 _WIN_USER_EXISTS = "00000524"  # ERROR_USER_EXISTS (duplicate sAMAccountName on Windows)
 _UNAVAILABLE_RESULTS = frozenset({"busy", "unavailable", "timeLimitExceeded", "adminLimitExceeded", "other"})
 
-
-class DirectoryError(GuestsyncError):
-    """AD refused or failed an operation; the message says what and why."""
-
-
-class AccountExistsError(DirectoryError):
-    """The object CN=<uid> already exists (another worker created it: the caller adopts it)."""
-
-
-class AccountNotFoundError(DirectoryError):
-    """The object to update is gone (deleted in AD meanwhile)."""
-
-
-class ConstraintError(DirectoryError):
-    """AD refused the values (duplicate name, password policy, schema limit): a person must fix the data."""
-
-
-class DirectoryUnavailableError(DirectoryError):
-    """The DC cannot be reached (refused, TLS failure, timeout): transient, the caller retries."""
-
-
-class AccessDeniedError(DirectoryError):
-    """The service account lacks the rights (insufficientAccessRights): the delegation must be fixed."""
-
-
-class InvalidCredentialsError(DirectoryError):
-    """The DC refused the bind of the service account (wrong password, disabled or locked account)."""
-
-
-class OutsideManagedOuError(DirectoryError):
-    """A write was asked for a DN outside the managed OU(s); refused without contacting AD."""
 
 
 def _raise_for(

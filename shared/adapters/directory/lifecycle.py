@@ -10,17 +10,17 @@ from typing import Any
 import ldap3
 
 from shared.adapters.directory.entries import _split_dn
-from shared.adapters.directory.errors import (
+from shared.adapters.directory.errors import _raise_for
+from shared.adapters.directory.reads import DirectoryReads
+from shared.core.ad_rules import same_dn
+from shared.core.domain import UAC_ACCOUNTDISABLE, AdAccount, ConfigurationError
+from shared.core.errors import (
     AccountExistsError,
     AccountNotFoundError,
     ConstraintError,
     DirectoryError,
     OutsideManagedOuError,
-    _raise_for,
 )
-from shared.adapters.directory.reads import DirectoryReads
-from shared.core.ad_rules import same_dn
-from shared.core.domain import UAC_ACCOUNTDISABLE, AdAccount, ConfigurationError
 
 log = logging.getLogger("guestsync.directory")
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from shared.adapters.dc_locator import DcLocator
 from shared.adapters.directory.adapter import Directory
-from shared.adapters.directory.errors import DirectoryError, DirectoryUnavailableError
+from shared.core.errors import DirectoryError, DirectoryUnavailableError
 from shared.settings import DirectorySettings, parse_ad_server
 
 

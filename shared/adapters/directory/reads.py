@@ -12,12 +12,7 @@ from ldap3.core.exceptions import LDAPCommunicationError, LDAPResponseTimeoutErr
 
 from shared.adapters.directory.connection import DirectoryConnection
 from shared.adapters.directory.entries import PAGED_RESULTS_OID, PERSON_FILTER, READ_ATTRIBUTES, _account, _raw, _text
-from shared.adapters.directory.errors import (
-    DirectoryError,
-    DirectoryUnavailableError,
-    OutsideManagedOuError,
-    _raise_for,
-)
+from shared.adapters.directory.errors import _raise_for
 from shared.core.ad_rules import (
     OWNERSHIP_ATTRIBUTE,
     carries_mark,
@@ -28,6 +23,7 @@ from shared.core.ad_rules import (
     uid_from_dn,
 )
 from shared.core.domain import AdAccount
+from shared.core.errors import DirectoryError, DirectoryUnavailableError, OutsideManagedOuError
 
 
 class DirectoryReads(DirectoryConnection):

@@ -21,7 +21,7 @@ _RIGHTS_FIX = ("delegate to the service account, on the guest OU and the archive
 
 def check_directory(directory: Directory, settings: Settings, *, probe: bool) -> list[CheckResult]:
     """ad.ldaps, ad.bind, ad.guest_ou, ad.archive_ou, ad.probe.* (in order)."""
-    from shared.adapters.directory import DirectoryError, DirectoryUnavailableError, InvalidCredentialsError
+    from shared.core.errors import DirectoryError, DirectoryUnavailableError, InvalidCredentialsError
 
     assert settings.directory is not None
     ad = settings.directory
@@ -67,7 +67,7 @@ def _ldaps_ok(server: str, trust: str, validated: bool) -> CheckResult:
 
 
 def _check_ou(results: list[CheckResult], directory: Directory, name: str, setting: str, dn: str) -> bool:
-    from shared.adapters.directory import DirectoryError
+    from shared.core.errors import DirectoryError
 
     try:
         exists = directory.object_exists(dn)
@@ -85,7 +85,8 @@ def _check_ou(results: list[CheckResult], directory: Directory, name: str, setti
 def _probe(directory: Directory, *, probe: bool, archive_ok: bool | None) -> list[CheckResult]:
     """ad.probe.cleanup, .create, .modify, .move, .delete. The probe never outlives this function unless AD
     refuses its deletion (then it is left disabled and reported, and the next check deletes it)."""
-    from shared.adapters.directory import DirectoryError, new_probe_name
+    from shared.adapters.directory import new_probe_name
+    from shared.core.errors import DirectoryError
 
     results: list[CheckResult] = []
     try:
@@ -167,7 +168,7 @@ def _probes_named(directory: Directory, name: str) -> list[str]:
 def _delete_probes(directory: Directory, dns: list[str]) -> tuple[list[str], list[str]]:
     """Delete these probe accounts; (deleted, 'dn: why not' for the others). A probe that cannot be deleted is
     at least disabled (archived), so nothing usable is left behind."""
-    from shared.adapters.directory import DirectoryError
+    from shared.core.errors import DirectoryError
 
     deleted, failed = [], []
     for dn in dns:
@@ -186,7 +187,7 @@ def _delete_probes(directory: Directory, dns: list[str]) -> tuple[list[str], lis
 
 
 def _delete_step(directory: Directory, name: str) -> CheckResult:
-    from shared.adapters.directory import DirectoryError
+    from shared.core.errors import DirectoryError
 
     try:
         where = _probes_named(directory, name)

@@ -90,7 +90,7 @@ async def _first(items: AsyncIterator[T]) -> T | None:
 
 
 def _graph_failure(name: str, exc: Exception, *, role: str, what: str) -> CheckResult:
-    from shared.adapters.graph import GraphError, GraphNotFoundError
+    from shared.core.errors import GraphError, GraphNotFoundError
 
     if isinstance(exc, GraphError) and exc.status == 403:
         return _result(name, Status.FAIL,
@@ -131,7 +131,7 @@ async def _check_scope_group(client: GraphClient, settings: Settings) -> CheckRe
     if not group:
         return _result("graph.scope_group", Status.SKIP, "no scoping group (GUESTSYNC_SCOPE_GROUP_ID is not set): "
                        "every guest is in scope")
-    from shared.adapters.graph import GraphNotFoundError
+    from shared.core.errors import GraphNotFoundError
 
     try:
         await _first(client.iter_group_member_ids(group, page_size=1))
