@@ -271,14 +271,13 @@ class MemoryDirectory:
     # test setup
 
     def add(self, dn: str, attributes: Mapping[str, str | None], *, user_account_control: int = 512,
-            uid: str | None = None, marked: bool = True, sid: str | None = None, person: bool = True) -> AdAccount:
+            uid: str | None = None, marked: bool = True, sid: str | None = None, person: bool = True) -> None:
         """Put an object at ``dn`` as if it were there already (no checks, not in ``writes``); marked for ``uid``
         (default: the uid in its CN) unless ``marked`` is False."""
-        owner = uid or uid_from_dn(dn)
+        owner = (uid or uid_from_dn(dn)) if marked else None
         entry = _Entry(dn, sid or self._new_sid(), user_account_control, dict(attributes),
-                       ownership_mark(self.keys[0], owner) if marked and owner else None, person)
+                       ownership_mark(self.keys[0], owner) if owner else None, person)
         self.objects[_dn_key(dn)] = entry
-        return self._account(entry)
 
     def account(self, uid: str) -> AdAccount | None:
         """The person named CN=<uid> in either OU (test inspection)."""
@@ -381,7 +380,8 @@ class MemoryDirectory:
             if _dn_key(dn) in self.objects:
                 raise AccountExistsError(f"{dn} already exists")
             self.writes.append("create")
-            return self.add(dn, values, user_account_control=user_account_control, uid=uid)
+            self.add(dn, values, user_account_control=user_account_control, uid=uid)
+            return self._account(self.objects[_dn_key(dn)])
 
     def adopt_guest(self, dn: str, uid: str, attributes: dict[str, str | None], password: str,
                     user_account_control: int) -> AdAccount:
@@ -473,9 +473,9 @@ class MemoryDirectory:
     # AccountScanner
 
     def iter_managed_accounts(self, page_size: int = 500) -> Iterator[AdAccount]:
-        entries = [e for e in self.objects.values()
-                   if e.person and any(is_within(e.dn, ou) for ou in self._managed())]
-        for n, entry in enumerate(entries):
+        managed = (e for e in list(self.objects.values())
+                   if e.person and any(is_within(e.dn, ou) for ou in self._managed()))
+        for n, entry in enumerate(managed):
             if self.scan_hook is not None:
                 self.scan_hook(n)
             self.scanned += 1
