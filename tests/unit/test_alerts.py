@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.adapters.mail import NoMailer
 from shared.core.domain import GraphUser, GuestStatus
+from shared.core.ports import NoMailer, PoisonMessage
 from shared.core.records import GuestRecord
 from shared.core.rules import inbound
 from shared.services.alerts import (
@@ -23,7 +23,6 @@ from shared.services.alerts import (
     AlertLog,
     AlertPolicy,
     Alerts,
-    PoisonMessage,
     excerpt,
     export_alert,
     give_back,
