@@ -31,6 +31,7 @@ from shared.core.ad_rules import (
 from shared.core.domain import (
     UAC_ACCOUNTDISABLE,
     AdAccount,
+    ConfigurationError,
     DeltaPage,
     GraphUser,
     GuestStatus,
@@ -433,30 +434,37 @@ class MemoryDirectory:
     def netbios_domain(self) -> str:
         return self.netbios
 
-    def disable_and_archive(self, dn: str) -> AdAccount:
+    def _require_archive(self, action: str) -> str:
         if not self.archive_ou:
-            raise DirectoryError("cannot archive a guest account without an archive OU (GUESTSYNC_ARCHIVE_OU)")
-        rdn = self._placement(dn, "archive")
-        target = f"{rdn},{self.archive_ou}"
+            raise ConfigurationError(f"cannot {action}: setting AD_ARCHIVE_OU is not set (the OU that disabled "
+                                     "guest accounts are moved to)")
+        return self.archive_ou
+
+    def disable_and_archive(self, dn: str) -> AdAccount:
+        archive_ou = self._require_archive("archive a guest account")
+        target = f"{self._placement(dn, 'archive')},{archive_ou}"
         with self._lock:
             entry = self._locate(dn, target, "archive")
             if not same_dn(entry.dn, target) and _dn_key(target) in self.objects:
-                raise AccountExistsError(f"cannot archive {entry.dn}: {target} already exists")
-            self.writes.append("disable")
-            entry.user_account_control = (entry.user_account_control or 0) | UAC_ACCOUNTDISABLE
+                raise AccountExistsError(f"cannot archive {entry.dn}: {target} already exists (another object with "
+                                         f"the same name is in {archive_ou}; remove or rename one of them)")
+            disabled = (entry.user_account_control or 0) | UAC_ACCOUNTDISABLE
+            if disabled != entry.user_account_control or not same_dn(entry.dn, target):
+                self.writes.append("disable")  # a step already done sends nothing, as the adapter
+            entry.user_account_control = disabled
             self._move(entry, target, "archive")
             return self._account(entry)
 
     def restore_guest(self, dn: str) -> AdAccount:
-        if not self.archive_ou:
-            raise DirectoryError("cannot restore a guest account without an archive OU (GUESTSYNC_ARCHIVE_OU)")
-        rdn = self._placement(dn, "restore")
-        target = f"{rdn},{self.guest_ou}"
+        self._require_archive("restore a guest account")
+        target = f"{self._placement(dn, 'restore')},{self.guest_ou}"
         with self._lock:
             entry = self._locate(dn, target, "restore")
-            self._move(entry, target, "restore")
-            self.writes.append("restore")
-            entry.user_account_control = (entry.user_account_control or 0) & ~UAC_ACCOUNTDISABLE
+            enabled = (entry.user_account_control or 0) & ~UAC_ACCOUNTDISABLE
+            if enabled != entry.user_account_control or not same_dn(entry.dn, target):
+                self._move(entry, target, "restore")
+                self.writes.append("restore")
+            entry.user_account_control = enabled
             return self._account(entry)
 
     def delete_guest(self, dn: str) -> None:
