@@ -1,5 +1,5 @@
 """Alert rules, pure: deduplication, digests and the per-kind rate limit; and the service over an in-memory
-meta store with fake mailers (no network)."""
+meta store with a recording mailer (the shared fakes in tests/fakes.py; no network)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.adapters.mail import MailError, NoMailer
 from shared.core.domain import GraphUser, GuestStatus
-from shared.core.records import ConcurrencyError, GuestRecord
+from shared.core.ports import NoMailer, PoisonMessage
+from shared.core.records import GuestRecord
 from shared.core.rules import inbound
 from shared.services.alerts import (
     Alert,
@@ -23,7 +23,6 @@ from shared.services.alerts import (
     AlertLog,
     AlertPolicy,
     Alerts,
-    PoisonMessage,
     excerpt,
     export_alert,
     give_back,
@@ -33,6 +32,7 @@ from shared.services.alerts import (
     take_due,
     watch_poison,
 )
+from tests.fakes import MemoryGuestStore, MemoryPoisonQueues, RecordingMailer
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 POLICY = AlertPolicy()
@@ -40,47 +40,6 @@ POLICY = AlertPolicy()
 
 def err(key: str, text: str | None = None) -> Alert:
     return Alert(AlertKind.ERROR, key, text or f"guest {key}: boom")
-
-
-class MemoryMeta:
-    """get_meta/save_meta with ETags, like StateStore's meta singletons; ``conflicts`` injects lost races."""
-
-    def __init__(self) -> None:
-        self.docs: dict[str, tuple[str, str]] = {}
-        self.version = 0
-        self.conflicts = 0
-        self.reads = 0
-
-    def get_meta(self, name: str) -> tuple[dict[str, Any], str | None]:
-        self.reads += 1
-        if name not in self.docs:
-            return {}, None
-        body, etag = self.docs[name]
-        return json.loads(body), etag
-
-    def save_meta(self, name: str, body: dict[str, Any], etag: str | None) -> str:
-        if self.conflicts:
-            self.conflicts -= 1
-            self.version += 1  # someone else wrote meanwhile
-            if name in self.docs:
-                self.docs[name] = (self.docs[name][0], str(self.version))
-            raise ConcurrencyError(name)
-        if self.docs.get(name, (None, None))[1] != etag:
-            raise ConcurrencyError(name)
-        self.version += 1
-        self.docs[name] = (json.dumps(body, default=str), str(self.version))
-        return str(self.version)
-
-
-class Outbox:
-    def __init__(self, fail: bool = False) -> None:
-        self.sent: list[tuple[str, str]] = []
-        self.fail = fail
-
-    async def send(self, subject: str, body: str) -> None:
-        if self.fail:
-            raise MailError("could not hand the mail to SMTP relay smtp.invalid:25: refused")
-        self.sent.append((subject, body))
 
 
 class Clock:
@@ -250,7 +209,7 @@ def test_export_outcomes_become_alerts() -> None:
 
 
 def test_service_mails_first_then_digests_on_flush() -> None:
-    store, outbox, clock = MemoryMeta(), Outbox(), Clock()
+    store, outbox, clock = MemoryGuestStore(), RecordingMailer(), Clock()
     alerts = Alerts(store, outbox, now=clock)
     assert asyncio.run(alerts.notify([err("a")])) == 1
     assert asyncio.run(alerts.notify([err("b")])) == 0
@@ -264,7 +223,7 @@ def test_service_mails_first_then_digests_on_flush() -> None:
 
 
 def test_service_retries_lost_races_and_sends_one_mail() -> None:
-    store, outbox = MemoryMeta(), Outbox()
+    store, outbox = MemoryGuestStore(), RecordingMailer()
     asyncio.run(Alerts(store, outbox).notify([err("a")]))
     store.conflicts = 3
     asyncio.run(Alerts(store, outbox).notify([Alert(AlertKind.HELD, "h", "held h")]))
@@ -272,19 +231,19 @@ def test_service_retries_lost_races_and_sends_one_mail() -> None:
 
 
 def test_service_gives_up_quietly_when_the_store_keeps_changing(caplog: pytest.LogCaptureFixture) -> None:
-    store, outbox = MemoryMeta(), Outbox()
+    store, outbox = MemoryGuestStore(), RecordingMailer()
     store.conflicts = 100
     assert asyncio.run(Alerts(store, outbox).notify([err("a")])) == 0
     assert outbox.sent == [] and "could not record" in caplog.text
 
 
 def test_a_failing_mailer_never_raises_and_keeps_the_events(caplog: pytest.LogCaptureFixture) -> None:
-    store, clock = MemoryMeta(), Clock()
-    assert asyncio.run(Alerts(store, Outbox(fail=True), now=clock).notify([err("a")])) == 0
+    store, clock = MemoryGuestStore(), Clock()
+    assert asyncio.run(Alerts(store, RecordingMailer(fail=True), now=clock).notify([err("a")])) == 0
     assert "could not send the mail" in caplog.text and "smtp.invalid" in caplog.text
     body, _ = store.get_meta("alerts-error")
     assert AlertLog.from_body(body).total == 1
-    outbox = Outbox()
+    outbox = RecordingMailer()
     assert asyncio.run(Alerts(store, outbox, now=clock).notify([err("b")])) == 0  # within the interval
     clock.now += timedelta(minutes=30)
     assert asyncio.run(Alerts(store, outbox, now=clock).flush()) == 1
@@ -292,25 +251,15 @@ def test_a_failing_mailer_never_raises_and_keeps_the_events(caplog: pytest.LogCa
 
 
 def test_no_mailer_touches_nothing() -> None:
-    store = MemoryMeta()
+    store = MemoryGuestStore()
     assert asyncio.run(Alerts(store, NoMailer()).notify([err("a")])) == 0
-    assert asyncio.run(watch_poison(store, NoMailer(), _Queues([]), ["q-poison"])) == 0
-    assert store.reads == 0
-
-
-class _Queues:
-    def __init__(self, messages: list[PoisonMessage]) -> None:
-        self.messages = messages
-        self.peeked = 0
-
-    def peek(self, queue: str, max_messages: int = 32) -> list[PoisonMessage]:
-        self.peeked += 1
-        return [m for m in self.messages if m.queue == queue][:max_messages]
+    assert asyncio.run(watch_poison(store, NoMailer(), MemoryPoisonQueues([]), ["q-poison"])) == 0
+    assert not store.meta_calls  # not even a read
 
 
 def test_poison_messages_are_reported_once_and_left_alone() -> None:
-    store, outbox = MemoryMeta(), Outbox()
-    queues = _Queues([PoisonMessage("x-poison", f"id{i}", T0, b"{}") for i in range(3)])
+    store, outbox = MemoryGuestStore(), RecordingMailer()
+    queues = MemoryPoisonQueues([PoisonMessage("x-poison", f"id{i}", T0, b"{}") for i in range(3)])
     assert asyncio.run(watch_poison(store, outbox, queues, ["x-poison", "y-poison"])) == 1
     assert "3 message(s)" in outbox.sent[0][0]
     assert asyncio.run(watch_poison(store, outbox, queues, ["x-poison", "y-poison"])) == 0

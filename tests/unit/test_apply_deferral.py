@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
-from shared.core.domain import GraphUser
 from shared.core.errors import GraphError, GraphThrottledError
 from shared.core.messages import ChangeMessage
 from shared.services import apply
+from tests.fakes import MemoryGraph, MemoryGuestStore
 
 USER = "6ea91a8d-e32e-41a1-b7bd-d2d185eed0e0"
 
@@ -24,34 +23,26 @@ def test_deferral_delay_doubles_up_to_a_minute_with_jitter() -> None:
     assert all(1 <= apply.deferral_delay(n, rand=lambda: 0.999) <= apply.MAX_DEFERRAL_SECONDS for n in range(50))
 
 
-class _Throttled:
-    def __init__(self, error: Exception) -> None:
-        self.error = error
-        self.reads = 0
-
-    async def get_user(self, user_id: str) -> GraphUser | None:
-        self.reads += 1
-        raise self.error
-
-    async def get_users(self, user_ids: Sequence[str]) -> dict[str, GraphUser | None]:
-        self.reads += 1
-        raise self.error
-
-    async def is_group_member(self, user_id: str, group_id: str) -> bool | None:
-        raise AssertionError("not reached")
+def _throttled(error: Exception) -> MemoryGraph:
+    graph = MemoryGraph()
+    graph.fail_with = error
+    return graph
 
 
-def _run(message: ChangeMessage, graph: _Throttled, requeued: list[tuple[str, int]]) -> list[Any]:
-    state: Any = object()  # never reached: the read fails first
-    return asyncio.run(apply.apply_or_defer(message, graph, state, lambda _: None,
-                                            lambda body, delay: requeued.append((body, delay))))
+def _run(message: ChangeMessage, graph: MemoryGraph, requeued: list[tuple[str, int]]) -> list[Any]:
+    state = MemoryGuestStore()
+    try:
+        return asyncio.run(apply.apply_or_defer(message, graph, state, lambda _: None,
+                                                lambda body, delay: requeued.append((body, delay))))
+    finally:
+        assert not state.calls and graph.reads == 1  # never reached: the read fails first
 
 
 def test_a_throttled_batch_is_queued_again_whole_with_one_more_deferral() -> None:
     requeued: list[tuple[str, int]] = []
     message = ChangeMessage(USER, "updated", "2026-11-23T00:00:00+00:00", correlation_id="c",
                             more_user_ids=("a", "b"), deferrals=1)
-    assert _run(message, _Throttled(GraphThrottledError(429, "TooManyRequests", "slow down")), requeued) == []
+    assert _run(message, _throttled(GraphThrottledError(429, "TooManyRequests", "slow down")), requeued) == []
     [(text, delay)] = requeued
     again = ChangeMessage.from_json(text)
     assert again.user_ids == message.user_ids and again.correlation_id == "c" and again.deferrals == 2
@@ -63,12 +54,12 @@ def test_the_deferral_budget_ends_in_the_queues_own_retries() -> None:
     requeued: list[tuple[str, int]] = []
     message = ChangeMessage(USER, "updated", "", deferrals=apply.MAX_DEFERRALS)
     with pytest.raises(GraphThrottledError):
-        _run(message, _Throttled(GraphThrottledError(503, None, "unavailable")), requeued)
+        _run(message, _throttled(GraphThrottledError(503, None, "unavailable")), requeued)
     assert requeued == []
 
 
 def test_other_graph_errors_are_not_deferred() -> None:
     requeued: list[tuple[str, int]] = []
     with pytest.raises(GraphError):
-        _run(ChangeMessage(USER, "updated", ""), _Throttled(GraphError(500, None, "boom")), requeued)
+        _run(ChangeMessage(USER, "updated", ""), _throttled(GraphError(500, None, "boom")), requeued)
     assert requeued == []

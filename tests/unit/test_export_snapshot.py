@@ -1,13 +1,12 @@
 """Fewer storage transactions per guest change: apply inserts a new guest without reading it first, and the export
-message carries the saved record (a snapshot with its ETag) so the worker need not read it again. In-memory
-state with Table Storage's ETag semantics; the real table is exercised in tests/integration/test_export_snapshot.py.
+message carries the saved record (a snapshot with its ETag) so the worker need not read it again. The shared
+in-memory fakes (tests/fakes.py) have Table Storage's ETag semantics; the real table is exercised in
+tests/integration/test_export_snapshot.py.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
-from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,22 +16,19 @@ from shared.core.ad_rules import fit_cosmetic
 from shared.core.domain import (
     GUEST_USER_ACCOUNT_CONTROL,
     UAC_ACCOUNTDISABLE,
-    AdAccount,
     Approval,
     GraphUser,
     GuestStatus,
 )
-from shared.core.errors import AccountExistsError
 from shared.core.messages import MAX_SNAPSHOT_CHARS, ExportMessage
-from shared.core.records import ConcurrencyError, GuestRecord
+from shared.core.records import GuestRecord
 from shared.core.rules import Decision, inbound, outbound_persistent
 from shared.services.apply import KNOWN_RECORDS, apply_user
 from shared.services.export import SNAPSHOT_FRESH_SECONDS, export_guest
 from shared.settings import LifecycleSettings
+from tests.fakes import ARCHIVE_OU, GUEST_OU, MemoryDirectory, MemoryGuestStore
 
 UID = "6ea91a8d-e32e-41a1-b7bd-d2d185eed0e0"
-GUEST_OU = "OU=B2BGuest,DC=contoso,DC=com"
-ARCHIVE_OU = "OU=B2BGuestArchive,DC=contoso,DC=com"
 SID = "S-1-5-21-1-2-3-1104"
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 POLICY = LifecycleSettings(archive_ou=ARCHIVE_OU)
@@ -50,107 +46,6 @@ def record(**changes: Any) -> GuestRecord:
     return GuestRecord(uid=UID, entry=inbound(guest()), reason="new guest").evolve(**changes)
 
 
-class MemoryState:
-    """StateStore's record API in memory with its ETag semantics (insert: must not exist; replace: ETag must
-    match), counting every call as a storage transaction."""
-
-    def __init__(self) -> None:
-        self.records: dict[str, GuestRecord] = {}
-        self.meta: dict[str, dict[str, Any]] = {}
-        self.calls: Counter[str] = Counter()
-        self._etags = itertools.count(1)
-
-    def put(self, rec: GuestRecord) -> GuestRecord:
-        """Store as if written (setup and every successful save): a new ETag."""
-        saved = rec.evolve(etag=f'W/"{next(self._etags)}"')
-        self.records[rec.uid] = saved
-        return saved
-
-    def get(self, uid: str) -> GuestRecord | None:
-        self.calls["get"] += 1
-        return self.records.get(uid)
-
-    def save(self, rec: GuestRecord) -> GuestRecord:
-        current = self.records.get(rec.uid)
-        self.calls["insert" if rec.etag is None else "replace"] += 1
-        if (current is not None) if rec.etag is None else (current is None or current.etag != rec.etag):
-            raise ConcurrencyError(rec.uid)
-        return self.put(rec)
-
-    def delete(self, uid: str) -> None:
-        self.calls["delete"] += 1
-        self.records.pop(uid, None)
-
-    def get_meta(self, name: str) -> tuple[dict[str, Any], str | None]:
-        return self.meta.get(name, {}), None
-
-    def save_meta(self, name: str, body: dict[str, Any], etag: str | None) -> str:
-        self.meta[name] = body
-        return "etag"
-
-
-class MemoryDirectory:
-    """The guest and archive OUs in memory; records every write."""
-
-    def __init__(self) -> None:
-        self.accounts: dict[str, AdAccount] = {}  # by uid
-        self.writes: list[str] = []
-
-    def add(self, dn: str, uac: int, attributes: dict[str, str | None]) -> None:
-        self.accounts[UID] = AdAccount(dn, SID, attributes.get("sAMAccountName"), uac, dict(attributes),
-                                       marked=True)
-
-    def find_guest(self, uid: str) -> AdAccount | None:
-        return self.accounts.get(uid)
-
-    def holder_of(self, uid: str) -> str | None:
-        return self.accounts[uid].dn if uid in self.accounts else None
-
-    def adopt_guest(self, dn: str, uid: str, attributes: dict[str, str | None], password: str,
-                    user_account_control: int) -> AdAccount:
-        self.writes.append("adopt")
-        self.add(dn, user_account_control, attributes)
-        return self.accounts[uid]
-
-    def mark_owned(self, account: AdAccount, uid: str) -> None:
-        self.writes.append("mark")
-
-    def find_by_sid(self, sid: str) -> AdAccount | None:
-        return next((a for a in self.accounts.values() if a.object_sid == sid), None)
-
-    def create_guest(self, uid: str, attributes: dict[str, str | None], password: str,
-                     user_account_control: int) -> AdAccount:
-        if uid in self.accounts:
-            raise AccountExistsError(f"CN={uid} exists")
-        self.writes.append("create")
-        self.add(f"CN={uid},{GUEST_OU}", user_account_control, attributes)
-        return self.accounts[uid]
-
-    def update_guest(self, dn: str, changes: dict[str, str | None]) -> None:
-        self.writes.append("update")
-        old = self.accounts[UID]
-        self.accounts[UID] = AdAccount(old.dn, old.object_sid, old.sam_account_name, old.user_account_control,
-                                       {**old.attributes, **changes}, marked=old.marked)
-
-    def netbios_domain(self) -> str:
-        return "CONTOSO"
-
-    def disable_and_archive(self, dn: str) -> AdAccount:
-        self.writes.append("disable")
-        old = self.accounts[UID]
-        self.add(f"CN={UID},{ARCHIVE_OU}", (old.user_account_control or 0) | UAC_ACCOUNTDISABLE, old.attributes)
-        return self.accounts[UID]
-
-    def restore_guest(self, dn: str) -> AdAccount:
-        self.writes.append("restore")
-        old = self.accounts[UID]
-        self.add(f"CN={UID},{GUEST_OU}", GUEST_USER_ACCOUNT_CONTROL, old.attributes)
-        return self.accounts[UID]
-
-    def delete_guest(self, dn: str) -> None:
-        self.writes.append("delete")
-        del self.accounts[UID]
-
 #: The guests' UPN suffix, allowed as the worker allows it (GUESTSYNC_UPN_SUFFIXES and the initial domain).
 UPN_SUFFIXES = ("contoso.com",)
 
@@ -159,9 +54,8 @@ def desired(rec: GuestRecord) -> dict[str, str | None]:
     return fit_cosmetic(outbound_persistent(rec.entry))[0]
 
 
-def export(message: ExportMessage, state: MemoryState, directory: MemoryDirectory) -> str:
-    return export_guest(message, state, directory, POLICY, now=lambda: NOW,  # type: ignore[arg-type]
-                        upn_suffixes=UPN_SUFFIXES).action
+def export(message: ExportMessage, state: MemoryGuestStore, directory: MemoryDirectory) -> str:
+    return export_guest(message, state, directory, POLICY, now=lambda: NOW, upn_suffixes=UPN_SUFFIXES).action
 
 
 def message_for(rec: GuestRecord, *, version: int | None = None) -> ExportMessage:
@@ -235,15 +129,14 @@ def _fresh_process() -> None:
     KNOWN_RECORDS.clear()
 
 
-def apply(state: MemoryState, user: GraphUser | None, **kwargs: Any) -> tuple[Decision, list[ExportMessage]]:
+def apply(state: MemoryGuestStore, user: GraphUser | None, **kwargs: Any) -> tuple[Decision, list[ExportMessage]]:
     sent: list[str] = []
-    plan = apply_user(UID, user, state, sent.append, in_group=None, removed=None,  # type: ignore[arg-type]
-                      read_at=NOW, **kwargs)
+    plan = apply_user(UID, user, state, sent.append, in_group=None, removed=None, read_at=NOW, **kwargs)
     return plan.decision, [ExportMessage.from_json(m) for m in sent]
 
 
 def test_new_guest_is_inserted_without_reading_state_and_the_export_carries_it() -> None:
-    state = MemoryState()
+    state = MemoryGuestStore()
     decision, [message] = apply(state, guest())
     assert decision is Decision.EXPORT
     assert state.calls == {"insert": 1}
@@ -252,7 +145,7 @@ def test_new_guest_is_inserted_without_reading_state_and_the_export_carries_it()
 
 
 def test_known_guest_falls_back_to_read_and_replan_after_the_failed_insert() -> None:
-    state = MemoryState()
+    state = MemoryGuestStore()
     state.put(record(status=GuestStatus.PROVISIONED, object_sid=SID, exported_version=1))
     decision, [message] = apply(state, guest(given_name="Alicia"))  # a process that never met this guest
     assert decision is Decision.EXPORT
@@ -263,7 +156,7 @@ def test_known_guest_falls_back_to_read_and_replan_after_the_failed_insert() -> 
 
 
 def test_a_guest_this_process_met_before_is_read_first_without_a_failed_insert() -> None:
-    state = MemoryState()
+    state = MemoryGuestStore()
     apply(state, guest())
     state.calls.clear()
     apply(state, guest(given_name="Alicia"))
@@ -271,14 +164,14 @@ def test_a_guest_this_process_met_before_is_read_first_without_a_failed_insert()
 
 
 def test_caller_that_knows_a_record_exists_reads_first() -> None:
-    state = MemoryState()
+    state = MemoryGuestStore()
     state.put(record(status=GuestStatus.PROVISIONED, object_sid=SID, exported_version=1))
     apply(state, guest(given_name="Alicia"), insert_first=False)
     assert state.calls == {"get": 1, "replace": 1}
 
 
 def test_member_without_a_record_is_read_and_nothing_is_written() -> None:
-    state = MemoryState()
+    state = MemoryGuestStore()
     decision, sent = apply(state, guest(user_type="Member"))
     assert decision is Decision.IGNORE and sent == []
     assert state.calls == {"get": 1} and state.records == {}
@@ -286,7 +179,7 @@ def test_member_without_a_record_is_read_and_nothing_is_written() -> None:
 
 @pytest.mark.parametrize("user", [guest(user_type="Member"), guest(account_enabled=False), None])
 def test_guest_leaving_scope_is_read_first_and_deprovisioned_without_snapshot(user: GraphUser | None) -> None:
-    state = MemoryState()
+    state = MemoryGuestStore()
     state.put(record(status=GuestStatus.PROVISIONED, object_sid=SID, exported_version=1))
     decision, [message] = apply(state, user)
     assert decision is Decision.OUT_OF_SCOPE
@@ -299,7 +192,7 @@ def test_guest_leaving_scope_is_read_first_and_deprovisioned_without_snapshot(us
 
 
 def test_new_guest_is_exported_from_the_snapshot_without_reading_state() -> None:
-    state, directory = MemoryState(), MemoryDirectory()
+    state, directory = MemoryGuestStore(), MemoryDirectory()
     _, [message] = apply(state, guest())
     state.calls.clear()
     assert export(message, state, directory) == "created"
@@ -308,19 +201,19 @@ def test_new_guest_is_exported_from_the_snapshot_without_reading_state() -> None
 
 
 def test_a_snapshot_that_waited_in_a_backlog_is_not_trusted_and_state_is_read() -> None:
-    state, directory = MemoryState(), MemoryDirectory()
+    state, directory = MemoryGuestStore(), MemoryDirectory()
     _, [message] = apply(state, guest())
     apply(state, guest(account_enabled=False))  # the guest left while its export waited behind a backlog
     state.calls.clear()
     late = SNAPSHOT_FRESH_SECONDS + 1
-    action = export_guest(message, state, directory, POLICY,  # type: ignore[arg-type]
+    action = export_guest(message, state, directory, POLICY,
                           now=lambda: NOW + timedelta(seconds=late), upn_suffixes=UPN_SUFFIXES).action
     assert action == "unchanged" and directory.writes == []  # no account created for a guest already gone
     assert state.calls["get"] == 1
 
 
 def test_stale_snapshot_is_caught_by_the_etag_and_converges_on_the_fresh_record() -> None:
-    state, directory = MemoryState(), MemoryDirectory()
+    state, directory = MemoryGuestStore(), MemoryDirectory()
     _, [stale] = apply(state, guest())
     apply(state, guest(given_name="Alicia"))  # a newer change is saved before the first export runs
     state.calls.clear()
@@ -328,40 +221,43 @@ def test_stale_snapshot_is_caught_by_the_etag_and_converges_on_the_fresh_record(
     # carries guestsync's mark) is joined and updated.
     assert export(stale, state, directory) == "joined"
     assert directory.writes == ["create", "update"]
-    assert directory.accounts[UID].attributes["givenName"] == "Alicia"
+    account = directory.account(UID)
+    assert account is not None and account.attributes["givenName"] == "Alicia"
     fresh = state.records[UID]
     assert fresh.status is GuestStatus.PROVISIONED and fresh.exported_version == fresh.version == 2
     assert state.calls == {"replace": 2, "get": 1}
 
 
 def test_stale_snapshot_never_restores_an_archived_account() -> None:
-    state, directory = MemoryState(), MemoryDirectory()
+    state, directory = MemoryGuestStore(), MemoryDirectory()
     live = record(status=GuestStatus.PROVISIONED, object_sid=SID, exported_version=1)
     back = state.put(live.evolve(status=GuestStatus.PENDING, reason="guest is back in scope"))
     # Since that message was sent, the guest left again and its account went back to the archive.
     state.put(back.evolve(status=GuestStatus.ARCHIVED, reason="user was deleted", archived_at=NOW))
-    directory.add(f"CN={UID},{ARCHIVE_OU}", GUEST_USER_ACCOUNT_CONTROL | UAC_ACCOUNTDISABLE, desired(live))
+    directory.add(f"CN={UID},{ARCHIVE_OU}", desired(live), sid=SID,
+                  user_account_control=GUEST_USER_ACCOUNT_CONTROL | UAC_ACCOUNTDISABLE)
     assert export(message_for(back), state, directory) == "unchanged"
     assert directory.writes == []
     assert state.calls["get"] == 1 and state.records[UID].status is GuestStatus.ARCHIVED
 
 
 def test_restore_is_planned_from_fresh_state_even_when_the_snapshot_is_current() -> None:
-    state, directory = MemoryState(), MemoryDirectory()
+    state, directory = MemoryGuestStore(), MemoryDirectory()
     back = state.put(record(status=GuestStatus.PENDING, object_sid=SID, exported_version=1,
                             reason="guest is back in scope"))
-    directory.add(f"CN={UID},{ARCHIVE_OU}", GUEST_USER_ACCOUNT_CONTROL | UAC_ACCOUNTDISABLE, desired(back))
+    directory.add(f"CN={UID},{ARCHIVE_OU}", desired(back), sid=SID,
+                  user_account_control=GUEST_USER_ACCOUNT_CONTROL | UAC_ACCOUNTDISABLE)
     assert export(message_for(back), state, directory) == "restored"
     assert directory.writes == ["restore"] and state.calls["get"] == 1
 
 
 @pytest.mark.parametrize("status", [GuestStatus.OUT_OF_SCOPE, GuestStatus.HELD, GuestStatus.ARCHIVED])
 def test_deprovisioning_snapshot_is_ignored_and_fresh_state_decides(status: GuestStatus) -> None:
-    state, directory = MemoryState(), MemoryDirectory()
+    state, directory = MemoryGuestStore(), MemoryDirectory()
     left = state.put(record(status=status, object_sid=SID, exported_version=1, reason="user was deleted",
                             approval=Approval.APPROVED if status is GuestStatus.HELD else None))
     state.put(left.evolve(status=GuestStatus.PROVISIONED, reason="guest is back in scope", approval=None))
-    directory.add(f"CN={UID},{GUEST_OU}", GUEST_USER_ACCOUNT_CONTROL, desired(left))
+    directory.add(f"CN={UID},{GUEST_OU}", desired(left), user_account_control=GUEST_USER_ACCOUNT_CONTROL, sid=SID)
     assert export(message_for(left), state, directory) == "unchanged"
     assert directory.writes == []  # never disabled from the snapshot
     assert state.calls["get"] == 1
@@ -375,7 +271,7 @@ def test_deprovisioning_snapshot_is_ignored_and_fresh_state_decides(status: Gues
     lambda rec: ExportMessage(UID, 1, "r"),  # an older app's message
 ])
 def test_unusable_snapshot_falls_back_to_reading_state(make: Any) -> None:
-    state, directory = MemoryState(), MemoryDirectory()
+    state, directory = MemoryGuestStore(), MemoryDirectory()
     saved = state.put(record())
     assert export(make(saved), state, directory) == "created"
     assert state.calls == {"get": 1, "replace": 1}

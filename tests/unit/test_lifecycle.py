@@ -1,7 +1,6 @@
 """Lifecycle rules, pure: plan_export (what the AD worker writes for one guest) and the mass-change breaker."""
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -30,6 +29,7 @@ from shared.core.records import GuestRecord
 from shared.core.rules import inbound
 from shared.services.export import export_guest
 from shared.settings import LifecycleSettings
+from tests.fakes import MemoryDirectory, MemoryGuestStore
 
 GUEST_ID = "6ea91a8d-e32e-41a1-b7bd-d2d185eed0e0"
 GUEST_OU = "OU=B2BGuest,DC=contoso,DC=com"
@@ -388,83 +388,13 @@ def test_breaker_never_admits_more_than_threshold_in_any_window(
 # --- the export worker carries out the plan (in-memory fakes, no servers) ---------------------------------------
 
 
-class _State:
-    """Just enough of StateStore for export_guest: one record and the breaker meta entity."""
-
-    def __init__(self, record: GuestRecord) -> None:
-        self.record: GuestRecord | None = record
-        self.meta: dict[str, dict[str, Any]] = {}
-
-    def get(self, uid: str) -> GuestRecord | None:
-        return self.record
-
-    def save(self, record: GuestRecord) -> GuestRecord:
-        self.record = record
-        return record
-
-    def delete(self, uid: str) -> None:
-        self.record = None
-
-    def get_meta(self, name: str) -> tuple[dict[str, Any], str | None]:
-        return self.meta.get(name, {}), None
-
-    def save_meta(self, name: str, body: dict[str, Any], etag: str | None) -> str:
-        self.meta[name] = body
-        return "etag"
-
-
-class _Directory:
-    """An empty guest OU that records every write."""
-
-    def __init__(self) -> None:
-        self.writes: list[str] = []
-
-    def find_guest(self, uid: str) -> AdAccount | None:
-        return None
-
-    def holder_of(self, uid: str) -> str | None:
-        return None
-
-    def find_by_sid(self, sid: str) -> AdAccount | None:
-        return None
-
-    def adopt_guest(self, dn: str, uid: str, attributes: dict[str, str | None], password: str,
-                    user_account_control: int) -> AdAccount:
-        raise AssertionError("nothing to adopt")
-
-    def mark_owned(self, account: AdAccount, uid: str) -> None:
-        raise AssertionError("nothing to mark")
-
-    def create_guest(
-        self, uid: str, attributes: dict[str, str | None], password: str, user_account_control: int
-    ) -> AdAccount:
-        self.writes.append("create")
-        return AdAccount(f"CN={uid},{GUEST_OU}", "S-1-5-21-1-2-3-1104", attributes.get("sAMAccountName"),
-                         user_account_control, dict(attributes), marked=True)
-
-    def update_guest(self, dn: str, changes: dict[str, str | None]) -> None:
-        self.writes.append("update")
-
-    def netbios_domain(self) -> str:
-        return "CONTOSO"
-
-    def disable_and_archive(self, dn: str) -> AdAccount:
-        raise AssertionError("nothing to disable")
-
-    def restore_guest(self, dn: str) -> AdAccount:
-        raise AssertionError("nothing to restore")
-
-    def delete_guest(self, dn: str) -> None:
-        raise AssertionError("nothing to delete")
-
-
 def _export_without_account(status: GuestStatus, policy: LifecycleSettings) -> tuple[str, list[str]]:
     entry = inbound(GraphUser(id=GUEST_ID, user_type="Guest", display_name="Alice Smith", given_name="Alice",
                               surname="Smith", user_principal_name=DESIRED["userPrincipalName"],
                               mail="alice@fabrikam.com"))
-    state = _State(GuestRecord(uid=GUEST_ID, entry=entry, status=status, reason="user was deleted in Entra ID"))
-    directory = _Directory()
-    outcome = export_guest(ExportMessage(GUEST_ID, 1, "test"), state, directory, policy,  # type: ignore[arg-type]
+    state, directory = MemoryGuestStore(), MemoryDirectory(GUEST_OU, ARCHIVE_OU)  # an empty guest OU
+    state.put(GuestRecord(uid=GUEST_ID, entry=entry, status=status, reason="user was deleted in Entra ID"))
+    outcome = export_guest(ExportMessage(GUEST_ID, 1, "test"), state, directory, policy,
                            now=lambda: NOW, upn_suffixes=("contoso.onmicrosoft.com",))
     return outcome.action, directory.writes
 
