@@ -18,7 +18,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy
 
 from shared import bootstrap
-from shared.adapters import queues
+from shared.core import messages
 from shared.core.domain import GraphUser, GuestStatus
 from shared.core.messages import SCHEMA_VERSION, ExportMessage
 from shared.core.records import GuestRecord
@@ -56,7 +56,7 @@ def _peek(name: str) -> list[str]:
 def test_newer_export_is_left_for_a_newer_agent_not_poisoned(stack: Stack, monkeypatch: pytest.MonkeyPatch,
                                                               caplog: pytest.LogCaptureFixture,
                                                               tmp_path: Path) -> None:
-    monkeypatch.setattr(queues, "_newest_seen", None)
+    monkeypatch.setattr(messages, "_newest_seen", None)
     monkeypatch.setattr(queues, "NEWER_SCHEMA_DELAY_SECONDS", 1)  # come round fast: 1 s instead of minutes
     caplog.set_level(logging.WARNING, logger="guestsync.queues")
     s = bootstrap.services()
@@ -75,7 +75,7 @@ def test_newer_export_is_left_for_a_newer_agent_not_poisoned(stack: Stack, monke
     assert set(stack.ad_accounts()) == {current.uid}  # the newer one is not guessed at
     record = stack.state.get(newer.uid)
     assert record is not None and record.status is GuestStatus.PENDING and record.error is None
-    assert queues.newer_versions_seen() == SCHEMA_VERSION + 1  # what the heartbeat reports
+    assert messages.newer_versions_seen() == SCHEMA_VERSION + 1  # what the heartbeat reports
     assert _peek(s.export_queue.name + "-poison") == []
 
     stack.host.stop()  # the old agent goes away: the message it put back becomes visible and stays so
