@@ -18,6 +18,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy
 
 from shared import bootstrap
+from shared.adapters import queues
 from shared.core import messages
 from shared.core.domain import GraphUser, GuestStatus
 from shared.core.messages import SCHEMA_VERSION, ExportMessage
@@ -85,7 +86,7 @@ def test_newer_export_is_left_for_a_newer_agent_not_poisoned(stack: Stack, monke
     assert waiting.dequeue_count == 0  # put back as a new message: none of its retries are used up
 
     # A newer agent (this code, taught the next schema) takes it and applies it.
-    monkeypatch.setattr(queues, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    monkeypatch.setattr(messages, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
     host_json = tmp_path / "newer-agent-host.json"
     host_json.write_text(json.dumps({"version": "2.0", "extensions": {"queues": {
         "maxPollingInterval": "00:00:00.200", "visibilityTimeout": "00:00:01", "maxDequeueCount": 5}}}))
