@@ -36,11 +36,11 @@ deps-samba:
 
 lint: deps-python
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy shared graphsim localenv function_app.py
+	$(VENV)/bin/mypy shared devtools function_app.py
 
 test: deps
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy shared graphsim localenv function_app.py
+	$(VENV)/bin/mypy shared devtools function_app.py
 	$(PY) -m pytest -q -p no:cacheprovider
 
 reliability: deps  # the fault-injection suite only (it also runs in `make test`)

@@ -8,7 +8,7 @@ import urllib.parse
 
 import pytest
 
-from graphsim.server import GraphSimulator
+from devtools.graphsim.server import GraphSimulator
 from shared.adapters.graph import MAX_IN_VALUES, GraphClient
 from shared.core.domain import GraphUser
 from shared.settings import GraphSettings

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from graphsim.server import GraphSimulator
+from devtools.graphsim.server import GraphSimulator
 from shared.adapters.graph import DeltaExpiredError, GraphClient, GraphThrottledError, SubscriptionConflictError
 from shared.settings import GraphSettings
 from tests.plugins.graph import raw_request

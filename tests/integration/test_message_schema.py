@@ -24,7 +24,7 @@ from shared.core.messages import SCHEMA_VERSION, ExportMessage
 from shared.core.records import GuestRecord
 from shared.core.rules import inbound
 from shared.functions import create_app
-from shared.runner import LocalFunctionsHost
+from devtools.runner import LocalFunctionsHost
 from tests.plugins.stack import Stack
 
 pytestmark = pytest.mark.integration

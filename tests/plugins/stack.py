@@ -22,7 +22,7 @@ from shared import bootstrap
 from shared.adapters.state import StateStore
 from shared.core.domain import GuestStatus
 from shared.functions import create_app
-from shared.runner import LocalFunctionsHost
+from devtools.runner import LocalFunctionsHost
 
 GUEST_ATTRIBUTES = ["sAMAccountName", "givenName", "sn", "mail", "userPrincipalName", "displayName",
                     "userAccountControl", "objectSid", "cn"]

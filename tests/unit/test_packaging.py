@@ -16,7 +16,7 @@ import pathspec
 import pytest
 
 from shared import cli
-from shared.runner import HostOptions
+from devtools.runner import HostOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The only files the Functions deployment needs (README's layout): everything else must be ignored.
@@ -27,9 +27,9 @@ LOCAL_ONLY = (".venv/bin/python", ".tools/node_modules/azurite/package.json", "b
               ".pytest_cache/README.md", ".mypy_cache/3.11/shared.json", ".ruff_cache/CACHEDIR.TAG",
               ".hypothesis/examples/x", "docs/agent.md", "local.settings.json", "guestsync_env/bin/python",
               "shared/__pycache__/cli.cpython-311.pyc", ".git/HEAD")
-DEV_TOOLING = ("graphsim/server.py", "localenv/demo.py", "bench/__main__.py", "tests/conftest.py",
-               ".tools/node_modules/.bin/azurite", ".venv/bin/python", "docs/agent.md", "Makefile",
-               "pyproject.toml", "requirements-dev.txt")
+DEV_TOOLING = ("devtools/graphsim/server.py", "devtools/demo.py", "devtools/runner.py", "devtools/localenv/samba.py",
+               "bench/__main__.py", "tests/conftest.py", ".tools/node_modules/.bin/azurite", ".venv/bin/python",
+               "docs/agent.md", "Makefile", "pyproject.toml", "requirements-dev.txt")
 
 
 def _funcignore() -> pathspec.PathSpec:

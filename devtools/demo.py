@@ -22,10 +22,10 @@ from pathlib import Path
 
 import ldap3
 
-from graphsim.server import GraphSimulator
-from localenv.azurite import Azurite
-from localenv.certs import create_local_pki
-from localenv.samba import SambaDC, random_loopback_ip
+from devtools.graphsim.server import GraphSimulator
+from devtools.localenv.azurite import Azurite
+from devtools.localenv.certs import create_local_pki
+from devtools.localenv.samba import SambaDC, random_loopback_ip
 from shared.adapters.state import StateStore
 from shared.core.domain import GuestStatus
 from shared.settings import BINDING_DEFAULTS
@@ -141,7 +141,7 @@ def read_accounts(dc: SambaDC, guest_ou: str) -> list[dict[str, object]]:
 def run_demo(guests: int = 10, members: int = 5) -> int:
     from shared import bootstrap
     from shared.functions import create_app
-    from shared.runner import LocalFunctionsHost
+    from devtools.runner import LocalFunctionsHost
 
     repo = Path(__file__).resolve().parent.parent
     # Keep the demo's output to what it shows; the runner's per-invocation lines are for `guestsync serve`.
