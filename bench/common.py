@@ -27,7 +27,7 @@ from unittest import mock
 import ldap3
 
 from devtools.localenv.azurite import azurite_executable, free_port
-from devtools.demo import LocalStack, local_stack
+from devtools.localenv.stack import LocalStack, local_stack
 from shared.core.ad_rules import fit_cosmetic, guest_dn
 from shared.core.domain import GraphUser
 from shared.core.rules import inbound, outbound_persistent

@@ -18,9 +18,9 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueClient
 
 from devtools import runner
+from devtools.runner import LocalFunctionsHost
 from shared import bootstrap
 from shared.functions import create_app
-from devtools.runner import LocalFunctionsHost
 from shared.services import apply, export
 from tests.plugins.stack import Stack
 
