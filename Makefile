@@ -36,12 +36,12 @@ deps-samba:
 
 lint: deps-python
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy shared graphsim localenv function_app.py
+	$(VENV)/bin/mypy shared devtools function_app.py
 	$(VENV)/bin/lint-imports --no-cache
 
 test: deps
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy shared graphsim localenv function_app.py
+	$(VENV)/bin/mypy shared devtools function_app.py
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q -p no:cacheprovider
 

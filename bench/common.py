@@ -26,8 +26,8 @@ from unittest import mock
 
 import ldap3
 
-from localenv.azurite import azurite_executable, free_port
-from localenv.demo import LocalStack, local_stack
+from devtools.localenv.azurite import azurite_executable, free_port
+from devtools.localenv.stack import LocalStack, local_stack
 from shared.core.ad_rules import fit_cosmetic, guest_dn
 from shared.core.domain import GraphUser
 from shared.core.rules import inbound, outbound_persistent
@@ -156,7 +156,7 @@ def bench_stack(*, azurite_debug: bool = False) -> Iterator[BenchStack]:
             wrapper = workdir / "azurite-debug.sh"
             wrapper.write_text(f'#!/bin/sh\nexec "{azurite_executable()}" "$@" --debug "{azurite_debug_log}"\n')
             wrapper.chmod(0o700)
-            patches.enter_context(mock.patch("localenv.azurite.azurite_executable", return_value=str(wrapper)))
+            patches.enter_context(mock.patch("devtools.localenv.azurite.azurite_executable", return_value=str(wrapper)))
         say("starting the local stack (Azurite, Samba AD DC, Graph simulator)")
         started = time.monotonic()
         with local_stack(workdir) as stack:

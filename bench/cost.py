@@ -49,7 +49,7 @@ from bench.common import (
     subscribe,
     wait_until,
 )
-from graphsim.server import GraphSimulator
+from devtools.graphsim.server import GraphSimulator
 
 NAME = "cost"
 _REQUEST = re.compile(r"info: (Queue|Table)StorageContextMiddleware: RequestMethod=(\w+) RequestURL=(\S+)")

@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
 
     profiles = _profile_all_threads() if args.profile else None
 
+    from devtools.runner import LocalFunctionsHost
     from shared.functions import create_app
-    from shared.runner import LocalFunctionsHost
 
     host = LocalFunctionsHost(create_app(args.mode), env=os.environ, host_json=args.host_json, http_port=args.port)
     host.start(queues=not args.no_queues)

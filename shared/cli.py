@@ -1,6 +1,7 @@
 """``guestsync``: the operator's command line.
 
-serve      run the function app locally (HTTP, queue and timer triggers through the app's registrations)
+serve      run the function app locally (HTTP, queue and timer triggers through the app's registrations;
+           needs a source checkout: the local runner is dev tooling, devtools/)
 worker     the on-premises AD worker agent: polls the export queue, writes to AD over LDAPS
 subscribe  create or renew the Graph subscription on /users now
 status     counts by state, pending exports, errors, held changes, poison messages, subscription expiry,
@@ -10,7 +11,7 @@ plan       the same comparison as a dry run: what reconcile would do, with reaso
 approve    list, release or reject deprovisionings held by the mass-change breaker
 check      preflight: settings, Graph sign-in and permissions, webhook handshake, subscription, storage,
            AD (LDAPS, bind, OUs, a write probe); exit code 1 when a check fails (``--json``, ``--no-probe``)
-demo       the whole job on this machine: Azurite, Samba AD DC, Graph simulator, runner
+demo       the whole job on this machine: Azurite, Samba AD DC, Graph simulator, runner (source checkout)
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import logging
 import os
 import sys
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib import metadata, resources
 from pathlib import Path
@@ -36,8 +38,9 @@ log = logging.getLogger("guestsync.cli")
 
 #: The distribution name (pyproject.toml) whose installed metadata carries the version.
 DISTRIBUTION = "guestsync"
-#: The tools a source checkout has and the installed package has not (dev tooling stays out of the wheel).
-CHECKOUT_ONLY = ("localenv", "graphsim")
+#: The package a source checkout has and the installed one has not: the local Functions runner, the Graph
+#: simulator, the local environment and the demo (dev tooling stays out of the wheel).
+DEV_TOOLING = "devtools"
 
 
 def _apply_binding_defaults(env: dict[str, str]) -> dict[str, str]:
@@ -70,9 +73,28 @@ def _services(*, need_directory: bool = False) -> Services:
     return Services(load_settings(need_directory=need_directory))
 
 
+@contextmanager
+def _dev_tooling(command: str, what: str, instead: str) -> Iterator[None]:
+    """Around the import of devtools/ for ``serve`` and ``demo``: the dev tooling lives in the source checkout,
+    never in the installed package, so an installed agent says so in one line instead of a traceback."""
+    checkout = Path(__file__).resolve().parent.parent  # an editable install runs from the checkout itself
+    if (checkout / DEV_TOOLING / "__init__.py").is_file() and str(checkout) not in sys.path:
+        sys.path.append(str(checkout))
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] != DEV_TOOLING:
+            raise
+        raise GuestsyncError(f"{command} needs a source checkout ({what} from {DEV_TOOLING}/, which the "
+                             f"installed package leaves out): {instead}") from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from shared.functions import create_app_from_environment
-    from shared.runner import LocalFunctionsHost
+
+    with _dev_tooling("serve", "it runs the function app through the local Functions runner",
+                      "run `guestsync serve` there, or the app under the Functions host (`func start`)"):
+        from devtools.runner import LocalFunctionsHost
 
     env = _apply_binding_defaults(os.environ)  # type: ignore[arg-type]
     # The app function_app.py gives the Functions host, built by the package (function_app.py is not installed).
@@ -410,17 +432,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    checkout = Path(__file__).resolve().parent.parent  # an editable install runs from the checkout itself
-    if (checkout / "localenv").is_dir() and str(checkout) not in sys.path:
-        sys.path.append(str(checkout))
-    try:
-        from localenv.demo import run_demo
-    except ModuleNotFoundError as exc:
-        if (exc.name or "").split(".")[0] not in CHECKOUT_ONLY:
-            raise
-        raise GuestsyncError("the demo needs a source checkout (it starts Azurite, Samba and the Graph simulator "
-                             "from localenv/ and graphsim/, which the installed package leaves out): "
-                             "run `make demo` there") from None
+    with _dev_tooling("the demo", "it starts Azurite, Samba and the Graph simulator", "run `make demo` there"):
+        from devtools.demo import run_demo
 
     return run_demo(guests=args.guests, members=args.members)
 

@@ -2,7 +2,8 @@
 
 The host parses ``schedule`` with NCrontab (6 fields when seconds are included, 5 otherwise), after replacing
 ``%NAME%`` with app settings, and computes occurrences in UTC. This module reproduces that so timers fire
-locally when they would in Azure:
+locally when they would in Azure, and so the agent's reconcile schedule reads like a timer's (it is part of the
+product for the agent; the local runner in devtools/ uses it too):
 
 ``{second} {minute} {hour} {day} {month} {day-of-week}``
 

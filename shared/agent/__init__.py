@@ -1,5 +1,5 @@
 """The on-premises agent's own runtime (``guestsync worker``): the export queue consumer, the timer lease,
-heartbeats and its service wrappers. The local Functions runner (shared/runner.py) is for tests and
+heartbeats and its service wrappers. The local Functions runner (devtools/runner.py) is for tests and
 ``guestsync serve`` only."""
 
 from shared.agent.runtime import run_agent

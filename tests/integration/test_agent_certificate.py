@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from azure.core.exceptions import ClientAuthenticationError
 
-from graphsim.server import GraphSimulator
+from devtools.graphsim.server import GraphSimulator
 from shared.adapters.storage import credential
 from shared.settings import load_storage_settings
 from tests.integration.test_graphsim import _certificate_pem

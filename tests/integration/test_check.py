@@ -18,7 +18,7 @@ from typing import Any
 import ldap3
 import pytest
 
-from localenv.certs import create_local_pki
+from devtools.localenv.certs import create_local_pki
 from shared import cli
 from shared.adapters.directory import PROBE_PREFIX, Directory
 from shared.services.preflight import CHECKS

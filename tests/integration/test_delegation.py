@@ -22,7 +22,7 @@ import ldap3
 import pytest
 from ldap3.protocol.microsoft import security_descriptor_control
 
-from localenv.samba import DELEGATED_WRITE_ATTRIBUTES, OWNER_RIGHTS_SID
+from devtools.localenv.samba import DELEGATED_WRITE_ATTRIBUTES, OWNER_RIGHTS_SID
 from shared.adapters.directory import Directory
 from shared.core.ad_rules import new_password
 from shared.core.domain import GUEST_USER_ACCOUNT_CONTROL, AdAccount

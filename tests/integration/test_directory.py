@@ -21,7 +21,7 @@ import ldap3
 import pytest
 from ldap3.utils.log import BASIC, OFF, PROTOCOL, set_library_log_detail_level
 
-from localenv.certs import create_local_pki
+from devtools.localenv.certs import create_local_pki
 from shared.adapters.directory import Directory
 from shared.core.ad_rules import fit_cosmetic, new_password
 from shared.core.domain import GUEST_USER_ACCOUNT_CONTROL, AdAccount, ConfigurationError

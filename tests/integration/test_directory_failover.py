@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from localenv.certs import create_local_pki
-from localenv.samba import random_loopback_ip
+from devtools.localenv.certs import create_local_pki
+from devtools.localenv.samba import random_loopback_ip
 from shared.adapters.dc_locator import DcLocator, DcLocatorError, SrvRecord
 from shared.adapters.directory import Directory, DirectoryPool
 from shared.core.domain import GUEST_USER_ACCOUNT_CONTROL, GuestStatus

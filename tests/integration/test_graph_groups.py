@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from graphsim.server import GraphSimulator
+from devtools.graphsim.server import GraphSimulator
 from shared.adapters.graph import GraphClient
 from shared.core.errors import GraphError, GraphNotFoundError, GraphThrottledError
 from shared.settings import GraphSettings

@@ -8,7 +8,7 @@ import urllib.parse
 
 import pytest
 
-from graphsim.server import GraphSimulator
+from devtools.graphsim.server import GraphSimulator
 from shared.adapters.graph import GraphClient
 from shared.core.domain import MAX_IN_VALUES, GraphUser
 from shared.settings import GraphSettings

@@ -103,8 +103,10 @@ def test_the_wheel_holds_the_product_and_no_dev_tooling(installed: InstalledAgen
     for needed in ("shared/services/preflight/__init__.py", "shared/services/preflight/directory.py",
                    "shared/services/export.py", "shared/adapters/directory/__init__.py",
                    "shared/adapters/directory/pool.py", "shared/cli.py", "shared/host_options.json",
-                   "shared/runner.py", "shared/ncrontab.py"):
+                   "shared/agent/runtime.py", "shared/ncrontab.py"):  # ncrontab: the agent's reconcile schedule
         assert needed in names, needed
+    dev_tooling = [n for n in names if n.split("/")[-1] in ("runner.py", "demo.py", "server.py", "samba.py")]
+    assert not dev_tooling, f"dev tooling (devtools/) in the wheel: {dev_tooling}"
     product = {p.relative_to(ROOT).as_posix() for p in (ROOT / "shared").rglob("*.py")}
     assert product <= set(names), f"modules missing from the wheel: {sorted(product - set(names))}"
 
@@ -125,6 +127,15 @@ def test_installed_demo_says_it_needs_a_source_checkout(installed: InstalledAgen
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert "demo needs a source checkout" in lines[0] and "make demo" in lines[0]
+
+
+def test_installed_serve_says_it_needs_a_source_checkout(installed: InstalledAgent) -> None:
+    """The local Functions runner is dev tooling (devtools/runner.py): the installed agent cannot run it."""
+    done = installed.run("serve", "--port", "0", timeout=30)
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "serve needs a source checkout" in lines[0], lines[0]
 
 
 @pytest.fixture

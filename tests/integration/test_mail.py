@@ -24,8 +24,8 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from graphsim.server import GraphSimulator
-from localenv.certs import LocalPki, create_local_pki
+from devtools.graphsim.server import GraphSimulator
+from devtools.localenv.certs import LocalPki, create_local_pki
 from shared import bootstrap
 from shared.adapters.graph import GraphClient
 from shared.adapters.mail import GraphMailer, MailError, NoMailer, SmtpMailer, mailer_from_settings

@@ -17,6 +17,7 @@ import pytest
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy
 
+from devtools.runner import LocalFunctionsHost
 from shared import bootstrap
 from shared.adapters import queues
 from shared.core import messages
@@ -25,7 +26,6 @@ from shared.core.messages import SCHEMA_VERSION, ExportMessage
 from shared.core.records import GuestRecord
 from shared.core.rules import inbound
 from shared.functions import create_app
-from shared.runner import LocalFunctionsHost
 from tests.plugins.stack import Stack
 
 pytestmark = pytest.mark.integration

@@ -28,7 +28,7 @@ import pytest
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.queue import QueueClient, TextBase64EncodePolicy
 
-from shared.runner import FunctionIndexError, HostOptions, LocalFunctionsHost, parse_timespan
+from devtools.runner import FunctionIndexError, HostOptions, LocalFunctionsHost, parse_timespan
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from localenv.samba import SambaDC, random_loopback_ip
+from devtools.localenv.samba import SambaDC, random_loopback_ip
 from shared.adapters.directory import Directory, DirectoryPool
 from shared.core.ad_rules import new_password
 from shared.core.domain import GUEST_USER_ACCOUNT_CONTROL

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from localenv.azurite import Azurite
+from devtools.localenv.azurite import Azurite
 
 
 @pytest.fixture(scope="session")

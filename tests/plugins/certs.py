@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from localenv.certs import LocalPki, create_local_pki
+from devtools.localenv.certs import LocalPki, create_local_pki
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from graphsim.server import GraphSimulator
-from localenv.certs import LocalPki
+from devtools.graphsim.server import GraphSimulator
+from devtools.localenv.certs import LocalPki
 from shared.settings import GraphSettings
 
 
@@ -58,7 +58,7 @@ def graph_env(graph: GraphSimulator) -> dict[str, str]:
 def raw_request(graph: GraphSimulator, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
     """A token from the client secret, then one request straight into the simulator's handler (status and
     JSON body, errors included): for checking the simulator's own answers without an SDK in between."""
-    from graphsim.server import GraphHttpError
+    from devtools.graphsim.server import GraphHttpError
 
     status, token, _ = graph.handle("POST", f"/{graph.tenant_id}/oauth2/v2.0/token", {}, {},
                                     urllib.parse.urlencode({"grant_type": "client_credentials",

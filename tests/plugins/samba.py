@@ -15,7 +15,7 @@ from pathlib import Path
 import ldap3
 import pytest
 
-from localenv.samba import SambaDC, random_loopback_ip
+from devtools.localenv.samba import SambaDC, random_loopback_ip
 from shared.adapters.directory import Directory
 from shared.core.ad_rules import new_password
 from shared.settings import DirectorySettings

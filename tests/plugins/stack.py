@@ -18,11 +18,11 @@ from typing import Any
 import ldap3
 import pytest
 
+from devtools.runner import LocalFunctionsHost
 from shared import bootstrap
 from shared.adapters.state import StateStore
 from shared.core.domain import GuestStatus
 from shared.functions import create_app
-from shared.runner import LocalFunctionsHost
 
 GUEST_ATTRIBUTES = ["sAMAccountName", "givenName", "sn", "mail", "userPrincipalName", "displayName",
                     "userAccountControl", "objectSid", "cn"]

@@ -17,9 +17,10 @@ import pytest
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueClient
 
-from shared import bootstrap, runner
+from devtools import runner
+from devtools.runner import LocalFunctionsHost
+from shared import bootstrap
 from shared.functions import create_app
-from shared.runner import LocalFunctionsHost
 from shared.services import apply, export
 from tests.plugins.stack import Stack
 

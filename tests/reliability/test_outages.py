@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from localenv.azurite import Azurite
+from devtools.localenv.azurite import Azurite
 from shared.core.domain import GuestStatus
 from tests.plugins.samba import GuestsyncDC
 from tests.plugins.stack import Stack

@@ -451,7 +451,7 @@ def test_funcignore_keeps_the_app_and_drops_the_rest() -> None:
         line.strip() for line in (ROOT / ".funcignore").read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.startswith("#")
     }
-    assert {"tests/", "graphsim/", "localenv/", ".venv/", ".tools/"} <= patterns
+    assert {"tests/", "devtools/", ".venv/", ".tools/"} <= patterns
     for needed in ("shared/", "shared", "function_app.py", "host.json", "requirements.txt"):
         assert needed not in patterns
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pathspec
 import pytest
 
+from devtools.runner import HostOptions
 from shared import cli
-from shared.runner import HostOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The only files the Functions deployment needs (README's layout): everything else must be ignored.
@@ -27,9 +27,9 @@ LOCAL_ONLY = (".venv/bin/python", ".tools/node_modules/azurite/package.json", "b
               ".pytest_cache/README.md", ".mypy_cache/3.11/shared.json", ".ruff_cache/CACHEDIR.TAG",
               ".hypothesis/examples/x", "docs/agent.md", "local.settings.json", "guestsync_env/bin/python",
               "shared/__pycache__/cli.cpython-311.pyc", ".git/HEAD")
-DEV_TOOLING = ("graphsim/server.py", "localenv/demo.py", "bench/__main__.py", "tests/conftest.py",
-               ".tools/node_modules/.bin/azurite", ".venv/bin/python", "docs/agent.md", "Makefile",
-               "pyproject.toml", "requirements-dev.txt")
+DEV_TOOLING = ("devtools/graphsim/server.py", "devtools/demo.py", "devtools/runner.py", "devtools/localenv/samba.py",
+               "bench/__main__.py", "tests/conftest.py", ".tools/node_modules/.bin/azurite", ".venv/bin/python",
+               "docs/agent.md", "Makefile", "pyproject.toml", "requirements-dev.txt")
 
 
 def _funcignore() -> pathspec.PathSpec:
@@ -96,10 +96,39 @@ def test_version_in_a_checkout_that_was_never_installed(monkeypatch: pytest.Monk
     assert cli.version() == f"{expected} (source checkout)"
 
 
-def test_demo_without_localenv_says_it_needs_a_checkout(monkeypatch: pytest.MonkeyPatch,
+def _without_dev_tooling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What an installed wheel has: no devtools package at all."""
+    monkeypatch.setitem(sys.modules, "devtools", None)
+    for name in [n for n in sys.modules if n.startswith("devtools.")]:
+        monkeypatch.delitem(sys.modules, name)
+
+
+def test_demo_without_devtools_says_it_needs_a_checkout(monkeypatch: pytest.MonkeyPatch,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setitem(sys.modules, "localenv", None)  # what an installed wheel has: no localenv at all
-    monkeypatch.delitem(sys.modules, "localenv.demo", raising=False)
+    _without_dev_tooling(monkeypatch)
     assert cli.main(["demo"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "the demo needs a source checkout" in err[0] and "make demo" in err[0]
+
+
+def test_serve_without_devtools_says_it_needs_a_checkout(monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """The local Functions runner is dev tooling: an installed agent cannot serve the app, and says so."""
+    _without_dev_tooling(monkeypatch)
+    assert cli.main(["serve", "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "serve needs a source checkout" in err[0] and "devtools/" in err[0], err
+
+
+def test_the_product_imports_dev_tooling_only_where_serve_and_demo_need_it() -> None:
+    """shared/ must work without devtools/ (the wheel leaves it out): its only imports are the lazy ones in
+    the two commands that say so when it is missing."""
+    import ast
+
+    found = []
+    for path in sorted((ROOT / "shared").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            found += [f"{path.relative_to(ROOT).as_posix()}: {n}" for n in names if n.split(".")[0] == "devtools"]
+    assert found == ["shared/cli.py: devtools.runner", "shared/cli.py: devtools.demo"]

@@ -36,7 +36,7 @@ from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import escape_rdn
 
-from localenv.certs import LocalPki, create_local_pki
+from devtools.localenv.certs import LocalPki, create_local_pki
 from shared.core.ad_rules import OWNERSHIP_ATTRIBUTE, format_sid, new_password
 from shared.core.rules import PERSISTENT_ATTRIBUTES
 

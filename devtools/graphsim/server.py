@@ -34,16 +34,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from graphsim.auth import Auth
-from graphsim.delta import Delta
-from graphsim.groups import Groups
-from graphsim.mail import Mail
-from graphsim.notifications import Deliveries, Notifications
-from graphsim.organization import Organization
-from graphsim.state import GraphHttpError, Subscription, Tenant
-from graphsim.subscriptions import Subscriptions
-from graphsim.transport import https_server
-from graphsim.users import Users
+from devtools.graphsim.auth import Auth
+from devtools.graphsim.delta import Delta
+from devtools.graphsim.groups import Groups
+from devtools.graphsim.mail import Mail
+from devtools.graphsim.notifications import Deliveries, Notifications
+from devtools.graphsim.organization import Organization
+from devtools.graphsim.state import GraphHttpError, Subscription, Tenant
+from devtools.graphsim.subscriptions import Subscriptions
+from devtools.graphsim.transport import https_server
+from devtools.graphsim.users import Users
 
 __all__ = ["Deliveries", "GraphHttpError", "GraphSimulator", "Subscription"]
 

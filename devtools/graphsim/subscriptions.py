@@ -15,8 +15,8 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from graphsim.notifications import post
-from graphsim.state import CONTEXT, GraphHttpError, Subscription, Tenant, now, parse_time
+from devtools.graphsim.notifications import post
+from devtools.graphsim.state import CONTEXT, GraphHttpError, Subscription, Tenant, now, parse_time
 
 MAX_USER_SUBSCRIPTION_MINUTES = 41_760
 

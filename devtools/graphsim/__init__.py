@@ -1,5 +1,5 @@
 """Local Microsoft Graph simulator for tests and the demo."""
 
-from graphsim.server import GraphSimulator
+from devtools.graphsim.server import GraphSimulator
 
 __all__ = ["GraphSimulator"]

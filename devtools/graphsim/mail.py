@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from graphsim.state import GraphHttpError, Tenant, now
+from devtools.graphsim.state import GraphHttpError, Tenant, now
 
 
 class Mail:

@@ -23,7 +23,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from graphsim.state import GraphHttpError, Tenant, now
+from devtools.graphsim.state import GraphHttpError, Tenant, now
 
 #: The application permissions each kind of request accepts (any one of them).
 USER_READ_ROLES = frozenset({"User.Read.All", "User.ReadWrite.All", "Directory.Read.All",

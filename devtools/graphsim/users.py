@@ -11,9 +11,9 @@ import re
 import uuid
 from typing import Any
 
-from graphsim.delta import Delta
-from graphsim.notifications import Notifications
-from graphsim.state import GraphHttpError, Tenant, context, select
+from devtools.graphsim.delta import Delta
+from devtools.graphsim.notifications import Notifications
+from devtools.graphsim.state import GraphHttpError, Tenant, context, select
 
 _FILTER_USER_TYPE = re.compile(r"^\s*userType\s+eq\s+'(?P<value>[^']*)'\s*$", re.IGNORECASE)
 #: ``id in ('…', '…')``: Graph allows at most 15 values in an ``in`` clause without advanced queries.

@@ -15,7 +15,7 @@ import uuid
 from collections import deque
 from typing import Any
 
-from graphsim.state import (
+from devtools.graphsim.state import (
     CONTEXT,
     DEFAULT_SELECT,
     USER_PROPERTIES,

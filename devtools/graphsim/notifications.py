@@ -17,7 +17,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-from graphsim.state import Tenant, iso, now
+from devtools.graphsim.state import Tenant, iso, now
 
 
 @dataclass

@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from graphsim.state import GraphHttpError
+from devtools.graphsim.state import GraphHttpError
 
 log = logging.getLogger("graphsim")
 

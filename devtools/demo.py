@@ -1,37 +1,34 @@
 """`make demo`: the whole job on one machine, with real components.
 
-Starts Azurite, a Samba AD DC (CONTOSO.COM, OU=B2BGuest), the Graph simulator seeded with members, and the
-function app through the local runner (webhook, apply, subscription upkeep) plus the AD worker agent.
-Then it invites guests, changes one, and prints the AD accounts as read back over LDAPS with the
-invite-to-account latency. Everything it starts is stopped at the end.
+Starts the local environment (devtools.localenv.stack: Azurite, a Samba AD DC with OU=B2BGuest, the Graph
+simulator), seeds members, and runs the function app through the local runner (webhook, apply, subscription
+upkeep) plus the AD worker agent. Then it invites guests, changes, deletes and restores them, loses a
+notification on purpose and lets the reconcile service find and repair it, and prints the AD accounts as read
+back over LDAPS with the invite-to-account latency. Everything it starts is stopped at the end.
+
+It drives the product through its services (shared.services, shared.agent), never through the CLI's output.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-import secrets
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
-import ldap3
-
-from graphsim.server import GraphSimulator
-from localenv.azurite import Azurite
-from localenv.certs import create_local_pki
-from localenv.samba import SambaDC, random_loopback_ip
+from devtools.localenv.stack import local_stack, read_accounts, say
 from shared.adapters.state import StateStore
+from shared.bootstrap import Services
 from shared.core.domain import GuestStatus
-from shared.settings import BINDING_DEFAULTS
+from shared.services.reconcile import Reconciler, ReconcileReport
+from shared.settings import load_settings
 
-GUEST_OU_RDN = "OU=B2BGuest"
-ARCHIVE_OU_RDN = "OU=B2BGuestArchive"
 DEMO_PARTNERS = [
     ("alice", "fabrikam.com", "Alice", "Smith"),
     ("bob", "trey-research.com", "Bob", "Jones"),
@@ -46,102 +43,10 @@ DEMO_PARTNERS = [
 ]
 
 
-def say(text: str) -> None:
-    print(text, flush=True)
-
-
-@dataclass
-class LocalStack:
-    env: dict[str, str]
-    sim: GraphSimulator
-    dc: SambaDC
-    guest_ou: str
-
-
-@contextmanager
-def local_stack(workdir: Path) -> Iterator[LocalStack]:
-    """Start the real components and yield the settings (environment) that point guestsync at them."""
-    with ExitStack() as stack:
-        pki = create_local_pki(workdir / "pki", ("localhost", "dc1.contoso.com"))
-        say("- starting Azurite (queues, tables)")
-        azurite = Azurite(workdir / "azurite").start()
-        stack.callback(azurite.stop)
-        say("- starting Samba AD DC for CONTOSO.COM (LDAPS with certificate validation)")
-        dc = SambaDC(workdir / "samba", listen_ip=random_loopback_ip())
-        dc.provision()
-        dc.start()
-        stack.callback(dc.stop)
-        guest_ou = f"{GUEST_OU_RDN},{dc.base_dn}"
-        archive_ou = f"{ARCHIVE_OU_RDN},{dc.base_dn}"
-        dc.create_ou(guest_ou)
-        dc.create_ou(archive_ou)
-        service_password = "Svc-" + secrets.token_urlsafe(18) + "9!"
-        service_dn = dc.create_service_account("svc-guestsync", service_password, (guest_ou, archive_ou))
-        say("- starting the Graph simulator (HTTPS)")
-        client_secret = secrets.token_urlsafe(24)
-        sim = GraphSimulator(
-            cert_file=pki.cert_file,
-            key_file=pki.key_file,
-            tenant_id="84bd8158-6d4d-4958-8b9f-9d6445542f95",
-            tenant_domain="contoso.onmicrosoft.com",
-            client_id="9d2f1c0e-5b8a-4a63-9c1e-1d4f2a7b8c90",
-            client_secret=client_secret,
-        )
-        sim.start()
-        stack.callback(sim.stop)
-        env: dict[str, str] = {
-            "AzureWebJobsStorage": azurite.connection_string,
-            "GRAPH_ENDPOINT": sim.graph_url,
-            "GRAPH_AUTH": "client_secret",
-            "GRAPH_TENANT_ID": sim.tenant_id,
-            "GRAPH_CLIENT_ID": sim.client_id,
-            "GRAPH_CLIENT_SECRET": client_secret,
-            "GRAPH_AUTHORITY_HOST": sim.base_url,
-            "GRAPH_CLIENT_STATE": secrets.token_urlsafe(32),
-            "GUESTSYNC_WEBHOOK_KEY": secrets.token_urlsafe(32),  # the Functions key of the webhook endpoints
-            "AD_SERVER": dc.ldaps_url,
-            "AD_BIND_USER": service_dn,
-            "AD_BIND_PASSWORD": service_password,
-            "AD_GUEST_OU": guest_ou,
-            "AD_ARCHIVE_OU": archive_ou,
-            "AD_CA_FILE": str(dc.ca_file),
-            "GUESTSYNC_OWNERSHIP_KEY": secrets.token_urlsafe(36),
-            "GRAPH_CA_FILE": str(pki.ca_file),
-            **BINDING_DEFAULTS,
-        }
-        yield LocalStack(env, sim, dc, guest_ou)
-
-
-def read_accounts(dc: SambaDC, guest_ou: str) -> list[dict[str, object]]:
-    """What AD really holds, read back over LDAPS as the domain admin."""
-    import ssl
-
-    tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=str(dc.ca_file))
-    server = ldap3.Server(dc.ldaps_url, use_ssl=True, tls=tls, get_info=ldap3.NONE)
-    with ldap3.Connection(server, dc.admin_dn, dc.admin_password, auto_bind=True) as conn:
-        conn.search(
-            guest_ou,
-            "(objectClass=user)",
-            attributes=["sAMAccountName", "userPrincipalName", "displayName", "givenName", "userAccountControl",
-                        "objectSid"],
-        )
-        return [
-            {
-                "dn": e.entry_dn,
-                "sAMAccountName": str(e.sAMAccountName),
-                "userPrincipalName": str(e.userPrincipalName),
-                "displayName": str(e.displayName),
-                "givenName": str(e.givenName),
-                "userAccountControl": int(e.userAccountControl.value),
-            }
-            for e in conn.entries
-        ]
-
-
 def run_demo(guests: int = 10, members: int = 5) -> int:
+    from devtools.runner import LocalFunctionsHost
     from shared import bootstrap
     from shared.functions import create_app
-    from shared.runner import LocalFunctionsHost
 
     repo = Path(__file__).resolve().parent.parent
     # Keep the demo's output to what it shows; the runner's per-invocation lines are for `guestsync serve`.
@@ -207,10 +112,9 @@ def run_demo(guests: int = 10, members: int = 5) -> int:
             sim.drop_next_notifications(1)
             late = sim.invite_guest("late@contoso-partner.com", "Lena Late", "Lena", "Late")
             invited.append(late["id"])
-            plan = _plan_lines()
-            for line in plan:
+            for line in _plan_lines(asyncio.run(_reconcile(dry_run=True))):  # what `guestsync plan` shows
                 say(f"  {line}")
-            _plan_lines("reconcile")  # `guestsync reconcile`: what the agent's reconcile timer runs, on demand
+            asyncio.run(_reconcile(dry_run=False))  # `guestsync reconcile`: the agent's reconcile timer, on demand
             _wait(lambda: _provisioned(state, invited), 60, "the reconcile")
             accounts = read_accounts(stack.dc, stack.guest_ou)
             latencies = [r.latency_ms for r in state if r.latency_ms is not None]
@@ -242,17 +146,27 @@ def _has_status(state: StateStore, uid: str, status: GuestStatus) -> bool:
     return record is not None and record.status is status
 
 
-def _plan_lines(command: str = "plan") -> list[str]:
-    """`guestsync plan` (or another command) in this process, as an operator would run it."""
-    import contextlib
-    import io
+async def _reconcile(*, dry_run: bool) -> ReconcileReport:
+    """The reconcile service as `guestsync plan` (dry run) and `guestsync reconcile` run it: Entra ID, state and
+    the managed OUs compared, with clients of its own (it runs on an event loop of its own)."""
+    services = Services(load_settings(need_directory=True))
+    try:
+        return await Reconciler(services.graph, services.state, services.export_queue.send,
+                                services.settings.lifecycle, directory=services.directory, dry_run=dry_run).run()
+    finally:
+        await services.graph.close()
 
-    from shared import cli
 
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        cli.main([command])
-    return out.getvalue().splitlines()
+def _plan_lines(plan: ReconcileReport) -> list[str]:
+    """A plan as an operator reads it: what was compared, each finding with its reason, the totals."""
+    lines = [f"Plan ({plan.delta_mode} delta): {plan.graph_users} Graph users, {plan.ad_accounts} AD accounts, "
+             f"{plan.guests_in_state} guests in state"]
+    lines += [f"  {f.action:<9} {f.uid}  {f.user_principal_name or f.dn or ''}: {f.reason}" for f in plan.findings]
+    if plan.actions:
+        lines.append("would do: " + ", ".join(f"{k} {v}" for k, v in sorted(plan.actions.items())))
+    else:
+        lines.append("Nothing to do: Entra ID, state and AD agree.")
+    return lines
 
 
 def _exported_after(state: StateStore, uid: str, version: int) -> bool:

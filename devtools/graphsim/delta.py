@@ -12,7 +12,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
-from graphsim.state import DEFAULT_SELECT, GraphHttpError, Tenant, context, select
+from devtools.graphsim.state import DEFAULT_SELECT, GraphHttpError, Tenant, context, select
 
 
 @dataclass

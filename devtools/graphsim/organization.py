@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from graphsim.state import CONTEXT, Tenant, select
+from devtools.graphsim.state import CONTEXT, Tenant, select
 
 ORGANIZATION_PROPERTIES = ("id", "displayName", "verifiedDomains")
 
