@@ -1,4 +1,4 @@
-"""AD limits, DN containment, escaping, passwords and SIDs (shared/ad_rules.py): pure, no DC needed."""
+"""AD limits, DN containment, escaping, passwords and SIDs (shared/core/ad_rules.py): pure, no DC needed."""
 
 import re
 import string
