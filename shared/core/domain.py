@@ -49,7 +49,7 @@ class GraphUser:
     account_enabled: bool | None = None
 
 
-#: The Graph properties every read must $select: the inbound flow sources plus what lifecycle needs.
+#: The Graph properties every read must $select: the inbound flow sources plus what deprovisioning needs.
 GRAPH_USER_SELECT: tuple[str, ...] = (
     "id",
     "userType",

@@ -42,12 +42,12 @@ from shared.core.rules import attribute_changes, gone_for_good, initial_user_acc
 from shared.core.unit_of_work import READ, Change, change_guest, change_meta
 from shared.observability import SECURITY_FINDINGS, record_export
 from shared.services.tenant import allowed_suffixes
-from shared.settings import LifecycleSettings
+from shared.settings import DeprovisioningSettings
 
 log = logging.getLogger("guestsync.export")
 MAX_ATTEMPTS = 8
 BREAKER_META = "breaker"
-#: Lifecycle actions never taken from an export message's snapshot, which may be stale: state is read first.
+#: Deprovisioning actions never taken from an export message's snapshot, which may be stale: state is read first.
 NOT_FROM_SNAPSHOT = frozenset({ExportAction.RESTORE, ExportAction.DISABLE, ExportAction.DELETE, ExportAction.RELEASE})
 #: Age (since the Graph read) up to which a snapshot stands in for the state read; older ones are re-read.
 SNAPSHOT_FRESH_SECONDS = 10.0
@@ -63,7 +63,7 @@ class ExportOutcome:
     detail: str = ""  # | error | skipped
 
 
-def _adoption_allowed(record: GuestRecord, policy: LifecycleSettings, now: datetime) -> bool:
+def _adoption_allowed(record: GuestRecord, policy: DeprovisioningSettings, now: datetime) -> bool:
     """An operator chose to take this guest's CN=<uid> over, or the migration window is open."""
     return record.adopt or (policy.adopt_until is not None and now < policy.adopt_until)
 
@@ -74,7 +74,7 @@ def _describe(account: AdAccount) -> str:
 
 
 def _join(
-    directory: GuestDirectory, record: GuestRecord, policy: LifecycleSettings, now: datetime
+    directory: GuestDirectory, record: GuestRecord, policy: DeprovisioningSettings, now: datetime
 ) -> tuple[AdAccount | None, bool]:
     """Join to AD: (the guest's account or None, whether it must be adopted first).
 
@@ -107,7 +107,7 @@ def _join(
 
 
 def _create(
-    directory: GuestDirectory, record: GuestRecord, desired: dict[str, str | None], policy: LifecycleSettings,
+    directory: GuestDirectory, record: GuestRecord, desired: dict[str, str | None], policy: DeprovisioningSettings,
     now: datetime,
 ) -> tuple[str, AdAccount]:
     avoid = tuple(v for v in (desired.get("sAMAccountName"), desired.get("displayName")) if v)
@@ -155,7 +155,7 @@ def _refresh(directory: GuestDirectory, account: AdAccount, desired: dict[str, s
         directory.update_guest(account.dn, changes)
 
 
-def admit_destructive(state: GuestStore, policy: LifecycleSettings, now: datetime) -> BreakerVerdict:
+def admit_destructive(state: GuestStore, policy: DeprovisioningSettings, now: datetime) -> BreakerVerdict:
     """Reserve one disable/delete in the breaker window (shared by every worker through an ETag)."""
 
     def decide(body: dict[str, Any]) -> tuple[dict[str, Any] | None, BreakerVerdict]:
@@ -169,7 +169,7 @@ def admit_destructive(state: GuestStore, policy: LifecycleSettings, now: datetim
 
 def _execute(
     directory: GuestDirectory, record: GuestRecord, plan: ExportPlan, account: AdAccount | None,
-    desired: dict[str, str | None], policy: LifecycleSettings, now: datetime,
+    desired: dict[str, str | None], policy: DeprovisioningSettings, now: datetime,
 ) -> tuple[str, AdAccount | None]:
     """Carry out one planned AD write; returns (outcome action, the account afterwards)."""
     if plan.action is ExportAction.CREATE:
@@ -200,7 +200,7 @@ def _execute(
 
 def _after(
     record: GuestRecord, action: str, account: AdAccount | None, desired: dict[str, str | None],
-    warnings: list[str], directory: GuestDirectory, policy: LifecycleSettings, now: datetime,
+    warnings: list[str], directory: GuestDirectory, policy: DeprovisioningSettings, now: datetime,
 ) -> GuestRecord | None:
     """The record to save after a successful AD write (None: delete the record with the account)."""
     if action == "deleted":
@@ -263,7 +263,7 @@ def export_guest(
     message: ExportMessage,
     state: GuestStore,
     directory: GuestDirectory,
-    policy: LifecycleSettings | None = None,
+    policy: DeprovisioningSettings | None = None,
     now: Callable[[], datetime] = utcnow,
     upn_suffixes: Collection[str] | None = None,
 ) -> ExportOutcome:
@@ -273,7 +273,7 @@ def export_guest(
     A guest whose UPN is not of the kind Entra gives guests, or ends in a suffix not in ``upn_suffixes`` (None:
     the tenant's initial domain as stored in state; see shared.services.tenant), is refused before any LDAP
     call as a security finding."""
-    policy = policy or LifecycleSettings()
+    policy = policy or DeprovisioningSettings()
     snapshot = message_snapshot(message, now())  # the first attempt starts from it instead of reading state
 
     def decide(record: GuestRecord | None) -> Change[tuple[ExportOutcome, bool]]:
@@ -308,10 +308,10 @@ def export_guest(
 
 def _export_record(
     record: GuestRecord, from_snapshot: bool, state: GuestStore, directory: GuestDirectory,
-    policy: LifecycleSettings, now: Callable[[], datetime], upn_suffixes: Collection[str] | None,
+    policy: DeprovisioningSettings, now: Callable[[], datetime], upn_suffixes: Collection[str] | None,
 ) -> tuple[ExportOutcome, GuestRecord | None]:
     """Bring AD in line with ``record``: the outcome and the record to save (None: delete it with the account).
-    Raises ConcurrencyError to be run again on the record read fresh (a snapshot met a lifecycle action)."""
+    Raises ConcurrencyError to be run again on the record read fresh (a snapshot met a deprovisioning action)."""
     desired, warnings = fit_cosmetic(outbound_persistent(record.entry))
     leaving = record.status in DEPROVISION_STATUSES
     problems = [] if leaving else validate_export(desired)

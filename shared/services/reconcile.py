@@ -42,7 +42,7 @@ from shared.core.records import GuestRecord, utcnow
 from shared.core.rules import GUEST_USER_TYPE, Decision, outbound_persistent
 from shared.observability import RECONCILE_FINDINGS, guest_context, new_correlation_id
 from shared.services.apply import apply_user, next_record, plan_for, read_scope
-from shared.settings import LifecycleSettings
+from shared.settings import DeprovisioningSettings
 
 log = logging.getLogger("guestsync.reconcile")
 DELTA_META = "delta"
@@ -233,7 +233,7 @@ def _unpickle(blob: bytes) -> GuestRecord:
     return record
 
 
-def _predicted(plan_decision: Decision, record: GuestRecord | None, policy: LifecycleSettings) -> str:
+def _predicted(plan_decision: Decision, record: GuestRecord | None, policy: DeprovisioningSettings) -> str:
     """The AD action an apply decision leads to, for findings (the worker decides for real)."""
     if plan_decision is Decision.OUT_OF_SCOPE:
         return "disable" if policy.deprovision == "archive" and record and record.has_account else "deprovision"
@@ -257,7 +257,7 @@ class Reconciler:
         graph: DeltaReader,
         state: GuestStore,
         send_export: Callable[[str], None],
-        policy: LifecycleSettings,
+        policy: DeprovisioningSettings,
         *,
         directory: AccountScanner | None = None,
         dry_run: bool = False,

@@ -15,7 +15,7 @@ from shared.core.rules import PERSISTENT_ATTRIBUTES
 USER_OBJECT_CLASSES = ["top", "person", "organizationalPerson", "user"]
 READ_ATTRIBUTES = [*PERSISTENT_ATTRIBUTES, "objectSid", "userAccountControl", OWNERSHIP_ATTRIBUTE, "whenCreated"]
 PAGED_RESULTS_OID = "1.2.840.113556.1.4.319"
-#: What lifecycle operations act on: people only (a computer object is objectClass=user as well).
+#: What deprovisioning operations act on: people only (a computer object is objectClass=user as well).
 PERSON_FILTER = "(&(objectCategory=person)(objectClass=user))"
 
 
