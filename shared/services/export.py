@@ -36,6 +36,7 @@ from shared.core.domain import (
 )
 from shared.core.errors import AccessDeniedError, AccountExistsError, ConstraintError, OutsideManagedOuError
 from shared.core.messages import ExportMessage
+from shared.core.outcomes import ExportResult
 from shared.core.ports import GuestDirectory, GuestStore
 from shared.core.records import ConcurrencyError, GuestRecord, utcnow
 from shared.core.rules import attribute_changes, gone_for_good, initial_user_account_control, outbound_persistent
@@ -59,8 +60,8 @@ SECURITY_PREFIX = "security: "
 @dataclass(frozen=True)
 class ExportOutcome:
     uid: str
-    action: str  # created | joined | adopted | updated | unchanged | restored | disabled | released | deleted | held
-    detail: str = ""  # | error | skipped
+    action: ExportResult
+    detail: str = ""
 
 
 def _adoption_allowed(record: GuestRecord, policy: DeprovisioningSettings, now: datetime) -> bool:
@@ -109,11 +110,11 @@ def _join(
 def _create(
     directory: GuestDirectory, record: GuestRecord, desired: dict[str, str | None], policy: DeprovisioningSettings,
     now: datetime,
-) -> tuple[str, AdAccount]:
+) -> tuple[ExportResult, AdAccount]:
     avoid = tuple(v for v in (desired.get("sAMAccountName"), desired.get("displayName")) if v)
     try:
-        return "created", directory.create_guest(record.uid, desired, new_password(avoid=avoid),
-                                                 initial_user_account_control())
+        return ExportResult.CREATED, directory.create_guest(record.uid, desired, new_password(avoid=avoid),
+                                                            initial_user_account_control())
     except AccountExistsError:
         account = directory.find_guest(record.uid)
     if account is None:
@@ -123,9 +124,9 @@ def _create(
             "nothing was written to it; remove it, and the account is created", SecurityKind.NOT_A_USER, holder)
     if account.marked:  # ours: an earlier attempt created it but its answer (or the join's save) was lost
         _refresh(directory, account, desired)
-        return "joined", account
+        return ExportResult.JOINED, account
     if _adoption_allowed(record, policy, now):
-        return "adopted", _adopt(directory, record, account, desired)
+        return ExportResult.ADOPTED, _adopt(directory, record, account, desired)
     raise SecurityFindingError(
         f"{account.dn} exists and was not created by guestsync (no ownership mark; {_describe(account)}): "
         f"nothing was written to it. If it is this guest's (a MIM-era account), take it over with "
@@ -170,32 +171,32 @@ def admit_destructive(state: GuestStore, policy: DeprovisioningSettings, now: da
 def _execute(
     directory: GuestDirectory, record: GuestRecord, plan: ExportPlan, account: AdAccount | None,
     desired: dict[str, str | None], policy: DeprovisioningSettings, now: datetime,
-) -> tuple[str, AdAccount | None]:
+) -> tuple[ExportResult, AdAccount | None]:
     """Carry out one planned AD write; returns (outcome action, the account afterwards)."""
     if plan.action is ExportAction.CREATE:
         return _create(directory, record, desired, policy, now)
     if account is None:  # nothing to deprovision (a guest that left before its first export)
-        return "unchanged", None
+        return ExportResult.UNCHANGED, None
     if not account.marked:
         directory.mark_owned(account, record.uid)  # joined by objectSid: ours, whatever its adminDescription says
     if plan.action is ExportAction.RESTORE:
         account = directory.restore_guest(account.dn)
         _refresh(directory, account, desired)
-        return "restored", account
+        return ExportResult.RESTORED, account
     if plan.action is ExportAction.DISABLE:
         account = directory.disable_and_archive(account.dn)
         if gone_for_good(record.reason, record.archived_at or now, now):
             account = _release(directory, account)
-        return "disabled", account
+        return ExportResult.DISABLED, account
     if plan.action is ExportAction.RELEASE:
-        return "released", _release(directory, account)
+        return ExportResult.RELEASED, _release(directory, account)
     if plan.action is ExportAction.DELETE:
         directory.delete_guest(account.dn)
-        return "deleted", None
+        return ExportResult.DELETED, None
     if plan.action is ExportAction.UPDATE:
         directory.update_guest(account.dn, plan.changes)
-        return "updated", account
-    return "unchanged", account
+        return ExportResult.UPDATED, account
+    return ExportResult.UNCHANGED, account
 
 
 def _after(
@@ -203,7 +204,7 @@ def _after(
     warnings: list[str], directory: GuestDirectory, policy: DeprovisioningSettings, now: datetime,
 ) -> GuestRecord | None:
     """The record to save after a successful AD write (None: delete the record with the account)."""
-    if action == "deleted":
+    if action == ExportResult.DELETED:
         return None
     joined = {} if account is None else {"object_sid": account.object_sid, "dn": account.dn}
     if record.status in DEPROVISION_STATUSES:
@@ -211,7 +212,7 @@ def _after(
         return record.evolve(
             status=GuestStatus.ARCHIVED if archived else GuestStatus.OUT_OF_SCOPE,
             archived_at=(record.archived_at or now) if archived else record.archived_at,
-            approval=None if action == "disabled" else record.approval,
+            approval=None if action == ExportResult.DISABLED else record.approval,
             error=None,
             security=None,
             adopt=False,
@@ -226,7 +227,7 @@ def _after(
         warnings="; ".join(warnings) or None,
         sam_account_name=desired.get("sAMAccountName"),
         domain=directory.netbios_domain(),
-        exported_at=now if action != "unchanged" or record.exported_at is None else record.exported_at,
+        exported_at=now if action != ExportResult.UNCHANGED or record.exported_at is None else record.exported_at,
         latency_ms=latency if latency is not None else record.latency_ms,
         notified_at=None,
         archived_at=None,
@@ -279,9 +280,10 @@ def export_guest(
     def decide(record: GuestRecord | None) -> Change[tuple[ExportOutcome, bool]]:
         """(the outcome, whether it was written to state), and the record to save or delete."""
         if record is None:
-            return Change((ExportOutcome(message.uid, "skipped", "guest unknown to state"), False))
+            return Change((ExportOutcome(message.uid, ExportResult.SKIPPED, "guest unknown to state"), False))
         if record.status is GuestStatus.HELD and record.approval is None:
-            return Change((ExportOutcome(record.uid, "held", record.error or "awaiting `guestsync approve`"), False))
+            waiting = record.error or "awaiting `guestsync approve`"
+            return Change((ExportOutcome(record.uid, ExportResult.HELD, waiting), False))
         outcome, new = _export_record(record, record is snapshot, state, directory, policy, now, upn_suffixes)
         if new is None:
             return Change((outcome, True), delete=True)
@@ -292,14 +294,14 @@ def export_guest(
     outcome, written = done.result
     if not written:
         return outcome
-    latency = done.saved.latency_ms if done.saved is not None and outcome.action != "unchanged" else None
+    latency = done.saved.latency_ms if done.saved is not None and outcome.action != ExportResult.UNCHANGED else None
     record_export(outcome.action, latency)
     if outcome.detail.startswith(SECURITY_PREFIX):
         SECURITY_FINDINGS.add(1)
         log.error("guest %s: export refused: %s", outcome.uid, outcome.detail)
-    elif outcome.action == "error":
+    elif outcome.action == ExportResult.ERROR:
         log.warning("guest %s: export failed: %s", outcome.uid, outcome.detail)
-    elif outcome.action == "held":
+    elif outcome.action == ExportResult.HELD:
         log.warning("guest %s: %s", outcome.uid, outcome.detail)
     else:
         log.info("guest %s: %s (%s)", outcome.uid, outcome.action, outcome.detail)
@@ -338,11 +340,11 @@ def _export_record(
             if plan.destructive and record.approval is not Approval.APPROVED:
                 verdict = admit_destructive(state, policy, at)
                 if not verdict.allowed:
-                    return (ExportOutcome(record.uid, "held", verdict.reason),
+                    return (ExportOutcome(record.uid, ExportResult.HELD, verdict.reason),
                             record.evolve(status=GuestStatus.HELD, error=verdict.reason))
             action, after = _execute(directory, record, plan, account, desired, policy, at)
-            if adopted and action in ("updated", "unchanged"):
-                action = "adopted"
+            if adopted and action in (ExportResult.UPDATED, ExportResult.UNCHANGED):
+                action = ExportResult.ADOPTED
             return (ExportOutcome(record.uid, action, plan.reason),
                     _after(record, action, after, desired, warnings, directory, policy, at))
         except (ConstraintError, AccessDeniedError, OutsideManagedOuError, AccountExistsError) as exc:
@@ -350,5 +352,5 @@ def _export_record(
         except SecurityFindingError as exc:
             error, security = f"{SECURITY_PREFIX}{exc}", exc.kind
     status = record.status if leaving else GuestStatus.ERROR
-    return (ExportOutcome(record.uid, "error", error),
+    return (ExportOutcome(record.uid, ExportResult.ERROR, error),
             record.evolve(status=status, error=error, security=security, warnings="; ".join(warnings) or None))
