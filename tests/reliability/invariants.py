@@ -53,7 +53,8 @@ from azure.storage.queue import QueueClient
 from ldap3.core.exceptions import LDAPException
 from ldap3.protocol.microsoft import security_descriptor_control
 
-from shared import ad_rules, bootstrap
+from shared import bootstrap
+from shared.core import ad_rules
 from shared.core.ad_rules import format_sid, is_within, same_dn
 from shared.core.domain import GuestStatus
 from shared.services import export
