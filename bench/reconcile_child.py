@@ -47,7 +47,7 @@ async def _floor(settings: Settings, incremental: bool) -> dict[str, Any]:
             raise SystemExit("no stored deltaLink: run a full reconcile first")
     assert settings.directory is not None
     async with GraphClient(settings.graph) as graph:
-        with Directory(settings.directory, archive_ou=settings.lifecycle.archive_ou) as directory:
+        with Directory(settings.directory, archive_ou=settings.deprovisioning.archive_ou) as directory:
             rss_before = _rss_kb()
             started = time.monotonic()
             users = pages = 0
@@ -110,10 +110,10 @@ async def _reconcile(settings: Settings, full: bool) -> dict[str, Any]:
 
     assert settings.directory is not None
     async with GraphClient(settings.graph) as graph:
-        with Directory(settings.directory, archive_ou=settings.lifecycle.archive_ou) as directory:
+        with Directory(settings.directory, archive_ou=settings.deprovisioning.archive_ou) as directory:
             rss_before = _rss_kb()
             started = time.monotonic()
-            report = await Reconciler(graph, state, send, settings.lifecycle, directory=directory,
+            report = await Reconciler(graph, state, send, settings.deprovisioning, directory=directory,
                                       progress=progress).run(full=full)
             total = time.monotonic() - started
     phases: dict[str, float] = {}

@@ -173,7 +173,7 @@ def _adapter(bench: BenchStack, count: int) -> float:
     settings = load_settings(bench.env, need_directory=True)
     assert settings.directory is not None
     users = [guest_user(bench.stack.sim.tenant_domain, "adp", i) for i in range(count)]
-    with Directory(settings.directory, archive_ou=settings.lifecycle.archive_ou) as directory:
+    with Directory(settings.directory, archive_ou=settings.deprovisioning.archive_ou) as directory:
         directory.netbios_domain()  # cached per worker after its first export
         started = time.monotonic()
         for user in users:

@@ -152,7 +152,7 @@ async def _reconcile(*, dry_run: bool) -> ReconcileReport:
     services = Services(load_settings(need_directory=True))
     try:
         return await Reconciler(services.graph, services.state, services.export_queue.send,
-                                services.settings.lifecycle, directory=services.directory, dry_run=dry_run).run()
+                                services.settings.deprovisioning, directory=services.directory, dry_run=dry_run).run()
     finally:
         await services.graph.close()
 

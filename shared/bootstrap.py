@@ -88,14 +88,14 @@ class Services:
         """One directory (one connection) for single-threaded work: the reconcile's scan, CLI commands."""
         from shared.adapters.directory import Directory
 
-        return Directory(self._directory_settings(), archive_ou=self.settings.lifecycle.archive_ou)
+        return Directory(self._directory_settings(), archive_ou=self.settings.deprovisioning.archive_ou)
 
     @cached_property
     def directory_pool(self) -> DirectoryPool:
         """Directories for the exports, one per export in flight, up to GUESTSYNC_LDAP_CONNECTIONS."""
         from shared.adapters.directory import DirectoryPool
 
-        return DirectoryPool(self._directory_settings(), archive_ou=self.settings.lifecycle.archive_ou)
+        return DirectoryPool(self._directory_settings(), archive_ou=self.settings.deprovisioning.archive_ou)
 
     @cached_property
     def export_threads(self) -> ThreadPoolExecutor:
@@ -132,7 +132,7 @@ class Services:
         with self._export_lock:  # cached_property alone does not stop two threads building a second pool
             pool, state = self.directory_pool, self.state
         with pool.lease_on_first_use() as directory:  # a state read before the first LDAP call holds none
-            return export_guest(message, state, cast("GuestDirectory", directory), self.settings.lifecycle,
+            return export_guest(message, state, cast("GuestDirectory", directory), self.settings.deprovisioning,
                                 upn_suffixes=self.upn_suffixes())
 
 

@@ -314,7 +314,7 @@ def _run_reconcile(args: argparse.Namespace, *, dry_run: bool) -> int:
 
     async def run() -> Any:
         try:
-            return await Reconciler(s.graph, s.state, s.export_queue.send, s.settings.lifecycle,
+            return await Reconciler(s.graph, s.state, s.export_queue.send, s.settings.deprovisioning,
                                     directory=None if args.no_ad else s.directory, dry_run=dry_run,
                                     on_finding=found, progress=progress).run(full=args.full)
         finally:

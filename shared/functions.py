@@ -17,8 +17,13 @@ from shared import observability
 from shared.adapters.queues import StoragePoisonQueues, leave_for_newer_reader
 from shared.bootstrap import services
 from shared.core.errors import DirectoryUnavailableError
-from shared.core.messages import ChangeMessage, ExportMessage, NewerSchemaError
-from shared.core.notifications import LifecycleBatch
+from shared.core.messages import (
+    ExportMessage,
+    NewerSchemaError,
+    SubscriptionEventMessage,
+    read_change_queue_message,
+)
+from shared.core.notifications import SubscriptionEventBatch
 from shared.core.records import utcnow
 from shared.observability import guest_context, new_correlation_id
 from shared.services import alerts, apply, reconcile, subscriptions, webhook
@@ -37,7 +42,7 @@ def _http(reply: webhook.Reply) -> func.HttpResponse:
 
 
 def make_ingest_blueprint() -> func.Blueprint:
-    """Webhook, lifecycle, apply and subscription upkeep: the cloud half of guestsync.
+    """Webhook, lifecycle notifications, apply and subscription upkeep: the cloud half of guestsync.
 
     Both HTTP endpoints need a Functions key (auth level FUNCTION) on top of clientState: the host refuses a
     call without it (401) before any code of ours runs. The URLs guestsync subscribes with carry it."""
@@ -63,13 +68,13 @@ def make_ingest_blueprint() -> func.Blueprint:
             return _http(refused)
         received_at = utcnow().isoformat()
 
-        def handle(batch: LifecycleBatch) -> None:
+        def handle(batch: SubscriptionEventBatch) -> None:
             # Lifecycle work needs Graph calls: queue it so the answer stays fast (one message per subscription
             # and event of the POST; the queue side coalesces the catch-ups across POSTs).
             for event in batch.accepted:
                 s.webhook_queue.send(
-                    ChangeMessage(event.subscription_id, f"lifecycle:{event.event}", received_at, "lifecycle",
-                                  correlation_id=new_correlation_id()).to_json()
+                    SubscriptionEventMessage(event.subscription_id, event.event, received_at,
+                                             correlation_id=new_correlation_id()).to_json()
                 )
 
         return _http(webhook.receive_lifecycle(req.get_body(), dict(req.params), s.settings.webhook, handle,
@@ -80,22 +85,22 @@ def make_ingest_blueprint() -> func.Blueprint:
     async def apply_change(msg: func.QueueMessage) -> None:
         s = services()
         try:
-            change = ChangeMessage.from_json(msg.get_body())
+            change = read_change_queue_message(msg.get_body())
         except NewerSchemaError as newer:  # written by a newer agent's reconcile: not ours to guess at
             leave_for_newer_reader(s.change_queue, msg.get_body(), newer)
             return
-        if change.source == "lifecycle":
-            await subscriptions.on_lifecycle_message(
-                s.graph, s.state, s.settings, change.user_id, change.change_type,
+        if isinstance(change, SubscriptionEventMessage):
+            await subscriptions.on_subscription_event(
+                s.graph, s.state, s.settings, change.subscription_id, change.event,
                 received_at=change.received, token=change.correlation_id or msg.id or "",
                 reconcile=lambda: reconcile.Reconciler(s.graph, s.state, s.export_queue.send,
-                                                       s.settings.lifecycle).run(),
+                                                       s.settings.deprovisioning).run(),
                 defer=lambda delay: s.change_queue.send(change.to_json(), delay_seconds=delay))
             return
         with guest_context(None if change.more_user_ids else change.user_id, change.correlation_id or None):
             await apply.apply_or_defer(change, s.graph, s.state, s.export_queue.send,
                                        lambda body, delay: s.change_queue.send(body, delay_seconds=delay),
-                                       scope_group_id=s.settings.lifecycle.scope_group_id)
+                                       scope_group_id=s.settings.deprovisioning.scope_group_id)
 
     @bp.function_name("maintain_subscription")
     @bp.timer_trigger(arg_name="timer", schedule="%GUESTSYNC_SUBSCRIPTION_SCHEDULE%", run_on_startup=False)
@@ -199,7 +204,7 @@ def make_worker_blueprint() -> func.Blueprint:
     @bp.timer_trigger(arg_name="timer", schedule="%GUESTSYNC_RECONCILE_SCHEDULE%", run_on_startup=False)
     async def reconcile_timer(timer: func.TimerRequest) -> None:
         s = services()
-        report = await reconcile.Reconciler(s.graph, s.state, s.export_queue.send, s.settings.lifecycle,
+        report = await reconcile.Reconciler(s.graph, s.state, s.export_queue.send, s.settings.deprovisioning,
                                             directory=s.directory).run()
         log.info("reconcile done: %s", dict(report.actions) or "no drift")
 

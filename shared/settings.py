@@ -172,7 +172,7 @@ class WebhookSettings:
 
 
 @dataclass(frozen=True)
-class LifecycleSettings:
+class DeprovisioningSettings:
     """What happens to a guest's account when the guest leaves scope, and the mass-change breaker."""
 
     deprovision: str = "archive"  # archive (disable + move to archive_ou) | none
@@ -227,7 +227,7 @@ class Settings:
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
     directory: DirectorySettings | None = None
     subscription_minutes: int = 41_760 - 60  # Graph allows at most 41,760 minutes for users
-    lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
+    deprovisioning: DeprovisioningSettings = field(default_factory=DeprovisioningSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     mail: MailSettings = field(default_factory=MailSettings)
     app_insights: str | None = field(default=None, repr=False)  # APPLICATIONINSIGHTS_CONNECTION_STRING
@@ -291,7 +291,7 @@ def _int(env: Mapping[str, str], name: str, default: int | None, minimum: int, m
     return number
 
 
-def load_lifecycle_settings(env: Mapping[str, str], *, need_archive: bool) -> LifecycleSettings:
+def load_deprovisioning_settings(env: Mapping[str, str], *, need_archive: bool) -> DeprovisioningSettings:
     """Deprovisioning policy, scoping group and breaker; ``need_archive`` where the AD worker runs."""
     deprovision = _choice(env, "GUESTSYNC_DEPROVISION", "archive", DEPROVISION_ACTIONS)
     archive_ou = _get(env, "AD_ARCHIVE_OU")
@@ -306,7 +306,7 @@ def load_lifecycle_settings(env: Mapping[str, str], *, need_archive: bool) -> Li
     group = _get(env, "GUESTSYNC_SCOPE_GROUP_ID")
     if group is not None and not is_guid(group):
         raise ConfigurationError(f"setting GUESTSYNC_SCOPE_GROUP_ID must be an Entra group object id, not {group!r}")
-    return LifecycleSettings(
+    return DeprovisioningSettings(
         deprovision=deprovision,
         archive_ou=archive_ou,
         delete_after_days=delete_after,
@@ -562,7 +562,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, need_directory: bool 
     directory = None
     if need_directory or worker_mode == "function" or _get(env, "AD_SERVER"):
         directory = load_directory_settings(env)
-    lifecycle = load_lifecycle_settings(env, need_archive=directory is not None)
+    deprovisioning = load_deprovisioning_settings(env, need_archive=directory is not None)
     return Settings(
         storage_connection=storage.connection_string,
         storage=storage,
@@ -575,7 +575,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, need_directory: bool 
         graph=graph,
         webhook=webhook,
         directory=directory,
-        lifecycle=lifecycle,
+        deprovisioning=deprovisioning,
         upn_suffixes=load_upn_suffixes(env),
     )
 

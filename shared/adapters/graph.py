@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -26,7 +26,6 @@ from msgraph.generated.groups.item.transitive_members.graph_user.graph_user_requ
 )
 from msgraph.generated.models.o_data_errors.o_data_error import ODataError
 from msgraph.generated.models.subscription import Subscription as GraphSubscription
-from msgraph.generated.models.user import User
 from msgraph.generated.organization.organization_request_builder import OrganizationRequestBuilder
 from msgraph.generated.users.delta.delta_request_builder import DeltaRequestBuilder
 from msgraph.generated.users.item.check_member_groups.check_member_groups_post_request_body import (
@@ -56,6 +55,8 @@ from shared.core.errors import (
 )
 from shared.settings import GraphSettings
 
+P = TypeVar("P")  # a page of a Graph collection
+
 MICROSOFT_LOGIN_HOSTS = (
     "login.microsoftonline.com",
     "login.microsoftonline.us",
@@ -67,27 +68,14 @@ MICROSOFT_LOGIN_HOSTS = (
 
 
 
-def _to_graph_user(user: User) -> GraphUser:
-    return GraphUser(
-        id=graph_id(str(user.id)),
-        user_type=user.user_type,
-        display_name=user.display_name,
-        given_name=user.given_name,
-        surname=user.surname,
-        user_principal_name=user.user_principal_name,
-        mail=user.mail,
-        mobile_phone=user.mobile_phone,
-        account_enabled=user.account_enabled,
-    )
-
-
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
 def _user_from_json(data: dict[str, Any]) -> GraphUser:
-    """A user from Graph's JSON. Mapped by hand: the SDK's model parser costs milliseconds of CPU per user
-    (thousands of imports in get_field_deserializers), which made it the bottleneck of apply and reconcile."""
+    """A user from Graph's JSON, the one mapper of every user read. Mapped by hand: the SDK's model parser costs
+    milliseconds of CPU per user (thousands of imports in get_field_deserializers), which made it the bottleneck
+    of apply and reconcile."""
     enabled = data.get("accountEnabled")
     return GraphUser(
         id=graph_id(str(data["id"])),
@@ -100,6 +88,36 @@ def _user_from_json(data: dict[str, Any]) -> GraphUser:
         mobile_phone=_text(data.get("mobilePhone")),
         account_enabled=enabled if isinstance(enabled, bool) else None,
     )
+
+
+def _json_items(body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The objects with an id in a JSON page's ``value``."""
+    for item in body.get("value") or []:
+        if isinstance(item, dict) and item.get("id"):
+            yield item
+
+
+def _json_next_link(body: dict[str, Any]) -> str | None:
+    return _text(body.get("@odata.nextLink"))
+
+
+async def _paged(
+    first: Callable[[], Awaitable[P | None]], more: Callable[[str], Awaitable[P | None]],
+    next_link: Callable[[P], str | None],
+) -> AsyncIterator[P]:
+    """Graph's paging, written once: yield the first page, then follow ``@odata.nextLink`` one page at a time
+    (the next page is fetched only when the caller asks for it). Pages are the SDK's collection responses or
+    JSON bodies; Graph's errors arrive as the port's GraphError."""
+    try:
+        page = await first()
+        while page is not None:
+            yield page
+            link = next_link(page)
+            if not link:
+                return
+            page = await more(link)
+    except ODataError as exc:
+        raise _error(exc) from None
 
 
 def _to_subscription(sub: GraphSubscription) -> Subscription:
@@ -270,44 +288,33 @@ class GraphClient:
         query = UsersRequestBuilder.UsersRequestBuilderGetQueryParameters(
             select=list(GRAPH_USER_SELECT), filter="userType eq 'Guest'", top=page_size
         )
-        try:
-            page = await self._client.users.get(RequestConfiguration(query_parameters=query))
-            while page is not None:
-                for user in page.value or []:
-                    yield _to_graph_user(user)
-                if not page.odata_next_link:
-                    return
-                page = await self._client.users.with_url(page.odata_next_link).get()
-        except ODataError as exc:
-            raise _error(exc) from None
+        users = self._client.users
+        request = users.to_get_request_information(RequestConfiguration(query_parameters=query))
+        pages = _paged(lambda: self._get_json(request),
+                       lambda url: self._get_json(users.with_url(url).to_get_request_information()), _json_next_link)
+        async for body in pages:
+            for item in _json_items(body):
+                yield _user_from_json(item)
 
     async def delta(self, delta_link: str | None = None) -> AsyncIterator[DeltaPage]:
         """users/delta, paged by hand so the final @odata.deltaLink is kept."""
         delta = self._client.users.delta
-        try:
-            if delta_link:
-                request = delta.with_url(delta_link).to_get_request_information()
-            else:
-                query = DeltaRequestBuilder.DeltaRequestBuilderGetQueryParameters(select=list(GRAPH_USER_SELECT))
-                request = delta.to_get_request_information(RequestConfiguration(query_parameters=query))
-            while True:
-                body = await self._get_json(request)
-                next_link = _text(body.get("@odata.nextLink"))
-                page = DeltaPage(next_link=next_link, delta_link=_text(body.get("@odata.deltaLink")))
-                for item in body.get("value") or []:
-                    if not isinstance(item, dict) or not item.get("id"):
-                        continue
-                    removed = item.get("@removed")
-                    if isinstance(removed, dict):
-                        page.removed.append((graph_id(str(item["id"])), str(removed.get("reason", "changed"))))
-                    else:
-                        page.users.append(_user_from_json(item))
-                yield page
-                if not next_link:
-                    return
-                request = delta.with_url(next_link).to_get_request_information()
-        except ODataError as exc:
-            raise _error(exc) from None
+        if delta_link:
+            request = delta.with_url(delta_link).to_get_request_information()
+        else:
+            query = DeltaRequestBuilder.DeltaRequestBuilderGetQueryParameters(select=list(GRAPH_USER_SELECT))
+            request = delta.to_get_request_information(RequestConfiguration(query_parameters=query))
+        pages = _paged(lambda: self._get_json(request),
+                       lambda url: self._get_json(delta.with_url(url).to_get_request_information()), _json_next_link)
+        async for body in pages:
+            page = DeltaPage(next_link=_json_next_link(body), delta_link=_text(body.get("@odata.deltaLink")))
+            for item in _json_items(body):
+                removed = item.get("@removed")
+                if isinstance(removed, dict):
+                    page.removed.append((graph_id(str(item["id"])), str(removed.get("reason", "changed"))))
+                else:
+                    page.users.append(_user_from_json(item))
+            yield page
 
     async def is_group_member(self, user_id: str, group_id: str) -> bool | None:
         """Whether the user is a direct or transitive member of the group (POST users/{id}/checkMemberGroups).
@@ -329,34 +336,23 @@ class GraphClient:
         """Ids of the group's transitive user members (groups/{id}/transitiveMembers/microsoft.graph.user).
 
         Nested groups are expanded by Graph; only users are yielded. Pages are fetched one at a time, following
-        @odata.nextLink by hand. An unknown group raises GraphNotFoundError (404), throttling GraphThrottledError.
+        @odata.nextLink. An unknown group raises GraphNotFoundError (404), throttling GraphThrottledError.
         """
         builder = self._client.groups.by_group_id(group_id).transitive_members.graph_user
         query = GraphUserRequestBuilder.GraphUserRequestBuilderGetQueryParameters(select=["id"], top=page_size)
-        try:
-            page = await builder.get(RequestConfiguration(query_parameters=query))
-            while page is not None:
-                for user in page.value or []:
-                    if user.id:
-                        yield graph_id(str(user.id))
-                if not page.odata_next_link:
-                    return
-                page = await builder.with_url(page.odata_next_link).get()
-        except ODataError as exc:
-            raise _error(exc) from None
+        request = builder.to_get_request_information(RequestConfiguration(query_parameters=query))
+        pages = _paged(lambda: self._get_json(request),
+                       lambda url: self._get_json(builder.with_url(url).to_get_request_information()),
+                       _json_next_link)
+        async for body in pages:
+            for item in _json_items(body):
+                yield graph_id(str(item["id"]))
 
     async def list_subscriptions(self) -> list[Subscription]:
-        try:
-            result: list[Subscription] = []
-            page = await self._client.subscriptions.get()
-            while page is not None:
-                result.extend(_to_subscription(s) for s in page.value or [])
-                if not page.odata_next_link:
-                    break
-                page = await self._client.subscriptions.with_url(page.odata_next_link).get()
-            return result
-        except ODataError as exc:
-            raise _error(exc) from None
+        subscriptions = self._client.subscriptions
+        pages = _paged(subscriptions.get, lambda url: subscriptions.with_url(url).get(),
+                       lambda page: page.odata_next_link)
+        return [_to_subscription(s) async for page in pages for s in page.value or []]
 
     async def create_subscription(
         self, notification_url: str, lifecycle_url: str | None, client_state: str, expiration: datetime

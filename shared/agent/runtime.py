@@ -399,7 +399,7 @@ class Agent:
             from shared.services.reconcile import Reconciler
 
             try:
-                report = await Reconciler(s.graph, s.state, s.export_queue.send, s.settings.lifecycle,
+                report = await Reconciler(s.graph, s.state, s.export_queue.send, s.settings.deprovisioning,
                                           directory=s.directory).run()
             finally:
                 await s.graph.close()

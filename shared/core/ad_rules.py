@@ -182,22 +182,43 @@ def _unescape_dn_value(value: str) -> str:
     return data.decode("utf-8", errors="replace")
 
 
-def _rdns(dn: str) -> list[frozenset[tuple[str, str]]] | None:
-    """The DN as a list of RDNs (each a set of case-folded type/value pairs); None if it does not parse."""
+#: One attribute-value assertion of a DN as ldap3's parse_dn returns it: (type, value as written, separator after).
+Ava = tuple[str, str, str]
+
+
+def split_rdns(dn: str) -> list[list[Ava]] | None:
+    """The DN's RDNs, left to right, each the AVAs as written (a multi-valued ``a=1+b=2`` RDN is one); None if
+    it does not parse. The one DN splitter: comparisons normalise it (``_rdns``), moves rejoin it."""
     try:
         avas = parse_dn(dn)
     except (LDAPInvalidDnError, ValueError, IndexError):
         return None
-    rdns: list[frozenset[tuple[str, str]]] = []
-    current: list[tuple[str, str]] = []
-    for attr_type, value, separator in avas:
-        current.append((attr_type.casefold(), _unescape_dn_value(value).casefold()))
-        if separator != "+":
-            rdns.append(frozenset(current))
+    rdns: list[list[Ava]] = []
+    current: list[Ava] = []
+    for ava in avas:
+        current.append(ava)
+        if ava[2] != "+":
+            rdns.append(current)
             current = []
     if current:
-        rdns.append(frozenset(current))
+        rdns.append(current)
     return rdns
+
+
+def join_rdns(rdns: list[list[Ava]]) -> str:
+    """The DN text of ``split_rdns`` parts, as written (escaping kept)."""
+    avas = [ava for rdn in rdns for ava in rdn]
+    text = "".join(f"{kind}={value}{separator}" for kind, value, separator in avas)
+    return text[: len(text) - len(avas[-1][2])] if avas else ""  # without the separator after the last one
+
+
+def _rdns(dn: str) -> list[frozenset[tuple[str, str]]] | None:
+    """The DN as a list of RDNs (each a set of case-folded type/value pairs); None if it does not parse."""
+    rdns = split_rdns(dn)
+    if rdns is None:
+        return None
+    return [frozenset((kind.casefold(), _unescape_dn_value(value).casefold()) for kind, value, _ in rdn)
+            for rdn in rdns]
 
 
 def is_within(dn: str, ou_dn: str) -> bool:

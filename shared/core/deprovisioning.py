@@ -1,4 +1,4 @@
-"""Lifecycle rules, pure: what the AD worker does with one guest's account, and the mass-change breaker.
+"""Deprovisioning rules, pure: what the AD worker does with one guest's account, and the mass-change breaker.
 
 The export worker, ``guestsync reconcile`` and ``guestsync plan`` all decide with :func:`plan_export`, so
 a dry run says exactly what a real run would do. Deprovisioning (the seeds' "disable or delete the shadow
@@ -24,7 +24,7 @@ from shared.core.domain import (
     GuestStatus,
 )
 from shared.core.rules import attribute_changes, gone_for_good
-from shared.settings import LifecycleSettings
+from shared.settings import DeprovisioningSettings
 
 
 class ExportAction(StrEnum):
@@ -56,11 +56,11 @@ def is_disabled(account: AdAccount) -> bool:
     return bool((account.user_account_control or 0) & UAC_ACCOUNTDISABLE)
 
 
-def is_archived(account: AdAccount, policy: LifecycleSettings) -> bool:
+def is_archived(account: AdAccount, policy: DeprovisioningSettings) -> bool:
     return policy.archive_ou is not None and is_within(account.dn, policy.archive_ou)
 
 
-def delete_due(archived_at: datetime | None, policy: LifecycleSettings) -> datetime | None:
+def delete_due(archived_at: datetime | None, policy: DeprovisioningSettings) -> datetime | None:
     """When an archived account may be deleted (None: never, or not archived yet)."""
     if policy.delete_after_days is None or archived_at is None:
         return None
@@ -75,7 +75,7 @@ def plan_export(
     archived_at: datetime | None,
     account: AdAccount | None,
     desired: Mapping[str, str | None],
-    policy: LifecycleSettings,
+    policy: DeprovisioningSettings,
     now: datetime,
 ) -> ExportPlan:
     """Decide the one AD write that brings a guest's account in line with its state (pure).

@@ -49,7 +49,7 @@ class GraphUser:
     account_enabled: bool | None = None
 
 
-#: The Graph properties every read must $select: the inbound flow sources plus what lifecycle needs.
+#: The Graph properties every read must $select: the inbound flow sources plus what deprovisioning needs.
 GRAPH_USER_SELECT: tuple[str, ...] = (
     "id",
     "userType",
@@ -79,33 +79,32 @@ class MetaverseEntry:
     mobile_phone: str | None
 
     def as_dict(self) -> dict[str, str | None]:
-        return {
-            "uid": self.uid,
-            "cn": self.cn,
-            "accountName": self.account_name,
-            "employeeType": self.employee_type,
-            "displayName": self.display_name,
-            "givenName": self.given_name,
-            "sn": self.sn,
-            "userPrincipalName": self.user_principal_name,
-            "mail": self.mail,
-            "mobilePhone": self.mobile_phone,
-        }
+        """The entry as stored in a guest record (``Entry``, JSON) and shown by the CLI: metaverse names."""
+        return {key: getattr(self, name) for name, key in _ENTRY_KEYS.items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MetaverseEntry:
-        return cls(
-            uid=data["uid"],
-            cn=data["cn"],
-            account_name=data["accountName"],
-            employee_type=data.get("employeeType"),
-            display_name=data.get("displayName"),
-            given_name=data.get("givenName"),
-            sn=data.get("sn"),
-            user_principal_name=data.get("userPrincipalName"),
-            mail=data.get("mail"),
-            mobile_phone=data.get("mobilePhone"),
-        )
+        """The entry of :meth:`as_dict`; KeyError when uid, cn or accountName is missing."""
+        values: dict[str, Any] = {name: data[key] if key in _ENTRY_REQUIRED else data.get(key)
+                                  for name, key in _ENTRY_KEYS.items()}
+        return cls(**values)
+
+
+#: MetaverseEntry's fields and the metaverse attribute names they are stored under, in seed order: one table
+#: for both directions.
+_ENTRY_KEYS: dict[str, str] = {
+    "uid": "uid",
+    "cn": "cn",
+    "account_name": "accountName",
+    "employee_type": "employeeType",
+    "display_name": "displayName",
+    "given_name": "givenName",
+    "sn": "sn",
+    "user_principal_name": "userPrincipalName",
+    "mail": "mail",
+    "mobile_phone": "mobilePhone",
+}
+_ENTRY_REQUIRED = frozenset({"uid", "cn", "accountName"})
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,7 @@ class ChangeMessage:
     user_id: str
     change_type: str
     received_at: str  # ISO 8601 UTC, when the webhook accepted the notification
-    source: str = "notification"  # notification | reconcile | operator
+    source: str = "notification"  # notification | reconcile | operator (never SUBSCRIPTION_EVENT_SOURCE)
     correlation_id: str = ""  # follows this change through apply and export (logs, App Insights)
     more_user_ids: tuple[str, ...] = ()  # further users of the same notification batch: read together
     deferrals: int = 0  # times queued again because Graph throttled the read (see apply.apply_or_defer)
@@ -103,6 +103,65 @@ class ChangeMessage:
             return datetime.fromisoformat(self.received_at)
         except ValueError:
             return None
+
+
+#: ``source`` that marks a change-queue message as a subscription event. Older code wrote these as a
+#: ChangeMessage with the subscription id in ``user_id`` and ``lifecycle:<event>`` in ``change_type``.
+SUBSCRIPTION_EVENT_SOURCE = "lifecycle"
+_EVENT_PREFIX = "lifecycle:"
+
+
+@dataclass(frozen=True)
+class SubscriptionEventMessage:
+    """A Graph lifecycle notification, queued so the endpoint answers fast: ``event`` (reauthorizationRequired,
+    subscriptionRemoved, missed) on subscription ``subscription_id``. It concerns the subscription, not a guest.
+
+    It shares the change queue with ChangeMessage. On the wire it keeps the shape older code wrote and reads
+    (``user_id``/``change_type``/``source``), next to its own ``subscription_id`` and ``event``, so that an
+    instance of either version handles what the other queued during an upgrade."""
+
+    subscription_id: str
+    event: str
+    received_at: str  # ISO 8601 UTC, when the lifecycle endpoint accepted the notification
+    correlation_id: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "v": SCHEMA_VERSION, "subscription_id": self.subscription_id, "event": self.event,
+            "received_at": self.received_at, "correlation_id": self.correlation_id,
+            # read by older code as a ChangeMessage
+            "user_id": self.subscription_id, "change_type": f"{_EVENT_PREFIX}{self.event}",
+            "source": SUBSCRIPTION_EVENT_SOURCE,
+        })
+
+    @classmethod
+    def _from_data(cls, data: dict[str, Any]) -> SubscriptionEventMessage:
+        subscription_id = data.get("subscription_id", data.get("user_id"))
+        if not isinstance(subscription_id, str):
+            raise ValueError("subscription event message has no subscription_id")
+        event = data.get("event")
+        if not isinstance(event, str):  # written by older code: only change_type says which event
+            event = str(data.get("change_type", "")).removeprefix(_EVENT_PREFIX)
+        return cls(subscription_id=graph_id(subscription_id), event=event,
+                   received_at=str(data.get("received_at", "")),
+                   correlation_id=str(data.get("correlation_id", "")))
+
+    @property
+    def received(self) -> datetime | None:
+        try:
+            return datetime.fromisoformat(self.received_at)
+        except ValueError:
+            return None
+
+
+def read_change_queue_message(body: str | bytes) -> ChangeMessage | SubscriptionEventMessage:
+    """A message of the change queue: a user that changed, or a subscription event (also as older code wrote
+    it). Raises NewerSchemaError for a newer schema (the app reads the change queue)."""
+    data = _load_object(body)
+    _check_schema(data, "app")
+    if data.get("source") == SUBSCRIPTION_EVENT_SOURCE:
+        return SubscriptionEventMessage._from_data(data)
+    return ChangeMessage.from_json(body)
 
 
 @dataclass(frozen=True)

@@ -85,14 +85,16 @@ class ChangeBatch(_Batch):
 
 
 @dataclass(frozen=True)
-class LifecycleEvent:
+class SubscriptionEvent:
+    """One Graph lifecycle notification: an event on a subscription (not a guest's deprovisioning)."""
+
     subscription_id: str
     event: str
 
 
 @dataclass(frozen=True)
-class LifecycleBatch(_Batch):
-    accepted: list[LifecycleEvent] = field(default_factory=list)
+class SubscriptionEventBatch(_Batch):
+    accepted: list[SubscriptionEvent] = field(default_factory=list)
 
     @property
     def accepted_count(self) -> int:
@@ -194,14 +196,14 @@ def parse_change_notifications(
 
 def parse_lifecycle_notifications(
     body: bytes, *, client_states: tuple[str, ...], tenant_id: str | None
-) -> LifecycleBatch:
+) -> SubscriptionEventBatch:
     """Split a lifecycle POST into accepted events (reauthorizationRequired, subscriptionRemoved, missed)."""
-    batch = LifecycleBatch()
+    batch = SubscriptionEventBatch()
     for index, item in _trusted_items(body, client_states, tenant_id, batch.rejected):
         event = item.get("lifecycleEvent")
         subscription_id = item.get("subscriptionId")
         if event not in LIFECYCLE_EVENTS or not isinstance(subscription_id, str):
             batch.rejected.append(Rejection(index, f"unknown lifecycleEvent {event!r}"))
             continue
-        batch.accepted.append(LifecycleEvent(subscription_id=subscription_id, event=str(event)))
+        batch.accepted.append(SubscriptionEvent(subscription_id=subscription_id, event=str(event)))
     return batch

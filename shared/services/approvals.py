@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from shared.core.domain import Approval, GuestStatus, SecurityKind, graph_id
 from shared.core.messages import ExportMessage
+from shared.core.outcomes import ApprovalOutcome
 from shared.core.ports import GuestStore
 from shared.core.records import GuestRecord
 from shared.core.unit_of_work import Change, change_guest
@@ -23,7 +24,7 @@ log = logging.getLogger("guestsync.approvals")
 @dataclass(frozen=True)
 class Answer:
     uid: str
-    outcome: str  # approved | rejected | not-held | adopting | not-adoptable | unknown
+    outcome: ApprovalOutcome
     detail: str = ""
 
 
@@ -50,10 +51,10 @@ def _answer_one(state: GuestStore, uid: str, send_export: Callable[[str], None],
 
     def decide(record: GuestRecord | None) -> Change[Answer]:
         if record is None:
-            return Change(Answer(uid, "unknown", "no such guest in state"))
+            return Change(Answer(uid, ApprovalOutcome.UNKNOWN, "no such guest in state"))
         if record.status is not GuestStatus.HELD:
-            return Change(Answer(uid, "not-held", f"status is {record.status.value}"))
-        return Change(Answer(uid, decision.value, record.reason or ""),
+            return Change(Answer(uid, ApprovalOutcome.NOT_HELD, f"status is {record.status.value}"))
+        return Change(Answer(uid, ApprovalOutcome(decision.value), record.reason or ""),
                       record.evolve(status=GuestStatus.OUT_OF_SCOPE, approval=decision, error=None))
 
     done = change_guest(state, uid, decide)
@@ -85,11 +86,11 @@ def adopt(state: GuestStore, uids: Iterable[str], send_export: Callable[[str], N
 def _adopt_one(state: GuestStore, uid: str, send_export: Callable[[str], None]) -> Answer:
     def decide(record: GuestRecord | None) -> Change[Answer]:
         if record is None:
-            return Change(Answer(uid, "unknown", "no such guest in state"))
+            return Change(Answer(uid, ApprovalOutcome.UNKNOWN, "no such guest in state"))
         if record.security not in ADOPTABLE:
-            return Change(Answer(uid, "not-adoptable", "no object to take over was found for this guest "
+            return Change(Answer(uid, ApprovalOutcome.NOT_ADOPTABLE, "no object to take over was found for this guest "
                                                        f"(status {record.status.value})"))
-        return Change(Answer(uid, "adopting", record.error or ""), record.evolve(adopt=True))
+        return Change(Answer(uid, ApprovalOutcome.ADOPTING, record.error or ""), record.evolve(adopt=True))
 
     done = change_guest(state, uid, decide)
     saved = done.saved

@@ -36,18 +36,19 @@ from shared.core.domain import (
 )
 from shared.core.errors import AccessDeniedError, AccountExistsError, ConstraintError, OutsideManagedOuError
 from shared.core.messages import ExportMessage
+from shared.core.outcomes import ExportResult
 from shared.core.ports import GuestDirectory, GuestStore
 from shared.core.records import ConcurrencyError, GuestRecord, utcnow
 from shared.core.rules import attribute_changes, gone_for_good, initial_user_account_control, outbound_persistent
 from shared.core.unit_of_work import READ, Change, change_guest, change_meta
 from shared.observability import SECURITY_FINDINGS, record_export
 from shared.services.tenant import allowed_suffixes
-from shared.settings import LifecycleSettings
+from shared.settings import DeprovisioningSettings
 
 log = logging.getLogger("guestsync.export")
 MAX_ATTEMPTS = 8
 BREAKER_META = "breaker"
-#: Lifecycle actions never taken from an export message's snapshot, which may be stale: state is read first.
+#: Deprovisioning actions never taken from an export message's snapshot, which may be stale: state is read first.
 NOT_FROM_SNAPSHOT = frozenset({ExportAction.RESTORE, ExportAction.DISABLE, ExportAction.DELETE, ExportAction.RELEASE})
 #: Age (since the Graph read) up to which a snapshot stands in for the state read; older ones are re-read.
 SNAPSHOT_FRESH_SECONDS = 10.0
@@ -59,11 +60,11 @@ SECURITY_PREFIX = "security: "
 @dataclass(frozen=True)
 class ExportOutcome:
     uid: str
-    action: str  # created | joined | adopted | updated | unchanged | restored | disabled | released | deleted | held
-    detail: str = ""  # | error | skipped
+    action: ExportResult
+    detail: str = ""
 
 
-def _adoption_allowed(record: GuestRecord, policy: LifecycleSettings, now: datetime) -> bool:
+def _adoption_allowed(record: GuestRecord, policy: DeprovisioningSettings, now: datetime) -> bool:
     """An operator chose to take this guest's CN=<uid> over, or the migration window is open."""
     return record.adopt or (policy.adopt_until is not None and now < policy.adopt_until)
 
@@ -74,7 +75,7 @@ def _describe(account: AdAccount) -> str:
 
 
 def _join(
-    directory: GuestDirectory, record: GuestRecord, policy: LifecycleSettings, now: datetime
+    directory: GuestDirectory, record: GuestRecord, policy: DeprovisioningSettings, now: datetime
 ) -> tuple[AdAccount | None, bool]:
     """Join to AD: (the guest's account or None, whether it must be adopted first).
 
@@ -107,13 +108,13 @@ def _join(
 
 
 def _create(
-    directory: GuestDirectory, record: GuestRecord, desired: dict[str, str | None], policy: LifecycleSettings,
+    directory: GuestDirectory, record: GuestRecord, desired: dict[str, str | None], policy: DeprovisioningSettings,
     now: datetime,
-) -> tuple[str, AdAccount]:
+) -> tuple[ExportResult, AdAccount]:
     avoid = tuple(v for v in (desired.get("sAMAccountName"), desired.get("displayName")) if v)
     try:
-        return "created", directory.create_guest(record.uid, desired, new_password(avoid=avoid),
-                                                 initial_user_account_control())
+        return ExportResult.CREATED, directory.create_guest(record.uid, desired, new_password(avoid=avoid),
+                                                            initial_user_account_control())
     except AccountExistsError:
         account = directory.find_guest(record.uid)
     if account is None:
@@ -123,9 +124,9 @@ def _create(
             "nothing was written to it; remove it, and the account is created", SecurityKind.NOT_A_USER, holder)
     if account.marked:  # ours: an earlier attempt created it but its answer (or the join's save) was lost
         _refresh(directory, account, desired)
-        return "joined", account
+        return ExportResult.JOINED, account
     if _adoption_allowed(record, policy, now):
-        return "adopted", _adopt(directory, record, account, desired)
+        return ExportResult.ADOPTED, _adopt(directory, record, account, desired)
     raise SecurityFindingError(
         f"{account.dn} exists and was not created by guestsync (no ownership mark; {_describe(account)}): "
         f"nothing was written to it. If it is this guest's (a MIM-era account), take it over with "
@@ -155,7 +156,7 @@ def _refresh(directory: GuestDirectory, account: AdAccount, desired: dict[str, s
         directory.update_guest(account.dn, changes)
 
 
-def admit_destructive(state: GuestStore, policy: LifecycleSettings, now: datetime) -> BreakerVerdict:
+def admit_destructive(state: GuestStore, policy: DeprovisioningSettings, now: datetime) -> BreakerVerdict:
     """Reserve one disable/delete in the breaker window (shared by every worker through an ETag)."""
 
     def decide(body: dict[str, Any]) -> tuple[dict[str, Any] | None, BreakerVerdict]:
@@ -169,41 +170,41 @@ def admit_destructive(state: GuestStore, policy: LifecycleSettings, now: datetim
 
 def _execute(
     directory: GuestDirectory, record: GuestRecord, plan: ExportPlan, account: AdAccount | None,
-    desired: dict[str, str | None], policy: LifecycleSettings, now: datetime,
-) -> tuple[str, AdAccount | None]:
+    desired: dict[str, str | None], policy: DeprovisioningSettings, now: datetime,
+) -> tuple[ExportResult, AdAccount | None]:
     """Carry out one planned AD write; returns (outcome action, the account afterwards)."""
     if plan.action is ExportAction.CREATE:
         return _create(directory, record, desired, policy, now)
     if account is None:  # nothing to deprovision (a guest that left before its first export)
-        return "unchanged", None
+        return ExportResult.UNCHANGED, None
     if not account.marked:
         directory.mark_owned(account, record.uid)  # joined by objectSid: ours, whatever its adminDescription says
     if plan.action is ExportAction.RESTORE:
         account = directory.restore_guest(account.dn)
         _refresh(directory, account, desired)
-        return "restored", account
+        return ExportResult.RESTORED, account
     if plan.action is ExportAction.DISABLE:
         account = directory.disable_and_archive(account.dn)
         if gone_for_good(record.reason, record.archived_at or now, now):
             account = _release(directory, account)
-        return "disabled", account
+        return ExportResult.DISABLED, account
     if plan.action is ExportAction.RELEASE:
-        return "released", _release(directory, account)
+        return ExportResult.RELEASED, _release(directory, account)
     if plan.action is ExportAction.DELETE:
         directory.delete_guest(account.dn)
-        return "deleted", None
+        return ExportResult.DELETED, None
     if plan.action is ExportAction.UPDATE:
         directory.update_guest(account.dn, plan.changes)
-        return "updated", account
-    return "unchanged", account
+        return ExportResult.UPDATED, account
+    return ExportResult.UNCHANGED, account
 
 
 def _after(
     record: GuestRecord, action: str, account: AdAccount | None, desired: dict[str, str | None],
-    warnings: list[str], directory: GuestDirectory, policy: LifecycleSettings, now: datetime,
+    warnings: list[str], directory: GuestDirectory, policy: DeprovisioningSettings, now: datetime,
 ) -> GuestRecord | None:
     """The record to save after a successful AD write (None: delete the record with the account)."""
-    if action == "deleted":
+    if action == ExportResult.DELETED:
         return None
     joined = {} if account is None else {"object_sid": account.object_sid, "dn": account.dn}
     if record.status in DEPROVISION_STATUSES:
@@ -211,7 +212,7 @@ def _after(
         return record.evolve(
             status=GuestStatus.ARCHIVED if archived else GuestStatus.OUT_OF_SCOPE,
             archived_at=(record.archived_at or now) if archived else record.archived_at,
-            approval=None if action == "disabled" else record.approval,
+            approval=None if action == ExportResult.DISABLED else record.approval,
             error=None,
             security=None,
             adopt=False,
@@ -226,7 +227,7 @@ def _after(
         warnings="; ".join(warnings) or None,
         sam_account_name=desired.get("sAMAccountName"),
         domain=directory.netbios_domain(),
-        exported_at=now if action != "unchanged" or record.exported_at is None else record.exported_at,
+        exported_at=now if action != ExportResult.UNCHANGED or record.exported_at is None else record.exported_at,
         latency_ms=latency if latency is not None else record.latency_ms,
         notified_at=None,
         archived_at=None,
@@ -263,7 +264,7 @@ def export_guest(
     message: ExportMessage,
     state: GuestStore,
     directory: GuestDirectory,
-    policy: LifecycleSettings | None = None,
+    policy: DeprovisioningSettings | None = None,
     now: Callable[[], datetime] = utcnow,
     upn_suffixes: Collection[str] | None = None,
 ) -> ExportOutcome:
@@ -273,15 +274,16 @@ def export_guest(
     A guest whose UPN is not of the kind Entra gives guests, or ends in a suffix not in ``upn_suffixes`` (None:
     the tenant's initial domain as stored in state; see shared.services.tenant), is refused before any LDAP
     call as a security finding."""
-    policy = policy or LifecycleSettings()
+    policy = policy or DeprovisioningSettings()
     snapshot = message_snapshot(message, now())  # the first attempt starts from it instead of reading state
 
     def decide(record: GuestRecord | None) -> Change[tuple[ExportOutcome, bool]]:
         """(the outcome, whether it was written to state), and the record to save or delete."""
         if record is None:
-            return Change((ExportOutcome(message.uid, "skipped", "guest unknown to state"), False))
+            return Change((ExportOutcome(message.uid, ExportResult.SKIPPED, "guest unknown to state"), False))
         if record.status is GuestStatus.HELD and record.approval is None:
-            return Change((ExportOutcome(record.uid, "held", record.error or "awaiting `guestsync approve`"), False))
+            waiting = record.error or "awaiting `guestsync approve`"
+            return Change((ExportOutcome(record.uid, ExportResult.HELD, waiting), False))
         outcome, new = _export_record(record, record is snapshot, state, directory, policy, now, upn_suffixes)
         if new is None:
             return Change((outcome, True), delete=True)
@@ -292,14 +294,14 @@ def export_guest(
     outcome, written = done.result
     if not written:
         return outcome
-    latency = done.saved.latency_ms if done.saved is not None and outcome.action != "unchanged" else None
+    latency = done.saved.latency_ms if done.saved is not None and outcome.action != ExportResult.UNCHANGED else None
     record_export(outcome.action, latency)
     if outcome.detail.startswith(SECURITY_PREFIX):
         SECURITY_FINDINGS.add(1)
         log.error("guest %s: export refused: %s", outcome.uid, outcome.detail)
-    elif outcome.action == "error":
+    elif outcome.action == ExportResult.ERROR:
         log.warning("guest %s: export failed: %s", outcome.uid, outcome.detail)
-    elif outcome.action == "held":
+    elif outcome.action == ExportResult.HELD:
         log.warning("guest %s: %s", outcome.uid, outcome.detail)
     else:
         log.info("guest %s: %s (%s)", outcome.uid, outcome.action, outcome.detail)
@@ -308,10 +310,10 @@ def export_guest(
 
 def _export_record(
     record: GuestRecord, from_snapshot: bool, state: GuestStore, directory: GuestDirectory,
-    policy: LifecycleSettings, now: Callable[[], datetime], upn_suffixes: Collection[str] | None,
+    policy: DeprovisioningSettings, now: Callable[[], datetime], upn_suffixes: Collection[str] | None,
 ) -> tuple[ExportOutcome, GuestRecord | None]:
     """Bring AD in line with ``record``: the outcome and the record to save (None: delete it with the account).
-    Raises ConcurrencyError to be run again on the record read fresh (a snapshot met a lifecycle action)."""
+    Raises ConcurrencyError to be run again on the record read fresh (a snapshot met a deprovisioning action)."""
     desired, warnings = fit_cosmetic(outbound_persistent(record.entry))
     leaving = record.status in DEPROVISION_STATUSES
     problems = [] if leaving else validate_export(desired)
@@ -338,11 +340,11 @@ def _export_record(
             if plan.destructive and record.approval is not Approval.APPROVED:
                 verdict = admit_destructive(state, policy, at)
                 if not verdict.allowed:
-                    return (ExportOutcome(record.uid, "held", verdict.reason),
+                    return (ExportOutcome(record.uid, ExportResult.HELD, verdict.reason),
                             record.evolve(status=GuestStatus.HELD, error=verdict.reason))
             action, after = _execute(directory, record, plan, account, desired, policy, at)
-            if adopted and action in ("updated", "unchanged"):
-                action = "adopted"
+            if adopted and action in (ExportResult.UPDATED, ExportResult.UNCHANGED):
+                action = ExportResult.ADOPTED
             return (ExportOutcome(record.uid, action, plan.reason),
                     _after(record, action, after, desired, warnings, directory, policy, at))
         except (ConstraintError, AccessDeniedError, OutsideManagedOuError, AccountExistsError) as exc:
@@ -350,5 +352,5 @@ def _export_record(
         except SecurityFindingError as exc:
             error, security = f"{SECURITY_PREFIX}{exc}", exc.kind
     status = record.status if leaving else GuestStatus.ERROR
-    return (ExportOutcome(record.uid, "error", error),
+    return (ExportOutcome(record.uid, ExportResult.ERROR, error),
             record.evolve(status=status, error=error, security=security, warnings="; ".join(warnings) or None))

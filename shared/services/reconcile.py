@@ -37,12 +37,13 @@ from shared.core.deprovisioning import ExportAction, plan_export
 from shared.core.domain import DEPROVISION_STATUSES, AdAccount, DeltaPage, GraphUser, GuestStatus
 from shared.core.errors import DeltaExpiredError
 from shared.core.messages import ExportMessage
+from shared.core.outcomes import FindingAction
 from shared.core.ports import AccountScanner, DeltaReader, GuestStore
 from shared.core.records import GuestRecord, utcnow
 from shared.core.rules import GUEST_USER_TYPE, Decision, outbound_persistent
 from shared.observability import RECONCILE_FINDINGS, guest_context, new_correlation_id
 from shared.services.apply import apply_user, next_record, plan_for, read_scope
-from shared.settings import LifecycleSettings
+from shared.settings import DeprovisioningSettings
 
 log = logging.getLogger("guestsync.reconcile")
 DELTA_META = "delta"
@@ -57,7 +58,7 @@ class Finding:
     """One thing the reconcile found: ``action`` is what is (or, in a plan, would be) done about it."""
 
     uid: str
-    action: str  # create | update | restore | disable | delete | save | join | foreign | adoptable | security
+    action: FindingAction
     reason: str
     user_principal_name: str | None = None
     dn: str | None = None
@@ -233,17 +234,19 @@ def _unpickle(blob: bytes) -> GuestRecord:
     return record
 
 
-def _predicted(plan_decision: Decision, record: GuestRecord | None, policy: LifecycleSettings) -> str:
+def _predicted(plan_decision: Decision, record: GuestRecord | None, policy: DeprovisioningSettings) -> FindingAction:
     """The AD action an apply decision leads to, for findings (the worker decides for real)."""
     if plan_decision is Decision.OUT_OF_SCOPE:
-        return "disable" if policy.deprovision == "archive" and record and record.has_account else "deprovision"
+        if policy.deprovision == "archive" and record and record.has_account:
+            return FindingAction.DISABLE
+        return FindingAction.DEPROVISION
     if plan_decision is Decision.SAVE:
-        return "save"
+        return FindingAction.SAVE
     if record is None or not record.has_account:
-        return "create"
+        return FindingAction.CREATE
     if record.status in DEPROVISION_STATUSES:
-        return "restore"
-    return "update"
+        return FindingAction.RESTORE
+    return FindingAction.UPDATE
 
 
 class Reconciler:
@@ -257,7 +260,7 @@ class Reconciler:
         graph: DeltaReader,
         state: GuestStore,
         send_export: Callable[[str], None],
-        policy: LifecycleSettings,
+        policy: DeprovisioningSettings,
         *,
         directory: AccountScanner | None = None,
         dry_run: bool = False,
@@ -429,19 +432,19 @@ class Reconciler:
                                policy=self.policy, now=now)
             if plan.action is ExportAction.NONE:
                 continue
-            self._export(record, plan.action.value, plan.reason, account.dn)
+            self._export(record, FindingAction(plan.action.value), plan.reason, account.dn)
         self.progress("ad", self.report.ad_accounts)
         # Guests whose account was not in the OUs: deleted by hand (recreate), or never exported (retry).
         for record in self.index.records("ad_seen = 0 AND handled = 0"):
             if record.status in DEPROVISION_STATUSES:
                 continue
             if record.has_account:
-                self._export(record, "create", "AD account was deleted outside guestsync; recreating it",
+                self._export(record, FindingAction.CREATE, "AD account was deleted outside guestsync; recreating it",
                              record.dn)
             elif record.status in (GuestStatus.PENDING, GuestStatus.ERROR):
                 why = "export still outstanding" if record.status is GuestStatus.PENDING else (
                     f"retrying after error: {record.error}")
-                self._export(record, "create", why, None)
+                self._export(record, FindingAction.CREATE, why, None)
 
     def _unjoined(self, account: AdAccount) -> None:
         """An account no guest is joined to by objectSid. One that carries the mark of a guest never joined was
@@ -451,8 +454,8 @@ class Reconciler:
         uid = uid_from_dn(account.dn)
         candidate = self.index.get(uid) if uid else None
         if candidate is None:
-            self._found(Finding(uid or "-", "foreign", "object in a managed OU that guestsync does not own (no guest "
-                                "with its objectSid or its name); left alone", dn=account.dn))
+            self._found(Finding(uid or "-", FindingAction.FOREIGN, "object in a managed OU that guestsync does not "
+                                "own (no guest with its objectSid or its name); left alone", dn=account.dn))
             return
         self.index.mark(candidate.uid, "ad_seen")
         if self.index.is_handled(candidate.uid):
@@ -460,17 +463,17 @@ class Reconciler:
         details = (f"objectSid {account.object_sid}, userAccountControl {account.user_account_control}, created "
                    f"{account.when_created or 'at an unknown time'}")
         if candidate.object_sid is None and account.marked:
-            action, why = "join", "account created by guestsync whose join was not saved; joining it"
+            action, why = FindingAction.JOIN, "account created by guestsync whose join was not saved; joining it"
         elif candidate.object_sid is None:
-            action, why = "adoptable", (f"CN={uid} exists without guestsync's ownership mark ({details}); "
+            action, why = FindingAction.ADOPTABLE, (f"CN={uid} exists without guestsync's ownership mark ({details}); "
                                         f"`guestsync adopt {uid}` takes it over, nothing is written until then")
         else:
-            action, why = "security", (f"a different object holds CN={uid} than the account joined to the guest "
-                                       f"(objectSid {candidate.object_sid}); this one has {details}: replaced or "
-                                       "planted, left alone")
+            action, why = FindingAction.SECURITY, (
+                f"a different object holds CN={uid} than the account joined to the guest (objectSid "
+                f"{candidate.object_sid}); this one has {details}: replaced or planted, left alone")
         self._export(candidate, action, why, account.dn)
 
-    def _export(self, record: GuestRecord, action: str, reason: str, dn: str | None) -> None:
+    def _export(self, record: GuestRecord, action: FindingAction, reason: str, dn: str | None) -> None:
         self._found(Finding(record.uid, action, reason, record.entry.user_principal_name, dn))
         if not self.dry_run:
             self.send_export(ExportMessage(record.uid, record.version, f"reconcile: {reason}",

@@ -138,12 +138,11 @@ async def reauthorize(graph: SubscriptionApi, settings: Settings, subscription_i
     return await graph.renew_subscription(subscription_id, target)
 
 
-async def handle_lifecycle(
-    graph: SubscriptionApi, settings: Settings, subscription_id: str, change_type: str
+async def handle_subscription_event(
+    graph: SubscriptionApi, settings: Settings, subscription_id: str, event: str
 ) -> bool:
-    """Act on a queued lifecycle event (``change_type`` is ``lifecycle:<event>``); True when notifications
-    may have been lost, so the caller must catch up with users/delta."""
-    event = change_type.removeprefix("lifecycle:")
+    """Act on a subscription event (a Graph lifecycle notification); True when notifications may have been
+    lost, so the caller must catch up with users/delta."""
     if event == "reauthorizationRequired":
         renewed = await reauthorize(graph, settings, subscription_id)
         log.info("reauthorized Graph subscription %s until %s", renewed.id, renewed.expiration.isoformat())
@@ -208,7 +207,7 @@ def claim_catch_up(state: GuestStore, received_at: datetime, token: str, now: Ca
     return change_meta(state, CATCH_UP_META, decide, attempts=10)
 
 
-async def on_lifecycle_message(
+async def on_subscription_event(
     graph: SubscriptionApi,
     state: GuestStore,
     settings: Settings,
@@ -221,25 +220,25 @@ async def on_lifecycle_message(
     defer: Callable[[int], None],
     now: Callable[[], datetime] = utcnow,
 ) -> CatchUp | None:
-    """Act on a queued lifecycle event, only for our subscription (or the one it replaced): renew on
-    ``reauthorizationRequired``; for ``missed`` / ``subscriptionRemoved`` the coalesced catch-up (subscription
-    check, which re-creates a removed one, then a reconcile). Events for other subscriptions are dropped with a
-    warning: acknowledged, never retried or poisoned. Returns the catch-up decision (None for the others)."""
-    event = event.removeprefix("lifecycle:")
+    """Act on a queued subscription event (SubscriptionEventMessage), only for our subscription (or the one it
+    replaced): renew on ``reauthorizationRequired``; for ``missed`` / ``subscriptionRemoved`` the coalesced
+    catch-up (subscription check, which re-creates a removed one, then a reconcile). Events for other
+    subscriptions are dropped with a warning: acknowledged, never retried or poisoned. Returns the catch-up
+    decision (None for the others)."""
     ours = our_subscription_ids(state)
     if ours is not None and subscription_id.lower() not in ours:
-        log.warning("lifecycle event %s for subscription %s dropped: it is not ours (%s)", event, subscription_id,
+        log.warning("subscription event %s for subscription %s dropped: it is not ours (%s)", event, subscription_id,
                     ", ".join(sorted(ours)))
         return None
     if event == "reauthorizationRequired":
-        await handle_lifecycle(graph, settings, subscription_id, "lifecycle:reauthorizationRequired")
+        await handle_subscription_event(graph, settings, subscription_id, "reauthorizationRequired")
         return None
     claim = claim_catch_up(state, received_at or now(), token, now)
     if claim.decision is CatchUp.COVERED:
-        log.info("lifecycle event %s on subscription %s: covered by a catch-up that starts after it",
+        log.info("subscription event %s on subscription %s: covered by a catch-up that starts after it",
                  event, subscription_id)
     elif claim.decision is CatchUp.DEFERRED:
-        log.info("lifecycle event %s on subscription %s: catch-up deferred %d s to the end of the window",
+        log.info("subscription event %s on subscription %s: catch-up deferred %d s to the end of the window",
                  event, subscription_id, claim.delay_seconds)
         defer(claim.delay_seconds)
     else:

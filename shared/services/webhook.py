@@ -17,9 +17,9 @@ from shared.core.messages import ChangeMessage
 from shared.core.notifications import (
     MAX_BODY_BYTES,
     ChangeBatch,
-    LifecycleBatch,
-    LifecycleEvent,
     MalformedNotificationError,
+    SubscriptionEvent,
+    SubscriptionEventBatch,
     parse_change_notifications,
     parse_lifecycle_notifications,
     validation_token,
@@ -155,7 +155,7 @@ def _not_queued(exc: Exception) -> Reply:
     return _problem(503, "notifications could not be queued; retry later")
 
 
-def _batch_reply(batch: ChangeBatch | LifecycleBatch, noun: str) -> Reply:
+def _batch_reply(batch: ChangeBatch | SubscriptionEventBatch, noun: str) -> Reply:
     """Log the refused items and answer with the batch's status code (details list the refused items). Both
     stop after MAX_REPORTED items: a body of junk items must not turn into as many log lines."""
     for rejection in batch.rejected[:MAX_REPORTED]:
@@ -177,7 +177,7 @@ def receive_lifecycle(
     body: bytes,
     params: dict[str, str],
     settings: WebhookSettings,
-    handle: Callable[[LifecycleBatch], None],
+    handle: Callable[[SubscriptionEventBatch], None],
     ours: Callable[[], frozenset[str] | None] = lambda: None,
 ) -> Reply:
     """Handle ``POST /api/graph/lifecycle``: validation handshake or lifecycle events.
@@ -202,7 +202,7 @@ def receive_lifecycle(
     if batch.accepted:
         try:
             known = ours()
-            kept: dict[tuple[str, str], LifecycleEvent] = {}
+            kept: dict[tuple[str, str], SubscriptionEvent] = {}
             foreign: dict[str, int] = {}
             for event in batch.accepted:
                 if known is not None and event.subscription_id.lower() not in known:
@@ -213,7 +213,7 @@ def receive_lifecycle(
                 log.warning("%d lifecycle event(s) for subscription %s dropped: it is not ours", count,
                             subscription_id)
             if kept:
-                handle(LifecycleBatch(rejected=batch.rejected, accepted=list(kept.values())))
+                handle(SubscriptionEventBatch(rejected=batch.rejected, accepted=list(kept.values())))
         except Exception as exc:
             return _not_queued(exc)
     return _batch_reply(batch, "lifecycle notification")

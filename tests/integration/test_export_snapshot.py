@@ -65,7 +65,7 @@ def test_new_guest_is_applied_and_exported_without_reading_state(stack: Stack,
 
 def _export(message: ExportMessage) -> str:
     s = bootstrap.services()
-    return export_guest(message, s.state, s.directory, s.settings.lifecycle).action
+    return export_guest(message, s.state, s.directory, s.settings.deprovisioning).action
 
 
 def _account(stack: Stack, uid: str) -> tuple[str, int, str]:

@@ -49,3 +49,22 @@ def test_simulator_refuses_more_than_fifteen_values_like_graph(graph: GraphSimul
     ok = ",".join(f"'{UNKNOWN[:-2]}{n:02d}'" for n in range(MAX_IN_VALUES))
     status, body = raw_request(graph, "GET", "/v1.0/users?$filter=" + urllib.parse.quote(f"id in ({ok})"))
     assert status == 200 and body["value"] == []
+
+
+def test_list_guests_follows_next_links_and_maps_like_get_user(
+        graph: GraphSimulator, graph_settings: GraphSettings) -> None:
+    """Every page of the guest listing is read, and each guest is mapped as a single read maps it."""
+    guests = [graph.invite_guest(f"page{i}@fabrikam.com", f"Page {i}", "Page", f"P{i}")["id"] for i in range(5)]
+    graph.add_user(displayName="Member", userPrincipalName=f"pagemember@{graph.tenant_domain}")
+    before = graph.request_count["GET /users"]
+
+    async def read() -> tuple[list[GraphUser], list[GraphUser | None]]:
+        async with GraphClient(graph_settings) as client:
+            listed = [u async for u in client.list_guests(page_size=2)]
+            return listed, [await client.get_user(g) for g in guests]
+
+    listed, single = asyncio.run(read())
+    assert graph.request_count["GET /users"] - before >= 3  # five guests or more, two per page
+    by_id = {u.id: u for u in listed}
+    assert all(u.user_type == "Guest" for u in listed)
+    assert [by_id[g] for g in guests] == single

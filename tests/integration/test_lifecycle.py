@@ -289,6 +289,23 @@ def test_missed_lifecycle_event_triggers_a_delta_catch_up(stack: Stack) -> None:
     stack.wait(lambda: stack.settled([missed["id"]]), "the catch-up")
 
 
+def test_a_missed_event_queued_by_the_previous_version_still_catches_up(stack: Stack) -> None:
+    """A subscription event already on the change queue when the app is upgraded, in the shape the previous
+    version wrote (the subscription id in ``user_id``), is still handled."""
+    from shared import bootstrap
+    from shared.core.records import utcnow
+
+    sim: Any = stack.sim
+    stack.reconcile()
+    sim.drop_next_notifications(1)
+    missed = sim.invite_guest("queued@fabrikam.com", "Queued Event", "Que", "Ued")
+    (sub_id,) = list(sim.subscriptions)
+    bootstrap.services().change_queue.send(json.dumps({
+        "v": 1, "user_id": sub_id, "change_type": "lifecycle:missed", "received_at": utcnow().isoformat(),
+        "source": "lifecycle", "correlation_id": "queued-before-the-upgrade"}))
+    stack.wait(lambda: stack.settled([missed["id"]]), "the catch-up")
+
+
 def test_subscription_removed_is_recreated_and_caught_up(stack: Stack) -> None:
     sim: Any = stack.sim
     stack.reconcile()

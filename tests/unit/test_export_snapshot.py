@@ -25,13 +25,13 @@ from shared.core.records import GuestRecord
 from shared.core.rules import Decision, inbound, outbound_persistent
 from shared.services.apply import KNOWN_RECORDS, apply_user
 from shared.services.export import SNAPSHOT_FRESH_SECONDS, export_guest
-from shared.settings import LifecycleSettings
+from shared.settings import DeprovisioningSettings
 from tests.fakes import ARCHIVE_OU, GUEST_OU, MemoryDirectory, MemoryGuestStore
 
 UID = "6ea91a8d-e32e-41a1-b7bd-d2d185eed0e0"
 SID = "S-1-5-21-1-2-3-1104"
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-POLICY = LifecycleSettings(archive_ou=ARCHIVE_OU)
+POLICY = DeprovisioningSettings(archive_ou=ARCHIVE_OU)
 
 
 def guest(**props: Any) -> GraphUser:

@@ -178,7 +178,7 @@ def test_mail_bad_combinations(env: dict[str, str], setting: str) -> None:
 def test_function_worker_mode_needs_the_ad_settings() -> None:
     fails({"GUESTSYNC_WORKER_MODE": "function"}, "AD_SERVER")
     settings = load_settings({**BASE, **AD, "GUESTSYNC_WORKER_MODE": "function"})
-    assert settings.directory is not None and settings.lifecycle.archive_ou == AD["AD_ARCHIVE_OU"]
+    assert settings.directory is not None and settings.deprovisioning.archive_ou == AD["AD_ARCHIVE_OU"]
     fails({**AD, "AD_SERVER": "ldap://dc1.contoso.com"}, "AD_SERVER")
     fails({**AD, "GUESTSYNC_WORKER_MODE": "cloud"}, "GUESTSYNC_WORKER_MODE")
 

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from shared.core.domain import ConfigurationError, Subscription
-from shared.services.subscriptions import ensure_subscription, handle_lifecycle, keyed_url, url_without_key
+from shared.services.subscriptions import ensure_subscription, handle_subscription_event, keyed_url, url_without_key
 from shared.settings import Settings, WebhookSettings
 from tests.fakes import MemoryGraph
 
@@ -77,9 +77,9 @@ def test_conflict_on_create_lists_and_renews_the_existing_one() -> None:
 
 def test_lifecycle_events_say_when_a_catch_up_is_needed() -> None:
     graph = MemoryGraph(subscriptions=[_sub(timedelta(hours=1))])
-    assert asyncio.run(handle_lifecycle(graph, SETTINGS, "sub-1", "lifecycle:reauthorizationRequired")) is False
+    assert asyncio.run(handle_subscription_event(graph, SETTINGS, "sub-1", "reauthorizationRequired")) is False
     assert graph.calls == ["renew sub-1"]
-    assert asyncio.run(handle_lifecycle(graph, SETTINGS, "sub-1", "lifecycle:missed")) is True
+    assert asyncio.run(handle_subscription_event(graph, SETTINGS, "sub-1", "missed")) is True
     gone = MemoryGraph()
-    assert asyncio.run(handle_lifecycle(gone, SETTINGS, "sub-1", "lifecycle:subscriptionRemoved")) is True
+    assert asyncio.run(handle_subscription_event(gone, SETTINGS, "sub-1", "subscriptionRemoved")) is True
     assert gone.calls == ["list", "create"]

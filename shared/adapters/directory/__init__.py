@@ -13,7 +13,7 @@ Design points:
 * One connection per instance, guarded by a lock (ldap3's sync strategy is not thread-safe); a dropped
   connection is re-opened once per operation. ``DirectoryPool`` lends instances to one thread at a time, so
   exports running in parallel each have a connection of their own instead of queueing on one.
-* Lifecycle (disable and archive, restore, delete) only ever moves an account between the guest OU and
+* Deprovisioning (disable and archive, restore, delete) only ever moves an account between the guest OU and
   the archive OU, and each operation is idempotent: a retry after a lost answer finds the work done.
   Disabling comes before the move out, enabling after the move back, so a half-done step leaves the
   account disabled, never enabled in the wrong place.

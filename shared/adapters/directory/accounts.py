@@ -12,7 +12,7 @@ from ldap3.core.exceptions import LDAPCommunicationError, LDAPResponseTimeoutErr
 from ldap3.utils.log import PROTOCOL, log_enabled
 
 from shared.adapters.directory.connection import _close_quietly
-from shared.adapters.directory.entries import USER_OBJECT_CLASSES, _raw, _text
+from shared.adapters.directory.entries import _raw, _text
 from shared.adapters.directory.errors import _WIN_USER_EXISTS, _raise_for
 from shared.adapters.directory.forest import GLOBAL_CATALOG_TLS_PORT, Forest, ForestDomain
 from shared.adapters.directory.reads import DirectoryReads
@@ -191,26 +191,12 @@ class GuestAccounts(DirectoryReads):
         caller decides whether it is guestsync's (the mark) or must be left alone."""
         dn = guest_dn(uid, self.guest_ou)
         self._require_managed(dn)
-        if log_enabled(PROTOCOL):
-            raise ConfigurationError(
-                "ldap3 library logging is at PROTOCOL detail or above, which would write the new account's "
-                "password to the log; lower it (ldap3.utils.log.set_library_log_detail_level(BASIC))"
-            )
+        self._refuse_password_logging("the new account's")
         values = {k: v for k, v in attributes.items() if v is not None and v != ""}
         self._check_values(values)
         self._check_unique(dn, values)
-        request: dict[str, Any] = {
-            **values,
-            "unicodePwd": f'"{password}"'.encode("utf-16-le"),
-            "userAccountControl": int(user_account_control),
-            OWNERSHIP_ATTRIBUTE: ownership_mark(self._keys[0], uid),
-        }
-
-        def add(conn: ldap3.Connection) -> dict[str, Any]:
-            conn.add(dn, USER_OBJECT_CLASSES, request)
-            return dict(conn.result or {})
-
-        result = self._run(f"creating {dn}", add, writes=True)
+        result = self._add_user(dn, {**values, OWNERSHIP_ATTRIBUTE: ownership_mark(self._keys[0], uid)}, password,
+                                user_account_control)
         if result.get("description") == "entryAlreadyExists":
             if self._is_sam_clash(result, dn):
                 raise ConstraintError(

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from shared.adapters.directory.accounts import GuestAccounts
-from shared.adapters.directory.lifecycle import GuestLifecycle
+from shared.adapters.directory.archive import GuestArchive
 from shared.adapters.directory.probe import ProbeAccounts
 
 
-class Directory(GuestAccounts, GuestLifecycle, ProbeAccounts):
+class Directory(GuestAccounts, GuestArchive, ProbeAccounts):
     """Guest shadow accounts in the guest OU (and, if given, the archive OU) of one AD domain.
 
     The connection and DC selection (``connection``), reads (``reads``), account writes (``accounts``),
-    lifecycle moves (``lifecycle``) and the check's probe (``probe``) each live in a module of their own."""
+    deprovisioning moves (``archive``) and the check's probe (``probe``) each live in a module of their own."""

@@ -8,14 +8,14 @@ from typing import Any
 from ldap3.core.exceptions import LDAPInvalidDnError
 from ldap3.utils.dn import parse_dn
 
-from shared.core.ad_rules import OWNERSHIP_ATTRIBUTE, format_sid
+from shared.core.ad_rules import OWNERSHIP_ATTRIBUTE, format_sid, join_rdns, split_rdns
 from shared.core.domain import AdAccount, ConfigurationError
 from shared.core.rules import PERSISTENT_ATTRIBUTES
 
 USER_OBJECT_CLASSES = ["top", "person", "organizationalPerson", "user"]
 READ_ATTRIBUTES = [*PERSISTENT_ATTRIBUTES, "objectSid", "userAccountControl", OWNERSHIP_ATTRIBUTE, "whenCreated"]
 PAGED_RESULTS_OID = "1.2.840.113556.1.4.319"
-#: What lifecycle operations act on: people only (a computer object is objectClass=user as well).
+#: What deprovisioning operations act on: people only (a computer object is objectClass=user as well).
 PERSON_FILTER = "(&(objectCategory=person)(objectClass=user))"
 
 
@@ -32,21 +32,10 @@ def _valid_dn(dn: str, setting: str) -> str:
 
 def _split_dn(dn: str) -> tuple[str, str] | None:
     """(first RDN, parent DN) as written, escaping kept; None if ``dn`` does not parse or has no parent."""
-    try:
-        avas = parse_dn(dn)
-    except (LDAPInvalidDnError, ValueError, IndexError):
+    rdns = split_rdns(dn)
+    if rdns is None or len(rdns) < 2:
         return None
-    end = 0
-    while end < len(avas) and avas[end][2] == "+":  # a multi-valued RDN (a+b=...) is one RDN
-        end += 1
-    if end + 1 >= len(avas):
-        return None
-
-    def join(part: list[tuple[str, str, str]]) -> str:
-        text = "".join(f"{kind}={value}{separator}" for kind, value, separator in part)
-        return text[: len(text) - len(part[-1][2])]  # without the separator after the last one
-
-    return join(avas[: end + 1]), join(avas[end + 1 :])
+    return join_rdns(rdns[:1]), join_rdns(rdns[1:])
 
 
 def _raw(entry: Mapping[str, Any]) -> dict[str, list[bytes]]:

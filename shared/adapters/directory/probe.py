@@ -9,13 +9,12 @@ import secrets
 from typing import Any
 
 import ldap3
-from ldap3.utils.log import PROTOCOL, log_enabled
 
-from shared.adapters.directory.entries import PERSON_FILTER, USER_OBJECT_CLASSES, _raw, _text
+from shared.adapters.directory.entries import PERSON_FILTER, _raw, _text
 from shared.adapters.directory.errors import _raise_for
 from shared.adapters.directory.reads import DirectoryReads
 from shared.core.ad_rules import escape_filter_value, new_password
-from shared.core.domain import GUEST_USER_ACCOUNT_CONTROL, UAC_ACCOUNTDISABLE, AdAccount, ConfigurationError
+from shared.core.domain import GUEST_USER_ACCOUNT_CONTROL, UAC_ACCOUNTDISABLE, AdAccount
 
 log = logging.getLogger("guestsync.directory")
 
@@ -43,23 +42,11 @@ class ProbeAccounts(DirectoryReads):
             raise ValueError(f"{name!r} is not a probe account name ({PROBE_PREFIX}<12 hex digits>)")
         dn = f"CN={name},{self.guest_ou}"
         self._require_managed(dn)
-        if log_enabled(PROTOCOL):
-            raise ConfigurationError("ldap3 library logging is at PROTOCOL detail or above, which would write the "
-                                     "probe account's password to the log; lower it")
+        self._refuse_password_logging("the probe account's")
         password = new_password(24, avoid=(name,))
         values = {"sAMAccountName": "gsprobe-" + name[len(PROBE_PREFIX):], "displayName": "guestsync probe",
                   "description": PROBE_DESCRIPTION}
-        request: dict[str, Any] = {
-            **values,
-            "unicodePwd": f'"{password}"'.encode("utf-16-le"),
-            "userAccountControl": GUEST_USER_ACCOUNT_CONTROL | UAC_ACCOUNTDISABLE,
-        }
-
-        def add(conn: ldap3.Connection) -> dict[str, Any]:
-            conn.add(dn, USER_OBJECT_CLASSES, request)
-            return dict(conn.result or {})
-
-        result = self._run(f"creating {dn}", add, writes=True)
+        result = self._add_user(dn, values, password, GUEST_USER_ACCOUNT_CONTROL | UAC_ACCOUNTDISABLE)
         if result.get("description") != "success":
             _raise_for(result, f"creating {dn}", dn, values=values, secret=password)
         log.info("created probe account %s", dn)

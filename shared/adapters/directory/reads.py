@@ -9,9 +9,18 @@ from typing import Any
 
 import ldap3
 from ldap3.core.exceptions import LDAPCommunicationError, LDAPResponseTimeoutError
+from ldap3.utils.log import PROTOCOL, log_enabled
 
 from shared.adapters.directory.connection import DirectoryConnection
-from shared.adapters.directory.entries import PAGED_RESULTS_OID, PERSON_FILTER, READ_ATTRIBUTES, _account, _raw, _text
+from shared.adapters.directory.entries import (
+    PAGED_RESULTS_OID,
+    PERSON_FILTER,
+    READ_ATTRIBUTES,
+    USER_OBJECT_CLASSES,
+    _account,
+    _raw,
+    _text,
+)
 from shared.adapters.directory.errors import _raise_for
 from shared.core.ad_rules import (
     OWNERSHIP_ATTRIBUTE,
@@ -22,7 +31,7 @@ from shared.core.ad_rules import (
     sid_filter_value,
     uid_from_dn,
 )
-from shared.core.domain import AdAccount
+from shared.core.domain import AdAccount, ConfigurationError
 from shared.core.errors import DirectoryError, DirectoryUnavailableError, OutsideManagedOuError
 
 
@@ -165,6 +174,31 @@ class DirectoryReads(DirectoryConnection):
         return bool(self._run(
             what, lambda c: self._search(c, dn, "(objectClass=*)", ldap3.BASE, ["objectClass"], what)
         ))
+
+    def _refuse_password_logging(self, whose: str) -> None:
+        """ldap3 at PROTOCOL detail logs an add request with its unicodePwd: refuse before one is built."""
+        if log_enabled(PROTOCOL):
+            raise ConfigurationError(
+                f"ldap3 library logging is at PROTOCOL detail or above, which would write {whose} password to the "
+                "log; lower it (ldap3.utils.log.set_library_log_detail_level(BASIC))"
+            )
+
+    def _add_user(self, dn: str, attributes: Mapping[str, Any], password: str,
+                  user_account_control: int) -> dict[str, Any]:
+        """One LDAP add of a user object with its initial password and userAccountControl (a guest and the
+        check's probe are created alike, so the probe needs the same rights); the DC's result, for the caller
+        to interpret."""
+        request: dict[str, Any] = {
+            **attributes,
+            "unicodePwd": f'"{password}"'.encode("utf-16-le"),
+            "userAccountControl": int(user_account_control),
+        }
+
+        def add(conn: ldap3.Connection) -> dict[str, Any]:
+            conn.add(dn, USER_OBJECT_CLASSES, request)
+            return dict(conn.result or {})
+
+        return self._run(f"creating {dn}", add, writes=True)
 
     def _read_back(self, dn: str, action: str) -> AdAccount:
         account = self._read_person(dn)

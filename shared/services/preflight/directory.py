@@ -145,7 +145,7 @@ def _probe(directory: Directory, *, probe: bool, archive_ok: bool | None) -> lis
                 restored = directory.restore_guest(archived.dn)
                 results.append(_result("ad.probe.move", Status.PASS,
                                        f"moved to {directory.archive_ou} and back (archive: disable and move; "
-                                       f"restore: move back and enable), as the lifecycle does: {restored.dn}"))
+                                       f"restore: move back and enable), as deprovisioning does: {restored.dn}"))
             except DirectoryError as exc:
                 results.append(_result("ad.probe.move", Status.FAIL,
                                        f"cannot archive and restore the probe between {directory.guest_ou} and "
@@ -209,7 +209,7 @@ def _delete_step(directory: Directory, name: str) -> CheckResult:
 def entra_connect_reminder(settings: Settings) -> CheckResult:
     """Always a warn: Entra Connect's OU filter is not visible to guestsync (neither in Graph nor in AD)."""
     ous = [ou for ou in ((settings.directory.guest_ou if settings.directory else None),
-                         settings.lifecycle.archive_ou) if ou]
+                         settings.deprovisioning.archive_ou) if ou]
     which = " and ".join(ous) if ous else "the guest OU (AD_GUEST_OU) and the archive OU (AD_ARCHIVE_OU)"
     return _result("entra_connect", Status.WARN,
                    f"cannot be verified from here: exclude {which} from Entra Connect sync (otherwise Entra Connect "

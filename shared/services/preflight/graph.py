@@ -127,7 +127,7 @@ async def _signin(settings: Settings) -> tuple[CheckResult, list[str] | None]:
 
 
 async def _check_scope_group(client: GraphClient, settings: Settings) -> CheckResult:
-    group = settings.lifecycle.scope_group_id
+    group = settings.deprovisioning.scope_group_id
     if not group:
         return _result("graph.scope_group", Status.SKIP, "no scoping group (GUESTSYNC_SCOPE_GROUP_ID is not set): "
                        "every guest is in scope")

@@ -16,14 +16,14 @@ def _directory(settings: Settings) -> Directory | None:
         return None
     from shared.adapters.directory import Directory
 
-    return Directory(settings.directory, archive_ou=settings.lifecycle.archive_ou)
+    return Directory(settings.directory, archive_ou=settings.deprovisioning.archive_ou)
 
 
 def _settings_summary(settings: Settings) -> str:
     parts = [f"Graph {settings.graph.auth} at {settings.graph.endpoint}", f"worker mode {settings.worker_mode}",
-             f"deprovision {settings.lifecycle.deprovision}"]
-    if settings.lifecycle.scope_group_id:
-        parts.append(f"scoping group {settings.lifecycle.scope_group_id}")
+             f"deprovision {settings.deprovisioning.deprovision}"]
+    if settings.deprovisioning.scope_group_id:
+        parts.append(f"scoping group {settings.deprovisioning.scope_group_id}")
     parts.append(f"mail {settings.mail.mode}")
     parts.append(f"AD {settings.directory.server}" if settings.directory else "no AD here")
     return "all settings valid: " + ", ".join(parts)

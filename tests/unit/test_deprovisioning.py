@@ -28,7 +28,7 @@ from shared.core.messages import ExportMessage
 from shared.core.records import GuestRecord
 from shared.core.rules import inbound
 from shared.services.export import export_guest
-from shared.settings import LifecycleSettings
+from shared.settings import DeprovisioningSettings
 from tests.fakes import MemoryDirectory, MemoryGuestStore
 
 GUEST_ID = "6ea91a8d-e32e-41a1-b7bd-d2d185eed0e0"
@@ -49,7 +49,7 @@ DESIRED: dict[str, str | None] = {
     "displayName": "Alice Smith",
 }
 
-POLICY = LifecycleSettings(archive_ou=ARCHIVE_OU)
+POLICY = DeprovisioningSettings(archive_ou=ARCHIVE_OU)
 DEPROVISION = (GuestStatus.OUT_OF_SCOPE, GuestStatus.ARCHIVED)
 
 
@@ -70,7 +70,7 @@ def plan(
     archived_at: datetime | None = None,
     acct: AdAccount | None = None,
     desired: dict[str, str | None] | None = None,
-    policy: LifecycleSettings = POLICY,
+    policy: DeprovisioningSettings = POLICY,
     now: datetime = NOW,
 ) -> ExportPlan:
     return plan_export(status=status, reason=reason, approval=approval, archived_at=archived_at, account=acct,
@@ -85,7 +85,7 @@ def test_is_archived_only_inside_the_archive_ou() -> None:
     assert is_archived(account(ARCHIVED_DN.upper()), POLICY)  # DNs compare case-insensitively
     assert not is_archived(account(LIVE_DN), POLICY)
     assert not is_archived(account(f"CN={GUEST_ID},OU=B2BGuestArchiveX,DC=contoso,DC=com"), POLICY)
-    assert not is_archived(account(ARCHIVED_DN), LifecycleSettings(deprovision="none"))  # no archive OU
+    assert not is_archived(account(ARCHIVED_DN), DeprovisioningSettings(deprovision="none"))  # no archive OU
 
 
 def test_is_disabled_reads_accountdisable_bit() -> None:
@@ -97,8 +97,8 @@ def test_is_disabled_reads_accountdisable_bit() -> None:
 def test_delete_due() -> None:
     archived = NOW - timedelta(days=3)
     assert delete_due(archived, POLICY) is None  # no grace period: never
-    assert delete_due(None, LifecycleSettings(archive_ou=ARCHIVE_OU, delete_after_days=30)) is None
-    due = delete_due(archived, LifecycleSettings(archive_ou=ARCHIVE_OU, delete_after_days=30))
+    assert delete_due(None, DeprovisioningSettings(archive_ou=ARCHIVE_OU, delete_after_days=30)) is None
+    due = delete_due(archived, DeprovisioningSettings(archive_ou=ARCHIVE_OU, delete_after_days=30))
     assert due == archived + timedelta(days=30)
 
 
@@ -181,7 +181,7 @@ def test_out_of_scope_without_account_does_nothing(status: GuestStatus) -> None:
 
 @pytest.mark.parametrize("status", DEPROVISION)
 def test_deprovision_none_policy_does_nothing(status: GuestStatus) -> None:
-    result = plan(status, acct=account(), policy=LifecycleSettings(deprovision="none"))
+    result = plan(status, acct=account(), policy=DeprovisioningSettings(deprovision="none"))
     assert result.action is ExportAction.NONE
     assert "GUESTSYNC_DEPROVISION=none" in result.reason
 
@@ -229,7 +229,7 @@ def test_archived_account_attribute_drift_is_not_exported() -> None:
     assert result.changes == {}
 
 
-GRACE = LifecycleSettings(archive_ou=ARCHIVE_OU, delete_after_days=30)
+GRACE = DeprovisioningSettings(archive_ou=ARCHIVE_OU, delete_after_days=30)
 ARCHIVED_AT = NOW - timedelta(days=30)  # due exactly at NOW
 
 
@@ -388,7 +388,7 @@ def test_breaker_never_admits_more_than_threshold_in_any_window(
 # --- the export worker carries out the plan (in-memory fakes, no servers) ---------------------------------------
 
 
-def _export_without_account(status: GuestStatus, policy: LifecycleSettings) -> tuple[str, list[str]]:
+def _export_without_account(status: GuestStatus, policy: DeprovisioningSettings) -> tuple[str, list[str]]:
     entry = inbound(GraphUser(id=GUEST_ID, user_type="Guest", display_name="Alice Smith", given_name="Alice",
                               surname="Smith", user_principal_name=DESIRED["userPrincipalName"],
                               mail="alice@fabrikam.com"))
@@ -411,11 +411,11 @@ def test_export_worker_creates_account_for_guest_in_scope() -> None:
     [
         (GuestStatus.OUT_OF_SCOPE, POLICY),
         (GuestStatus.ARCHIVED, POLICY),
-        (GuestStatus.OUT_OF_SCOPE, LifecycleSettings(deprovision="none")),
+        (GuestStatus.OUT_OF_SCOPE, DeprovisioningSettings(deprovision="none")),
     ],
 )
 def test_export_worker_never_creates_account_for_guest_out_of_scope(
-    status: GuestStatus, policy: LifecycleSettings
+    status: GuestStatus, policy: DeprovisioningSettings
 ) -> None:
     action, writes = _export_without_account(status, policy)
     assert writes == []

@@ -1,4 +1,4 @@
-"""Lifecycle of a guest account: disable and archive, restore, delete. Only ever moves an account between
+"""Deprovisioning of a guest account: disable and archive, restore, delete. Only ever moves an account between
 the guest OU and the archive OU; each step is idempotent, and disabling comes before the move out,
 enabling after the move back."""
 
@@ -25,7 +25,7 @@ from shared.core.errors import (
 log = logging.getLogger("guestsync.directory")
 
 
-class GuestLifecycle(DirectoryReads):
+class GuestArchive(DirectoryReads):
     """Disable and archive, restore, delete: moves between the guest OU and the archive OU only."""
 
     def _require_archive(self, action: str) -> str:

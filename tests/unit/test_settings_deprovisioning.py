@@ -12,7 +12,7 @@ from shared.core.domain import (
     ConfigurationError,
     GuestStatus,
 )
-from shared.settings import LifecycleSettings, load_lifecycle_settings, load_settings
+from shared.settings import DeprovisioningSettings, load_deprovisioning_settings, load_settings
 
 ARCHIVE_OU = "OU=B2BGuestArchive,DC=contoso,DC=com"
 GROUP_ID = "0A1B2C3D-4E5F-4A6B-8C7D-9E0F1A2B3C4D"
@@ -36,8 +36,8 @@ def env(*parts: dict[str, str], **extra: str) -> dict[str, str]:
 
 
 def test_defaults_without_ad() -> None:
-    lifecycle = load_settings(env()).lifecycle
-    assert lifecycle == LifecycleSettings()
+    lifecycle = load_settings(env()).deprovisioning
+    assert lifecycle == DeprovisioningSettings()
     assert lifecycle.deprovision == "archive"
     assert lifecycle.archive_ou is None
     assert lifecycle.breaker_threshold == 25
@@ -49,19 +49,19 @@ def test_defaults_without_ad() -> None:
 def test_defaults_with_ad() -> None:
     settings = load_settings(env(AD, AD_ARCHIVE_OU=ARCHIVE_OU))
     assert settings.directory is not None
-    assert settings.lifecycle == LifecycleSettings(archive_ou=ARCHIVE_OU)
+    assert settings.deprovisioning == DeprovisioningSettings(archive_ou=ARCHIVE_OU)
 
 
 def test_blank_values_mean_default() -> None:
-    lifecycle = load_lifecycle_settings(
+    lifecycle = load_deprovisioning_settings(
         {"GUESTSYNC_DEPROVISION": " ", "GUESTSYNC_BREAKER_THRESHOLD": "", "GUESTSYNC_DELETE_AFTER_DAYS": ""},
         need_archive=False,
     )
-    assert lifecycle == LifecycleSettings()
+    assert lifecycle == DeprovisioningSettings()
 
 
 def test_lifecycle_defaults_direct() -> None:
-    assert load_lifecycle_settings({}, need_archive=False) == LifecycleSettings()
+    assert load_deprovisioning_settings({}, need_archive=False) == DeprovisioningSettings()
 
 
 @pytest.mark.parametrize("extra", [{}, {"GUESTSYNC_DEPROVISION": "archive"}])
@@ -77,14 +77,14 @@ def test_need_directory_without_archive_ou_is_refused() -> None:
 
 def test_need_archive_without_archive_ou_is_refused_direct() -> None:
     with pytest.raises(ConfigurationError, match="AD_ARCHIVE_OU"):
-        load_lifecycle_settings({}, need_archive=True)
+        load_deprovisioning_settings({}, need_archive=True)
 
 
 @pytest.mark.parametrize("value", ["none", "NONE", " None "])
 def test_deprovision_none_needs_no_archive_ou(value: str) -> None:
     settings = load_settings(env(AD, GUESTSYNC_DEPROVISION=value))
-    assert settings.lifecycle.deprovision == "none"
-    assert settings.lifecycle.archive_ou is None
+    assert settings.deprovisioning.deprovision == "none"
+    assert settings.deprovisioning.archive_ou is None
 
 
 @pytest.mark.parametrize("value", ["delete", "disable", "archive,none", "0"])
@@ -94,12 +94,12 @@ def test_bad_deprovision_value(value: str) -> None:
 
 
 def test_delete_after_days() -> None:
-    lifecycle = load_settings(env(AD, AD_ARCHIVE_OU=ARCHIVE_OU, GUESTSYNC_DELETE_AFTER_DAYS="90")).lifecycle
+    lifecycle = load_settings(env(AD, AD_ARCHIVE_OU=ARCHIVE_OU, GUESTSYNC_DELETE_AFTER_DAYS="90")).deprovisioning
     assert lifecycle.delete_after_days == 90
 
 
 def test_delete_after_zero_days_is_allowed() -> None:
-    lifecycle = load_settings(env(AD, AD_ARCHIVE_OU=ARCHIVE_OU, GUESTSYNC_DELETE_AFTER_DAYS="0")).lifecycle
+    lifecycle = load_settings(env(AD, AD_ARCHIVE_OU=ARCHIVE_OU, GUESTSYNC_DELETE_AFTER_DAYS="0")).deprovisioning
     assert lifecycle.delete_after_days == 0
 
 
@@ -115,7 +115,7 @@ def test_delete_after_days_with_deprovision_none() -> None:
 
 
 def test_scope_group_id_is_lower_cased() -> None:
-    lifecycle = load_settings(env(GUESTSYNC_SCOPE_GROUP_ID=f" {GROUP_ID} ")).lifecycle
+    lifecycle = load_settings(env(GUESTSYNC_SCOPE_GROUP_ID=f" {GROUP_ID} ")).deprovisioning
     assert lifecycle.scope_group_id == GROUP_ID.lower()
 
 
@@ -128,7 +128,7 @@ def test_scope_group_id_must_be_a_guid(value: str) -> None:
 def test_breaker_settings() -> None:
     lifecycle = load_settings(
         env(GUESTSYNC_BREAKER_THRESHOLD="5", GUESTSYNC_BREAKER_WINDOW_MINUTES="15")
-    ).lifecycle
+    ).deprovisioning
     assert lifecycle.breaker_threshold == 5
     assert lifecycle.breaker_window_minutes == 15
 
@@ -153,7 +153,7 @@ GUEST_ID = "6ea91a8d-e32e-41a1-b7bd-d2d185eed0e0"
 
 def test_huge_delete_after_days_is_refused_or_harmless() -> None:
     try:
-        policy = load_lifecycle_settings(
+        policy = load_deprovisioning_settings(
             {"AD_ARCHIVE_OU": ARCHIVE_OU, "GUESTSYNC_DELETE_AFTER_DAYS": "3000000"}, need_archive=True
         )
     except ConfigurationError as exc:
@@ -168,7 +168,7 @@ def test_huge_delete_after_days_is_refused_or_harmless() -> None:
 
 def test_huge_breaker_window_is_refused_or_harmless() -> None:
     try:
-        policy = load_lifecycle_settings({"GUESTSYNC_BREAKER_WINDOW_MINUTES": "2000000000"}, need_archive=False)
+        policy = load_deprovisioning_settings({"GUESTSYNC_BREAKER_WINDOW_MINUTES": "2000000000"}, need_archive=False)
     except ConfigurationError as exc:
         assert "GUESTSYNC_BREAKER_WINDOW_MINUTES" in str(exc)
         return
