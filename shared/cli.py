@@ -41,6 +41,8 @@ DISTRIBUTION = "guestsync"
 #: The package a source checkout has and the installed one has not: the local Functions runner, the Graph
 #: simulator, the local environment and the demo (dev tooling stays out of the wheel).
 DEV_TOOLING = "devtools"
+JSON_HELP = "print the result as JSON (one shape per command) instead of text"
+VERBOSE_HELP = "debug logging, and the traceback of a failure"
 
 
 def _apply_binding_defaults(env: dict[str, str]) -> dict[str, str]:
@@ -96,7 +98,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                       "run `guestsync serve` there, or the app under the Functions host (`func start`)"):
         from devtools.runner import LocalFunctionsHost
 
+    from shared.adapters.storage import probe
+
     env = _apply_binding_defaults(os.environ)  # type: ignore[arg-type]
+    probe(load_settings(env).storage)  # a missing setting or unreachable storage: one line, before the host starts
     # The app function_app.py gives the Functions host, built by the package (function_app.py is not installed).
     host = LocalFunctionsHost(create_app_from_environment(), env=env, host_json=_host_json(), http_port=args.port)
     host.start()
@@ -137,7 +142,12 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
         return {"id": sub.id, "resource": sub.resource, "expirationDateTime": sub.expiration.isoformat(),
                 "notificationUrl": url_without_key(sub.notification_url)}  # never print the Functions key
 
-    print(json.dumps(asyncio.run(run()), indent=2))
+    sub = asyncio.run(run())
+    if args.json:
+        print(json.dumps(sub, indent=2))
+    else:
+        print(f"Graph subscription {sub['id']} on {sub['resource']}: expires {sub['expirationDateTime']}; "
+              f"notifications to {sub['notificationUrl']}")
     return 0
 
 
@@ -164,28 +174,35 @@ def _subscription_status(s: Any) -> list[dict[str, Any]] | dict[str, str]:
         return asyncio.run(run())
     except GuestsyncError as exc:
         return {"error": str(exc)}
+    except Exception as exc:  # Graph out of reach must not hide what storage says
+        from shared.cli_failures import explain
+
+        return {"error": explain(exc, "status").removeprefix("guestsync status: ")}
 
 
 def collect_status(*, graph: bool = True) -> dict[str, Any]:
     """Everything an operator checks first, read-only: state counts, queues, errors, held changes,
     poison messages, subscription expiry and the last reconcile."""
     from shared.adapters.queues import MessageQueue
+    from shared.adapters.state import StateStore
     from shared.agent import health as agent_health
     from shared.agent.lease import lease_status
     from shared.services.reconcile import delta_status, last_report
 
     s = _services()
-    counts = s.state.counts()
-    error_records = list(s.state.with_status(GuestStatus.ERROR))
+    # read-only: status never creates the table or a queue (a missing one is reported, or counts as empty)
+    state = StateStore.reader(s.settings.storage, s.settings.state_table)
+    counts = state.counts()
+    error_records = list(state.with_status(GuestStatus.ERROR))
     errors = [
         {"uid": r.uid, "userPrincipalName": r.entry.user_principal_name, "error": r.error}
         for r in error_records
     ]
     security = [_adoptable_item(r) for r in error_records if r.security is not None]
-    held = [_held_item(r) for r in s.state.with_status(GuestStatus.HELD)]
+    held = [_held_item(r) for r in state.with_status(GuestStatus.HELD)]
     names = (s.settings.change_queue, s.settings.export_queue, s.settings.change_poison_queue,
              s.settings.export_poison_queue)
-    queues = {name: MessageQueue.from_settings(s.settings.storage, name) for name in names}
+    queues = {name: MessageQueue.from_settings(s.settings.storage, name, read_only=True) for name in names}
     poison = {
         name: queues[name].peek(10)
         for name in (s.settings.change_poison_queue, s.settings.export_poison_queue)
@@ -200,10 +217,10 @@ def collect_status(*, graph: bool = True) -> dict[str, Any]:
         "held": held,
         "poisonMessages": {name: bodies for name, bodies in poison.items() if bodies},
         "subscriptions": _subscription_status(s) if graph else {"error": "not checked (--no-graph)"},
-        "lastReconcile": _reconcile_summary(last_report(s.state)),
-        "agents": agent_health.agents(s.state),
-        "timerLease": lease_status(s.state),
-        "delta": delta_status(s.state),
+        "lastReconcile": _reconcile_summary(last_report(state)),
+        "agents": agent_health.agents(state),
+        "timerLease": lease_status(state),
+        "delta": delta_status(state),
     }
 
 
@@ -358,13 +375,14 @@ def _operator_decision(
 ) -> int:
     """What ``approve`` and ``adopt`` share: without ids (and without --all) list what waits for an operator;
     with them, decide each and print one line per guest. ``listing``: (the JSON key, one item as JSON, the line
-    when nothing waits, the heading, one item as text)."""
+    when nothing waits, the heading, one item as text). ``--json`` has one shape either way: {key: what still
+    waits, "answers": one per guest decided (none when only listing)}."""
     key, as_json, nothing, heading, as_text = listing
     found = waiting() if args.all or not args.uid else []
     uids = [r.uid for r in found] if args.all else list(args.uid)
     if not uids:
         if args.json:
-            print(json.dumps({key: [as_json(r) for r in found]}, indent=2))
+            print(json.dumps({key: [as_json(r) for r in found], "answers": []}, indent=2))
         elif not found:
             print(nothing)
         else:
@@ -374,7 +392,8 @@ def _operator_decision(
         return 0
     answers = decide(uids)
     if args.json:
-        print(json.dumps([a.__dict__ for a in answers], indent=2))
+        print(json.dumps({key: [as_json(r) for r in waiting()], "answers": [a.__dict__ for a in answers]},
+                         indent=2))
     else:
         for a in answers:
             print(f"  {a.outcome:<13} {a.uid}  {a.detail}")
@@ -441,16 +460,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="guestsync", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the function app locally")
-    serve.add_argument("--port", type=int, default=7071)
+    serve.add_argument("--port", type=int, default=7071, help="the local HTTP port of the webhook (default 7071)")
     serve.set_defaults(func=cmd_serve)
     sub.add_parser("worker", help="run the on-premises AD worker agent").set_defaults(func=cmd_worker)
-    sub.add_parser("subscribe", help="create or renew the Graph subscription now").set_defaults(func=cmd_subscribe)
+    subscribe = sub.add_parser("subscribe", help="create or renew the Graph subscription now")
+    subscribe.add_argument("--json", action="store_true", help=JSON_HELP)
+    subscribe.set_defaults(func=cmd_subscribe)
     status = sub.add_parser("status", help="counts, queues, errors, held changes, subscription, last reconcile")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help=JSON_HELP)
     status.add_argument("--no-graph", action="store_true", help="do not ask Graph for the subscription expiry")
     status.set_defaults(func=cmd_status)
     for name, handler, text in (
@@ -458,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("plan", cmd_plan, "dry run of reconcile: what it would create, update, disable, delete, restore"),
     ):
         cmd = sub.add_parser(name, help=text)
-        cmd.add_argument("--json", action="store_true")
+        cmd.add_argument("--json", action="store_true", help=JSON_HELP)
         cmd.add_argument("--full", action="store_true", help="ignore the stored deltaLink: read every user")
         cmd.add_argument("--no-ad", action="store_true", help="Graph side only (where AD is out of reach)")
         cmd.set_defaults(func=handler)
@@ -467,23 +488,36 @@ def build_parser() -> argparse.ArgumentParser:
                          help="guest object ids (Graph id, any letter case); none: list what is held")
     approve.add_argument("--all", action="store_true", help="every held guest")
     approve.add_argument("--reject", action="store_true", help="keep the accounts instead of deprovisioning")
-    approve.add_argument("--json", action="store_true")
+    approve.add_argument("--json", action="store_true", help=JSON_HELP + ': {"held": [...], "answers": [...]}')
     approve.set_defaults(func=cmd_approve)
     adopt = sub.add_parser("adopt", help="take over objects at guests' CN=<uid> that guestsync did not create "
                                          "(fresh password, userAccountControl 262656, ownership mark)")
     adopt.add_argument("uid", nargs="*", help="guest object ids (Graph id); none: list what can be taken over")
     adopt.add_argument("--all", action="store_true", help="every guest whose CN=<uid> holds an unmarked object")
-    adopt.add_argument("--json", action="store_true")
+    adopt.add_argument("--json", action="store_true", help=JSON_HELP + ': {"adoptable": [...], "answers": [...]}')
     adopt.set_defaults(func=cmd_adopt)
     check = sub.add_parser("check", help="preflight: settings, Graph, webhook, subscription, storage, AD")
-    check.add_argument("--json", action="store_true")
+    check.add_argument("--json", action="store_true", help=JSON_HELP)
     check.add_argument("--no-probe", action="store_true", help="no AD writes (skip the probe account)")
     check.set_defaults(func=cmd_check)
     demo = sub.add_parser("demo", help="run the whole job locally")
-    demo.add_argument("--guests", type=int, default=10)
-    demo.add_argument("--members", type=int, default=5)
+    demo.add_argument("--guests", type=int, default=10, help="guests the simulated tenant starts with (default 10)")
+    demo.add_argument("--members", type=int, default=5, help="members (never provisioned) it starts with (default 5)")
     demo.set_defaults(func=cmd_demo)
+    _every_command(sub)
     return parser
+
+
+def _every_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Each subcommand's --help opens with what it does (its one-line help), and takes ``-v`` after it as
+    well as before it (SUPPRESS: a ``-v`` given before the subcommand is not reset)."""
+    helps = {action.dest: action.help for action in sub._choices_actions}
+    for name, command in sub.choices.items():
+        if not command.description:
+            command.description = helps.get(name)
+        if "--verbose" not in command._option_string_actions:
+            command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                                 help=VERBOSE_HELP)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -513,6 +547,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # storage out of reach, or a bug: one line with the fix; the traceback with -v
+        from shared.cli_failures import explain
+
+        if args.verbose:
+            log.exception("guestsync %s failed", args.command)
+        print(explain(exc, args.command), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import contextlib
 import logging
 from typing import Any
 
-from azure.core.exceptions import ResourceExistsError
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.queue import ExponentialRetry, QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
 from shared.adapters.storage import queue_client
@@ -43,9 +43,9 @@ def leave_for_newer_reader(queue: MessageQueue, body: str | bytes, error: NewerS
 class MessageQueue:
     """A storage queue that sends text messages base64-encoded (the Functions host's default)."""
 
-    def __init__(self, client: QueueClient) -> None:
+    def __init__(self, client: QueueClient, *, read_only: bool = False) -> None:
         self._client = client
-        self._created = False
+        self._created = read_only  # a reader (guestsync status) never creates the queue
 
     @classmethod
     def from_connection_string(cls, connection_string: str, name: str) -> MessageQueue:
@@ -59,8 +59,9 @@ class MessageQueue:
         Other ``options`` (retry policy, timeouts) go to the queue client."""
         if fail_fast:
             options = {"retry_policy": ExponentialRetry(retry_total=0), "connection_timeout": 1, "read_timeout": 1}
+        read_only = bool(options.pop("read_only", False))
         return cls(queue_client(storage, name, message_encode_policy=TextBase64EncodePolicy(),
-                                message_decode_policy=TextBase64DecodePolicy(), **options))
+                                message_decode_policy=TextBase64DecodePolicy(), **options), read_only=read_only)
 
     @property
     def name(self) -> str:
@@ -78,11 +79,17 @@ class MessageQueue:
 
     def approximate_count(self) -> int:
         self.ensure()
-        return int(self._client.get_queue_properties().approximate_message_count or 0)
+        try:
+            return int(self._client.get_queue_properties().approximate_message_count or 0)
+        except ResourceNotFoundError:  # a reader's queue that nothing created yet holds nothing
+            return 0
 
     def peek(self, max_messages: int = 32) -> list[str]:
         self.ensure()
-        return [str(m.content) for m in self._client.peek_messages(max_messages=max_messages)]
+        try:
+            return [str(m.content) for m in self._client.peek_messages(max_messages=max_messages)]
+        except ResourceNotFoundError:
+            return []
 
 
 class StoragePoisonQueues:

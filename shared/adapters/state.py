@@ -40,6 +40,12 @@ class StateStore:
     def from_settings(cls, storage: StorageSettings, table_name: str) -> StateStore:
         return cls(table_service(storage).create_table_if_not_exists(table_name))
 
+    @classmethod
+    def reader(cls, storage: StorageSettings, table_name: str, **options: Any) -> StateStore:
+        """For ``guestsync status``, which only reads: never creates the table (a missing one reads as
+        ResourceNotFoundError, which the caller reports as "nothing has run against this account")."""
+        return cls(table_service(storage, **options).get_table_client(table_name))
+
     def get(self, uid: str) -> GuestRecord | None:
         try:
             return GuestRecord.from_entity(self._table.get_entity(PARTITION, graph_id(uid)))

@@ -56,3 +56,11 @@ def queue_client(storage: StorageSettings, name: str, **options: Any) -> QueueCl
     if storage.connection_string is not None:
         return QueueClient.from_connection_string(storage.connection_string, name, **options)
     return QueueClient(str(storage.queue_url), name, credential=credential(storage), **options)
+
+
+def probe(storage: StorageSettings, *, timeout: float = 5) -> None:
+    """One read of the table service, without retries and with short timeouts: a command that needs storage
+    (``guestsync serve``) fails at once with the SDK's error instead of logging retries from every trigger."""
+    service = table_service(storage, retry_total=0, connection_timeout=timeout, read_timeout=timeout)
+    with service:
+        next(iter(service.list_tables(results_per_page=1)), None)

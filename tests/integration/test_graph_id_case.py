@@ -119,8 +119,10 @@ def test_operator_approves_a_held_guest_named_in_upper_case(stack: Stack) -> Non
     stack.drain()
     (held,) = [u for u in uids if (r := stack.state.get(u)) is not None and r.status is GuestStatus.HELD]
 
-    answers = stack.cli_json("approve", "--json", held.upper())
+    decided = stack.cli_json("approve", "--json", held.upper())
+    answers = decided["answers"]
     assert [(a["uid"], a["outcome"]) for a in answers] == [(held, "approved")], answers
+    assert set(decided) == {"held", "answers"}, decided
     stack.wait(lambda: (r := stack.state.get(held)) is not None and r.status is GuestStatus.ARCHIVED,
                "the approved removal")
     assert sorted(_row_keys()) == sorted(uids)

@@ -105,7 +105,9 @@ def test_a_planted_user_is_not_taken_over_until_an_operator_adopts_it(
 
     # The operator's explicit takeover: fresh password, 262656, the mark; audited.
     with caplog.at_level(logging.WARNING):
-        assert stack.cli_json("adopt", uid, "--json")[0]["outcome"] == "adopting"
+        taken = stack.cli_json("adopt", uid, "--json")
+        assert [a["outcome"] for a in taken["answers"]] == ["adopting"], taken
+        assert set(taken) == {"adoptable", "answers"}, taken  # the listing's shape, not a second one
         record = _wait_status(stack, uid, GuestStatus.PROVISIONED)
     adopted = _read(stack, dn)
     assert _uac(adopted) == 262656
