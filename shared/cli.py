@@ -442,12 +442,25 @@ def cmd_check(args: argparse.Namespace) -> int:
         for logger in quiet.values():
             logger.setLevel(logging.ERROR)
     try:
-        results = preflight.run_checks(probe=not args.no_probe)
+        results = preflight.run_checks(probe=not args.no_probe, timeout=args.timeout,
+                                       progress=_check_progress(sys.stderr.isatty()))
     finally:
         for name, logger in quiet.items():
             logger.setLevel(levels[name])
     print(json.dumps(preflight.as_json(results), indent=2) if args.json else preflight.render_text(results))
     return preflight.exit_code(results)
+
+
+def _check_progress(enabled: bool) -> Callable[[str, Any], None]:
+    """On a terminal (stderr): what is being checked now, then one line per check as its result arrives."""
+
+    def show(name: str, result: Any) -> None:
+        if enabled:
+            sys.stderr.write(f"check: {name} ...\n" if result is None else
+                             f"check: {name}: {result.status.value}\n")
+            sys.stderr.flush()
+
+    return show
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -499,6 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="preflight: settings, Graph, webhook, subscription, storage, AD")
     check.add_argument("--json", action="store_true", help=JSON_HELP)
     check.add_argument("--no-probe", action="store_true", help="no AD writes (skip the probe account)")
+    check.add_argument("--timeout", type=float, default=20.0, metavar="SECONDS",
+                       help="how long each check may wait for an answer before it fails (default 20)")
     check.set_defaults(func=cmd_check)
     demo = sub.add_parser("demo", help="run the whole job locally")
     demo.add_argument("--guests", type=int, default=10, help="guests the simulated tenant starts with (default 10)")

@@ -28,7 +28,8 @@ _PATTERNS: tuple[tuple[Cause, re.Pattern[str]], ...] = (
                                    re.IGNORECASE)),
     (Cause.DNS, re.compile(r"Name or service not known|nodename nor servname|getaddrinfo failed|No address associated|"
                            r"Temporary failure in name resolution|NameResolutionError|Name does not resolve|"
-                           r"invalid server address|\[Errno -[235]\]|\[Errno 11001\]", re.IGNORECASE)),
+                           r"invalid server address|Domain name not found|DNSError|\[Errno -[235]\]|\[Errno 11001\]",
+                           re.IGNORECASE)),
     (Cause.REFUSED, re.compile(r"Connection refused|ConnectionRefused|Errno 111\b|WinError 10061|actively refused",
                                re.IGNORECASE)),
     (Cause.TIMEOUT, re.compile(r"timed out|timeout|Errno 110\b|WinError 10060", re.IGNORECASE)),
@@ -62,3 +63,55 @@ def classify(exc: BaseException) -> Failure:
         if pattern.search(whole):
             return Failure(cause, line)
     return Failure(Cause.OTHER, line)
+
+
+#: The fix for each cause, per system: what the admin changes (a setting, DNS, a firewall, a CA file).
+FIXES: dict[str, dict[Cause, str]] = {
+    "graph": {
+        Cause.DNS: "the host name does not resolve: check GRAPH_ENDPOINT and GRAPH_AUTHORITY_HOST (or GRAPH_CLOUD) "
+                   "and DNS from here",
+        Cause.REFUSED: "nothing accepts connections there: check GRAPH_ENDPOINT and GRAPH_AUTHORITY_HOST (host and "
+                       "port) and the outbound proxy or firewall",
+        Cause.TIMEOUT: "it accepted no request or gave no answer in time: check outbound HTTPS (443) from here, "
+                       "the firewall and any proxy in between (HTTPS_PROXY)",
+        Cause.CERTIFICATE: "its TLS certificate is not trusted here: set GRAPH_CA_FILE to the CA of the "
+                           "TLS-inspecting proxy (or correct GRAPH_ENDPOINT / GRAPH_AUTHORITY_HOST)",
+        Cause.CREDENTIALS: "check GRAPH_AUTH and its credential settings (GRAPH_CLIENT_ID, GRAPH_CLIENT_SECRET or "
+                           "GRAPH_CLIENT_CERTIFICATE_PATH, GRAPH_TENANT_ID)",
+        Cause.OTHER: "check GRAPH_ENDPOINT and outbound HTTPS to it (GRAPH_CA_FILE behind a TLS-inspecting proxy)",
+    },
+    "storage": {
+        Cause.DNS: "the storage host name does not resolve: check the account name or endpoints in "
+                   "AzureWebJobsStorage (or AzureWebJobsStorage__queueServiceUri and __tableServiceUri) and DNS "
+                   "from here (a private endpoint needs its private DNS zone)",
+        Cause.REFUSED: "the connection was refused: check the endpoint in AzureWebJobsStorage (or "
+                       "AzureWebJobsStorage__queueServiceUri and __tableServiceUri) and that the storage account "
+                       "(locally: Azurite) is running and accepts connections from this network",
+        Cause.TIMEOUT: "no answer in time: check outbound HTTPS (443) from here to the storage account, its "
+                       "firewall (public network access, private endpoint) and any proxy",
+        Cause.CERTIFICATE: "its TLS certificate is not trusted here: trust the CA that signs it (a TLS-inspecting "
+                           "proxy's CA: REQUESTS_CA_BUNDLE), or correct the endpoint in AzureWebJobsStorage",
+        Cause.CREDENTIALS: "it refused our credentials: check the account key in AzureWebJobsStorage, or give the "
+                           "identity (AzureWebJobsStorage__clientId) the Storage Queue Data Contributor and Storage "
+                           "Table Data Contributor roles",
+        Cause.OTHER: "check AzureWebJobsStorage and the storage account's health; run again with -v for the details",
+    },
+    "ad": {
+        Cause.DNS: "the DC's name does not resolve: check AD_SERVER and DNS from here (for a domain name, its "
+                   "_ldap._tcp SRV records)",
+        Cause.REFUSED: "nothing accepts LDAPS there: check AD_SERVER (host and port 636), that the DC has a "
+                       "certificate for LDAPS, and the firewall",
+        Cause.TIMEOUT: "the DC accepted no connection or gave no answer in time: check the firewall (TCP 636 from "
+                       "here to the DC), that AD_SERVER names a running DC, and AD_CONNECT_TIMEOUT",
+        Cause.CERTIFICATE: "the DC's certificate is not trusted: set AD_CA_FILE to the CA that issued it and use a "
+                           "name from the certificate in AD_SERVER",
+        Cause.CREDENTIALS: "check AD_BIND_USER and AD_BIND_PASSWORD (or AD_KEYTAB for Kerberos)",
+        Cause.OTHER: "check AD_SERVER, AD_CA_FILE, DNS and TCP 636 from here",
+    },
+}
+
+
+def fix_for(exc: BaseException, system: str) -> tuple[Failure, str]:
+    """The failure and its fix for ``system`` (graph, storage, ad)."""
+    failure = classify(exc)
+    return failure, FIXES[system][failure.cause]

@@ -30,9 +30,9 @@ def check_directory(directory: Directory, settings: Settings, *, probe: bool) ->
     try:
         netbios = directory.netbios_domain()  # connects (TLS) and binds
     except DirectoryUnavailableError as exc:
-        return [_result("ad.ldaps", Status.FAIL, str(exc),
-                        "set AD_CA_FILE to the CA that issued the DC certificate and use a name from the certificate "
-                        "in AD_SERVER; check DNS and TCP 636 from here"),
+        from shared.core.failures import fix_for
+
+        return [_result("ad.ldaps", Status.FAIL, str(exc), fix_for(exc, "ad")[1]),
                 *_skip(["ad.bind", "ad.guest_ou", "ad.archive_ou", *probe_names], "no LDAPS connection")]
     except InvalidCredentialsError as exc:
         return [_ldaps_ok(ad.server, trust, ad.validate_certificate),

@@ -55,10 +55,14 @@ def _signin_failure(exc: BaseException, settings: Settings) -> CheckResult:
         return _result("graph.signin", Status.FAIL, f"no managed identity is available here ({text})",
                        "on-premises (the agent) use GRAPH_AUTH=client_secret or certificate; in Azure, assign the "
                        "identity to the function app (and set GRAPH_CLIENT_ID for a user-assigned one)")
+    from shared.core.failures import Cause, fix_for
+
+    failure, fix = fix_for(exc, "graph")
+    if failure.cause is Cause.OTHER:
+        fix = ("check GRAPH_AUTH and its credential settings, GRAPH_AUTHORITY_HOST, and outbound HTTPS to it "
+               "(GRAPH_CA_FILE behind a TLS-inspecting proxy)")
     return _result("graph.signin", Status.FAIL,
-                   f"sign-in to {settings.graph.authority_host} failed ({name}: {text})",
-                   "check GRAPH_AUTH and its credential settings, GRAPH_AUTHORITY_HOST, and outbound HTTPS to it "
-                   "(GRAPH_CA_FILE behind a TLS-inspecting proxy)")
+                   f"sign-in to {settings.graph.authority_host} failed ({name}: {text})", fix)
 
 
 def token_roles(access_token: str) -> list[str] | None:
@@ -100,8 +104,9 @@ def _graph_failure(name: str, exc: Exception, *, role: str, what: str) -> CheckR
         return _result(name, Status.FAIL, f"{what}: not found ({exc})", None)
     if isinstance(exc, GraphError):
         return _result(name, Status.FAIL, f"{what} failed: {exc}", "see the Graph error; retry later if throttled")
-    return _result(name, Status.FAIL, f"{what} failed: {type(exc).__name__}: {exc}",
-                   "check GRAPH_ENDPOINT and outbound HTTPS to it (GRAPH_CA_FILE behind a TLS-inspecting proxy)")
+    from shared.core.failures import fix_for
+
+    return _result(name, Status.FAIL, f"{what} failed: {type(exc).__name__}: {exc}", fix_for(exc, "graph")[1])
 
 
 async def _signin(settings: Settings) -> tuple[CheckResult, list[str] | None]:
