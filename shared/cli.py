@@ -540,8 +540,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from shared import observability
     from shared.settings import log_format
 
+    from shared.settings import apply_local_settings
+
     observability.install()
     try:
+        apply_local_settings()  # ./local.settings.json's Values, as the Functions host reads them; the environment wins
         json_logs = log_format() == "json"
     except GuestsyncError as exc:
         print(f"guestsync: {exc}", file=sys.stderr)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from urllib.parse import urlsplit
@@ -393,14 +394,23 @@ def load_directory_settings(env: Mapping[str, str]) -> DirectorySettings:
     )
 
 
-def load_storage_settings(env: Mapping[str, str], cloud: str = "global") -> StorageSettings:
-    """``AzureWebJobsStorage`` (a connection string), else the keyless ``AzureWebJobsStorage__*`` settings."""
+def _storage_cloud(url: str) -> str:
+    """The cloud of a storage endpoint, from its host name (the commercial cloud for any other host)."""
+    host = (urlsplit(url).hostname or "").lower()
+    return next((name for name, suffix in STORAGE_SUFFIX.items() if host.endswith("." + suffix)), "global")
+
+
+def load_storage_settings(env: Mapping[str, str]) -> StorageSettings:
+    """``AzureWebJobsStorage`` (a connection string), else the keyless ``AzureWebJobsStorage__*`` settings.
+    The storage account's cloud is its endpoints', never GRAPH_CLOUD's: a GCC High tenant's app may run in
+    commercial Azure (infra passes both endpoints; an account name alone means the commercial cloud, as it does
+    for the Functions host)."""
     connection = _get(env, "AzureWebJobsStorage")
     if connection is not None:
         return StorageSettings(connection_string=connection)
     prefix = "AzureWebJobsStorage__"
     account = _get(env, prefix + "accountName")
-    suffix = STORAGE_SUFFIX[cloud]
+    suffix = STORAGE_SUFFIX["global"]
     queue_url = _get(env, prefix + "queueServiceUri") or (f"https://{account}.queue.{suffix}" if account else None)
     table_url = _get(env, prefix + "tableServiceUri") or (f"https://{account}.table.{suffix}" if account else None)
     if queue_url is None or table_url is None:
@@ -410,8 +420,9 @@ def load_storage_settings(env: Mapping[str, str], cloud: str = "global") -> Stor
             "with AzureWebJobsStorage__credential=managedidentity"
         )
     credential = (_get(env, prefix + "credential", "managedidentity") or "managedidentity").lower()
+    cloud = _storage_cloud(table_url)
     storage = StorageSettings(
-        queue_url=queue_url, table_url=table_url, credential=credential, client_id=_get(env, prefix + "clientId"),
+        queue_url=queue_url.rstrip("/"), table_url=table_url.rstrip("/"), credential=credential, client_id=_get(env, prefix + "clientId"),
         tenant_id=_get(env, prefix + "tenantId"), client_secret=_get(env, prefix + "clientSecret"),
         certificate_path=_get(env, prefix + "clientCertificatePath"),
         certificate_password=_get(env, prefix + "clientCertificatePassword"),
@@ -541,11 +552,49 @@ def log_format(env: Mapping[str, str] | None = None) -> str:
     return _choice(os.environ if env is None else env, "GUESTSYNC_LOG_FORMAT", "text", ("text", "json"))
 
 
+#: How an App Service Key Vault reference looks when the platform could not resolve it: the literal reaches us.
+KEY_VAULT_REFERENCE = "@microsoft.keyvault("
+
+
+def _refuse_key_vault_references(env: Mapping[str, str]) -> None:
+    for name, value in sorted(env.items()):
+        if value.strip().lower().startswith(KEY_VAULT_REFERENCE):
+            raise ConfigurationError(f"setting {name} holds an unresolved Key Vault reference: the app's identity "
+                                     "cannot read the secret or the reference is wrong (see the app's Environment "
+                                     "variables blade: the reference's status says which)")
+
+
+def apply_local_settings(path: str = "local.settings.json", environ: MutableMapping[str, str] | None = None) -> int:
+    """The Functions convention for a local run: the ``Values`` of ``local.settings.json`` in the current
+    directory become settings, and what the environment already has wins. The number of settings taken."""
+    environ = os.environ if environ is None else environ
+    try:
+        with open(path, encoding="utf-8-sig") as file:
+            document = json.load(file)
+    except FileNotFoundError:
+        return 0
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"{path} cannot be read as JSON ({exc}): fix the file or remove it") from None
+    if not isinstance(document, dict) or not isinstance(document.get("Values", {}), dict):
+        raise ConfigurationError(f"{path} must be an object with a \"Values\" object of settings")
+    if document.get("IsEncrypted"):
+        raise ConfigurationError(f"{path} is encrypted (IsEncrypted: true): decrypt it with `func settings decrypt`")
+    taken = 0
+    for name, value in document.get("Values", {}).items():
+        if not isinstance(value, str | int | float | bool):
+            raise ConfigurationError(f"{path}: Values.{name} must be a string, not {type(value).__name__}")
+        if name not in environ:
+            environ[name] = str(value).lower() if isinstance(value, bool) else str(value)
+            taken += 1
+    return taken
+
+
 def load_settings(env: Mapping[str, str] | None = None, *, need_directory: bool = False) -> Settings:
     """Read and validate every setting; one ConfigurationError names the first bad one."""
     env = os.environ if env is None else env
     graph = load_graph_settings(env)
-    storage = load_storage_settings(env, graph.cloud)
+    _refuse_key_vault_references(env)
+    storage = load_storage_settings(env)
     states = tuple(
         s
         for s in (_get(env, "GRAPH_CLIENT_STATE"), _get(env, "GRAPH_CLIENT_STATE_PREVIOUS"))

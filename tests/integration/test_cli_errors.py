@@ -29,6 +29,10 @@ def closed_storage() -> str:
             f"BlobEndpoint={base};QueueEndpoint={base};TableEndpoint={base};")
 
 
+def _port(connection_string: str) -> str:
+    return connection_string.split("http://127.0.0.1:")[1].split("/")[0]
+
+
 def guestsync(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "shared.cli", *args], env=env, cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, check=False)
@@ -88,3 +92,23 @@ def test_status_never_creates_the_table(cli_env: dict[str, str], azurite: Azurit
     assert "the state table does not exist in this storage account" in line and "fix:" in line
     service = TableServiceClient.from_connection_string(azurite.connection_string)
     assert env["GUESTSYNC_STATE_TABLE"] not in {t.name for t in service.list_tables()}
+
+
+def test_local_settings_json_is_read_and_the_environment_wins(cli_env: dict[str, str], tmp_path: Path) -> None:
+    env = {k: v for k, v in cli_env.items() if k != "AzureWebJobsStorage"}
+    from_file = closed_storage()
+    (tmp_path / "local.settings.json").write_text(f'{{"Values": {{"AzureWebJobsStorage": "{from_file}"}}}}')
+    line = one_line(guestsync(["status", "--no-graph"], env, tmp_path))
+    assert "connection was refused" in line and f"port={_port(from_file)})" in line
+    from_environment = closed_storage()
+    line = one_line(guestsync(["status", "--no-graph"], {**env, "AzureWebJobsStorage": from_environment}, tmp_path))
+    assert f"port={_port(from_environment)})" in line
+
+
+def test_an_unresolved_key_vault_reference_stops_every_command(cli_env: dict[str, str], tmp_path: Path) -> None:
+    env = {**cli_env, "GRAPH_CLIENT_SECRET": "@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/x/)"}
+    for command in (["status"], ["serve", "--port", str(free_port())], ["worker"], ["subscribe"]):
+        result = guestsync(command, env, tmp_path)
+        assert result.returncode == 2, (command, result.stderr)
+        assert one_line(result).startswith("guestsync: setting GRAPH_CLIENT_SECRET holds an unresolved Key Vault "
+                                           "reference"), result.stderr

@@ -44,9 +44,6 @@ CODE_ONLY_SETTINGS = {
     # The connection-string form (Azurite, an agent with a key). In Azure the storage account has shared keys
     # off and the host and the code use the keyless AzureWebJobsStorage__accountName/__credential/__clientId.
     "AzureWebJobsStorage",
-    # Explicit endpoints: the host and the code derive both from AzureWebJobsStorage__accountName.
-    "AzureWebJobsStorage__queueServiceUri",
-    "AzureWebJobsStorage__tableServiceUri",
     # AzureWebJobsStorage__credential=clientsecret is for the on-premises agent's service principal; the app in
     # Azure uses its managed identity and has no storage secret.
     "AzureWebJobsStorage__tenantId",

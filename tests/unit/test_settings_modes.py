@@ -113,8 +113,13 @@ def test_keyless_storage_by_account_name_per_cloud() -> None:
     assert storage.queue_url == "https://guestsyncst.queue.core.windows.net"
     assert storage.table_url == "https://guestsyncst.table.core.windows.net"
     assert storage.client_id == CLIENT
-    china = load_settings({**env, "GRAPH_CLOUD": "china"}).storage
-    assert china.table_url == "https://guestsyncst.table.core.chinacloudapi.cn"
+    # GRAPH_CLOUD is the tenant's cloud, not the storage account's: the account name alone is commercial Azure,
+    # and another cloud's account comes with its explicit endpoints (as infra passes them)
+    gcc_high_tenant = load_settings({**env, "GRAPH_CLOUD": "usgov"}).storage
+    assert gcc_high_tenant.table_url == "https://guestsyncst.table.core.windows.net"
+    china = load_settings({**env, "AzureWebJobsStorage__queueServiceUri": "https://st.queue.core.chinacloudapi.cn/",
+                           "AzureWebJobsStorage__tableServiceUri": "https://st.table.core.chinacloudapi.cn/"}).storage
+    assert china.table_url == "https://st.table.core.chinacloudapi.cn"
 
 
 def test_keyless_storage_for_an_agent_with_a_service_principal() -> None:
@@ -251,7 +256,11 @@ def test_keyless_storage_for_an_agent_with_a_certificate(tmp_path: Path) -> None
            "AzureWebJobsStorage__clientCertificatePath": str(certificate)}
     storage = load_settings(env).storage
     assert storage.credential == "clientcertificate" and storage.certificate_path == str(certificate)
-    assert load_settings({**env, "GRAPH_CLOUD": "usgov"}).storage.authority_host == "https://login.microsoftonline.us"
+    # the storage principal signs in where the storage account lives, whatever the tenant's GRAPH_CLOUD
+    assert load_settings({**env, "GRAPH_CLOUD": "usgov"}).storage.authority_host == "https://login.microsoftonline.com"
+    usgov = {**env, "AzureWebJobsStorage__queueServiceUri": "https://st.queue.core.usgovcloudapi.net",
+             "AzureWebJobsStorage__tableServiceUri": "https://st.table.core.usgovcloudapi.net"}
+    assert load_settings(usgov).storage.authority_host == "https://login.microsoftonline.us"
     for missing in ("AzureWebJobsStorage__tenantId", "AzureWebJobsStorage__clientCertificatePath"):
         with pytest.raises(ConfigurationError, match=missing):
             load_settings({**env, missing: ""})
