@@ -538,9 +538,7 @@ def _every_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from shared import observability
-    from shared.settings import log_format
-
-    from shared.settings import apply_local_settings
+    from shared.settings import apply_local_settings, log_format
 
     observability.install()
     try:

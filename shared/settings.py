@@ -422,7 +422,8 @@ def load_storage_settings(env: Mapping[str, str]) -> StorageSettings:
     credential = (_get(env, prefix + "credential", "managedidentity") or "managedidentity").lower()
     cloud = _storage_cloud(table_url)
     storage = StorageSettings(
-        queue_url=queue_url.rstrip("/"), table_url=table_url.rstrip("/"), credential=credential, client_id=_get(env, prefix + "clientId"),
+        queue_url=queue_url.rstrip("/"), table_url=table_url.rstrip("/"), credential=credential,
+        client_id=_get(env, prefix + "clientId"),
         tenant_id=_get(env, prefix + "tenantId"), client_secret=_get(env, prefix + "clientSecret"),
         certificate_path=_get(env, prefix + "clientCertificatePath"),
         certificate_password=_get(env, prefix + "clientCertificatePassword"),
