@@ -535,7 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
     kcd.add_argument("--keytab", metavar="FILE", help="the connector principal's keytab")
     kcd.add_argument("--password-stdin", action="store_true", help="read the connector principal's password "
                                                                    "from the first line of standard input")
-    kcd.add_argument("--spn", metavar="SPN", help="the application's SPN as App Proxy has it, e.g. HTTP/app.contoso.com")
+    kcd.add_argument("--spn", metavar="SPN",
+                     help="the application's SPN as App Proxy has it, e.g. HTTP/app.contoso.com")
     kcd.add_argument("--json", action="store_true")
     kcd.set_defaults(func=cmd_kcd)
     demo = sub.add_parser("demo", help="run the whole job locally")

@@ -70,7 +70,8 @@ class KvnoDelegationTester:
 
     def _run(self, args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         try:
-            return subprocess.run(args, input=stdin, capture_output=True, text=True, env=self._env,
+            # the program is kinit or kvno, the arguments are separate argv items (no shell): names stay data
+            return subprocess.run(args, input=stdin,  # noqa: S603 capture_output=True, text=True, env=self._env,
                                   timeout=TIMEOUT_SECONDS, check=False)
         except subprocess.TimeoutExpired:
             raise KerberosToolError(f"{args[0]} did not answer within {TIMEOUT_SECONDS} s: is the KDC in "
