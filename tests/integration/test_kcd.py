@@ -104,6 +104,7 @@ def test_a_connector_without_delegation_rights_gets_no_ticket(
     kinit_keytab(principal, samba_dc.export_keytab(kcd_app.keytab.parent / f"{name}.keytab", principal))
     result = s4u(guest["userPrincipalName"], kcd_app.spn)
     assert result.returncode != 0, result.stdout
+    assert "constrained delegation failed" in result.stderr, result.stderr  # S4U2Proxy refused: not allowed
 
 
 def _kcd(*args: str) -> tuple[int, str]:
