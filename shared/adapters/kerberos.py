@@ -71,8 +71,9 @@ class KvnoDelegationTester:
     def _run(self, args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         try:
             # the program is kinit or kvno, the arguments are separate argv items (no shell): names stay data
-            return subprocess.run(args, input=stdin,  # noqa: S603 capture_output=True, text=True, env=self._env,
-                                  timeout=TIMEOUT_SECONDS, check=False)
+            return subprocess.run(  # noqa: S603
+                args, input=stdin, capture_output=True, text=True, env=self._env, timeout=TIMEOUT_SECONDS,
+                check=False)
         except subprocess.TimeoutExpired:
             raise KerberosToolError(f"{args[0]} did not answer within {TIMEOUT_SECONDS} s: is the KDC in "
                                     "krb5.conf (KRB5_CONFIG) reachable?") from None
