@@ -537,7 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                    "from the first line of standard input")
     kcd.add_argument("--spn", metavar="SPN",
                      help="the application's SPN as App Proxy has it, e.g. HTTP/app.contoso.com")
-    kcd.add_argument("--json", action="store_true")
+    kcd.add_argument("--json", action="store_true", help="one JSON document: spn, connector, kdcAsked, ready, "
+                                                         "notReady, guests[]")
     kcd.set_defaults(func=cmd_kcd)
     demo = sub.add_parser("demo", help="run the whole job locally")
     demo.add_argument("--guests", type=int, default=10)
