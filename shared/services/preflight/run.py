@@ -24,7 +24,7 @@ def run_checks(env: Mapping[str, str] | None = None, *, probe: bool = True) -> l
         directory = _directory(settings)
     except ConfigurationError as exc:
         return [_result("settings", Status.FAIL, str(exc),
-                        "set or correct the named setting (README, Configuration), then run the check again"),
+                        "set or correct the named setting (docs/configuration.md), then run the check again"),
                 *_skip(CHECKS[1:], "settings did not load")]
     results = [_result("settings", Status.PASS, _settings_summary(settings))]
     results += asyncio.run(_graph_and_webhooks(settings))
