@@ -214,9 +214,10 @@ class GuestAccounts(DirectoryReads):
         self, dn: str, uid: str, attributes: Mapping[str, str | None], password: str, user_account_control: int
     ) -> AdAccount:
         """Take over the user account at ``dn`` for guest ``uid`` (an operator's explicit decision, or the
-        migration window): in one modify, a fresh password, the initial userAccountControl, guestsync's ownership
-        mark and the persistent attributes that differ, so whatever password or flags the object had before
-        (a planted known password, MIM's guessable one) stop working at once. Returns it as read back."""
+        migration window): in one modify, a password, the initial userAccountControl, guestsync's ownership mark
+        and the persistent attributes that differ, then a second reset to the fresh password, so whatever password
+        or flags the object had before (a planted known password, MIM's guessable one) stop working at once.
+        Returns it as read back."""
         self._require_managed(dn)
         if uid_from_dn(dn) != uid.lower():
             raise OutsideManagedOuError(f"refusing to adopt {dn} for guest {uid}: its CN is not the guest's id")
