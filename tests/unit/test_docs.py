@@ -27,7 +27,8 @@ def examples() -> list[tuple[str, str]]:
         lines += _SPAN.findall(text)
         for line in lines:
             command = re.sub(r"\s+#.*$", "", line).strip().removeprefix("$ ").removeprefix("PS> ")
-            if not command.startswith("guestsync ") or any(c in command for c in "[|…"):
+            command = re.split(r"\s+(?:>>?|2>|\||&&|;)\s", command + " ")[0].strip()  # the shell's part is not ours
+            if not command.startswith("guestsync ") or any(c in command for c in "[…"):
                 continue
             found.append((page.name, command))
     return found
