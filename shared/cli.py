@@ -11,6 +11,9 @@ plan       the same comparison as a dry run: what reconcile would do, with reaso
 approve    list, release or reject deprovisionings held by the mass-change breaker
 check      preflight: settings, Graph sign-in and permissions, webhook handshake, subscription, storage,
            AD (LDAPS, bind, OUs, a write probe); exit code 1 when a check fails (``--json``, ``--no-probe``)
+kcd        KCD readiness per guest: account enabled in the guest OU, UPN equal to the Entra UPN, smart card
+           required; with a delegation-enabled principal and the app's SPN, a real S4U ticket request per guest
+           (``--json``); exit code 1 when a guest is not ready
 demo       the whole job on this machine: Azurite, Samba AD DC, Graph simulator, runner (source checkout)
 """
 
@@ -463,6 +466,44 @@ def _check_progress(enabled: bool) -> Callable[[str, Any], None]:
     return show
 
 
+def cmd_kcd(args: argparse.Namespace) -> int:
+    """Would application proxy get a Kerberos ticket for each guest? Directory checks, and with a connector
+    principal the KDC's own answer (S4U2Self + S4U2Proxy through kinit/kvno)."""
+    from contextlib import nullcontext
+
+    from shared.adapters.kerberos import KvnoDelegationTester
+    from shared.core.domain import ConfigurationError
+    from shared.services.kcd import check_guests, render_line
+
+    if bool(args.connector) != bool(args.spn):
+        raise ConfigurationError("kcd: --connector and --spn go together (the delegation-enabled principal and "
+                                 "the app's SPN, e.g. --connector 'CONNECTOR$@CONTOSO.COM' --spn HTTP/app.contoso.com)")
+    if args.connector and bool(args.keytab) == bool(args.password_stdin):
+        raise ConfigurationError("kcd: --connector needs exactly one of --keytab FILE or --password-stdin")
+    if not args.connector and (args.keytab or args.password_stdin):
+        raise ConfigurationError("kcd: --keytab and --password-stdin need --connector and --spn")
+    password = sys.stdin.readline().rstrip("\r\n") if args.password_stdin else None
+    s = _services(need_directory=True)
+    directory = s.settings.directory
+    assert directory is not None  # need_directory
+    tester = (KvnoDelegationTester(args.connector, args.spn, keytab=args.keytab, password=password)
+              if args.connector else None)
+    with tester if tester is not None else nullcontext(), s.directory as ad:
+        results = list(check_guests(s.state, s.state, ad, directory.guest_ou, list(args.guest or []), tester))
+    ready = sum(r.ready for r in results)
+    if args.json:
+        print(json.dumps({"spn": args.spn, "connector": args.connector, "kdcAsked": tester is not None,
+                          "ready": ready, "notReady": len(results) - ready,
+                          "guests": [r.as_dict() for r in results]}, indent=2))
+    elif not results:
+        print("No guests to check (none provisioned yet; name one with --guest UID|UPN).")
+    else:
+        for r in results:
+            print(render_line(r, args.spn))
+        print(f"{ready} of {len(results)} guest(s) ready for KCD")
+    return 0 if ready == len(results) else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     with _dev_tooling("the demo", "it starts Azurite, Samba and the Graph simulator", "run `make demo` there"):
         from devtools.demo import run_demo
@@ -515,6 +556,26 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--timeout", type=float, default=20.0, metavar="SECONDS",
                        help="how long each check may wait for an answer before it fails (default 20)")
     check.set_defaults(func=cmd_check)
+    kcd = sub.add_parser("kcd", help="KCD readiness per guest; with a connector principal, a real S4U test",
+                         description="Would application proxy (KCD, Delegated Login Identity = UPN) get a Kerberos "
+                         "ticket for each guest? Checks the account (in the guest OU, enabled, UPN equal to the "
+                         "Entra UPN, smart card required); with --connector and --spn, asks the KDC for a service "
+                         "ticket on behalf of each guest (kinit + kvno -U -P, MIT Kerberos client tools; krb5.conf "
+                         "from KRB5_CONFIG or the system's; a private credential cache). Exit code 1 when a guest "
+                         "is not ready.")
+    kcd.add_argument("--guest", action="append", metavar="UID|UPN",
+                     help="a guest by object id or Entra UPN (repeatable); default: every guest expected to sign in")
+    kcd.add_argument("--connector", metavar="PRINCIPAL",
+                     help="a principal trusted to delegate to --spn with protocol transition, e.g. the connector's "
+                          "computer account CONNECTOR$@CONTOSO.COM")
+    kcd.add_argument("--keytab", metavar="FILE", help="the connector principal's keytab")
+    kcd.add_argument("--password-stdin", action="store_true", help="read the connector principal's password "
+                                                                   "from the first line of standard input")
+    kcd.add_argument("--spn", metavar="SPN",
+                     help="the application's SPN as App Proxy has it, e.g. HTTP/app.contoso.com")
+    kcd.add_argument("--json", action="store_true", help="one JSON document: spn, connector, kdcAsked, ready, "
+                                                         "notReady, guests[]")
+    kcd.set_defaults(func=cmd_kcd)
     demo = sub.add_parser("demo", help="run the whole job locally")
     demo.add_argument("--guests", type=int, default=10, help="guests the simulated tenant starts with (default 10)")
     demo.add_argument("--members", type=int, default=5, help="members (never provisioned) it starts with (default 5)")

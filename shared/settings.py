@@ -1,6 +1,6 @@
 """Settings from the environment (app settings in Azure, ``local.settings.json`` or the shell locally).
 
-Every setting is documented in README.md (Configuration) and set in ``infra/``. Secrets come from the
+Every setting is documented in docs/configuration.md and set in ``infra/``. Secrets come from the
 environment only (in Azure: Key Vault references); none has a default.
 """
 

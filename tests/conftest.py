@@ -4,6 +4,7 @@ pytest_plugins = [
     "tests.plugins.certs",
     "tests.plugins.azurite",
     "tests.plugins.samba",
+    "tests.plugins.kerberos",
     "tests.plugins.graph",
     "tests.plugins.stack",
 ]

@@ -40,7 +40,8 @@ class FindingAction(StrEnum):
     SAVE = "save"  # a state change only, no AD work
     JOIN = "join"
     FOREIGN = "foreign"  # an object in a managed OU that guestsync does not own: left alone
-    ADOPTABLE = "adoptable"
+    ADOPTABLE = "adoptable"  # an unmarked CN=<uid> of a guest: taken over on `guestsync adopt`
+    ADOPT = "adopt"  # an unmarked CN=<uid> the guest's export takes over (operator's choice or migration window)
     SECURITY = "security"  # a different object holds a joined guest's CN: left alone
 
 

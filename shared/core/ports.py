@@ -143,3 +143,25 @@ class PoisonMessage:
 
 class PoisonQueues(Protocol):
     def peek(self, queue: str, max_messages: int = 32) -> list[PoisonMessage]: ...
+
+
+# --- Kerberos constrained delegation: what application proxy's connector does ----------------------------------
+
+
+@dataclass(frozen=True)
+class DelegationTicket:
+    """The KDC's answer to S4U2Self + S4U2Proxy on behalf of one user: issued, or why not (its own words)."""
+
+    user_principal_name: str
+    issued: bool
+    detail: str
+
+
+class DelegationTester(Protocol):
+    """A delegation-enabled principal asking the KDC for a service ticket to ``spn`` on behalf of a user, the way
+    the App Proxy connector does with Delegated Login Identity = user principal name."""
+
+    spn: str
+    principal: str
+
+    def ticket_for(self, user_principal_name: str) -> DelegationTicket: ...

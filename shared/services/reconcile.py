@@ -40,7 +40,13 @@ from shared.core.messages import ExportMessage
 from shared.core.outcomes import FindingAction
 from shared.core.ports import AccountScanner, DeltaReader, GuestStore
 from shared.core.records import GuestRecord, utcnow
-from shared.core.rules import GUEST_USER_TYPE, Decision, outbound_persistent
+from shared.core.rules import (
+    GUEST_USER_TYPE,
+    Decision,
+    attribute_changes,
+    initial_user_account_control,
+    outbound_persistent,
+)
 from shared.observability import RECONCILE_FINDINGS, guest_context, new_correlation_id
 from shared.services.apply import apply_user, next_record, plan_for, read_scope
 from shared.settings import DeprovisioningSettings
@@ -103,7 +109,8 @@ class _Index:
             """
             PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA cache_size = -16000;
             CREATE TABLE guest (uid TEXT PRIMARY KEY, sid TEXT, record BLOB,
-                                graph_seen INTEGER DEFAULT 0, ad_seen INTEGER DEFAULT 0, handled INTEGER DEFAULT 0);
+                                graph_seen INTEGER DEFAULT 0, ad_seen INTEGER DEFAULT 0, handled INTEGER DEFAULT 0,
+                                waiting BLOB);
             CREATE INDEX guest_sid ON guest (sid);
             CREATE TABLE member (uid TEXT PRIMARY KEY);
             """
@@ -126,6 +133,30 @@ class _Index:
         self._db.commit()
         progress(count)
         return count
+
+    def add_new(self, record: GuestRecord, finding: Finding) -> None:
+        """A guest this run found in Graph but not in state, as the Graph phase planned it: its ``finding`` (a
+        create) waits for the AD phase, which may find the guest's CN=<uid> already there (a MIM-era account)."""
+        self._db.execute("INSERT OR REPLACE INTO guest (uid, sid, record, graph_seen, handled, waiting) "
+                         "VALUES (?, NULL, ?, 1, 1, ?)", (record.uid, pickle.dumps(record), pickle.dumps(finding)))
+
+    def take_waiting(self, uid: str) -> Finding | None:
+        """The waiting finding of a new guest (and forget it), or None."""
+        row = self._db.execute("SELECT waiting FROM guest WHERE uid = ?", (uid,)).fetchone()
+        if not row or row[0] is None:
+            return None
+        self._db.execute("UPDATE guest SET waiting = NULL WHERE uid = ?", (uid,))
+        finding = pickle.loads(row[0])  # noqa: S301 (our own temporary file, written in this run)
+        assert isinstance(finding, Finding)
+        return finding
+
+    def waiting(self) -> Iterator[Finding]:
+        """The findings still waiting (new guests whose CN=<uid> the AD phase did not find), in uid order."""
+        for _, blob in _pages(self._db, "SELECT uid, waiting FROM guest WHERE waiting IS NOT NULL AND uid > ? "
+                                        "ORDER BY uid LIMIT 500", ""):
+            finding = pickle.loads(blob)  # noqa: S301 (our own temporary file, written in this run)
+            assert isinstance(finding, Finding)
+            yield finding
 
     def add_members(self, uids: list[str]) -> None:
         self._db.executemany("INSERT OR IGNORE INTO member (uid) VALUES (?)", [(u.lower(),) for u in uids])
@@ -300,7 +331,8 @@ class Reconciler:
         """Plan one Graph user against the index; report and (unless dry run) apply what changes."""
         record = self.index.get(uid)
         plan = plan_for(user, record, in_group=in_group, removed=removed)
-        if next_record(record, plan, read_at=self.now(), notified_at=None) is None:
+        planned = next_record(record, plan, read_at=self.now(), notified_at=None)
+        if planned is None:
             return
         if record is not None:
             self.index.mark(uid, "handled")
@@ -309,8 +341,14 @@ class Reconciler:
         if not quiet:
             upn = (user.user_principal_name if user else None) or (
                 record.entry.user_principal_name if record else None)
-            self._found(Finding(uid, _predicted(plan.decision, record, self.policy), plan.reason, upn,
-                                record.dn if record else None))
+            finding = Finding(uid, _predicted(plan.decision, record, self.policy), plan.reason, upn,
+                              record.dn if record else None)
+            if record is None and finding.action is FindingAction.CREATE and self.directory is not None:
+                # A guest state does not know yet (the first run after a migration from MIM): whether it is a
+                # create or a takeover depends on its CN=<uid>, which the AD phase sees; the finding waits.
+                self.index.add_new(planned, finding)
+            else:
+                self._found(finding)
         if not self.dry_run:
             with guest_context(uid, new_correlation_id()):
                 apply_user(uid, user, self.state, self.send_export, in_group=in_group, removed=removed,
@@ -344,6 +382,8 @@ class Reconciler:
                 if spool is not None:
                     await spool.wait()
                     self._ad_phase(spool)
+                    for finding in self.index.waiting():  # new guests without an account: created
+                        self._found(finding)
             finally:
                 self.index.close()
                 self._index = None
@@ -458,20 +498,42 @@ class Reconciler:
                                 "own (no guest with its objectSid or its name); left alone", dn=account.dn))
             return
         self.index.mark(candidate.uid, "ad_seen")
-        if self.index.is_handled(candidate.uid):
+        waiting = self.index.take_waiting(candidate.uid)
+        if waiting is None and self.index.is_handled(candidate.uid):
             return  # the Graph phase already queued this guest's export
         details = (f"objectSid {account.object_sid}, userAccountControl {account.user_account_control}, created "
                    f"{account.when_created or 'at an unknown time'}")
         if candidate.object_sid is None and account.marked:
             action, why = FindingAction.JOIN, "account created by guestsync whose join was not saved; joining it"
         elif candidate.object_sid is None:
-            action, why = FindingAction.ADOPTABLE, (f"CN={uid} exists without guestsync's ownership mark ({details}); "
-                                        f"`guestsync adopt {uid}` takes it over, nothing is written until then")
+            action, why = self._takeover(candidate, account, details)
         else:
             action, why = FindingAction.SECURITY, (
                 f"a different object holds CN={uid} than the account joined to the guest (objectSid "
                 f"{candidate.object_sid}); this one has {details}: replaced or planted, left alone")
+        if waiting is not None:  # a guest new to state: the Graph phase already queued its export
+            self._found(Finding(candidate.uid, action, why, waiting.user_principal_name, account.dn))
+            return
         self._export(candidate, action, why, account.dn)
+
+    def _takeover(self, record: GuestRecord, account: AdAccount, details: str) -> tuple[FindingAction, str]:
+        """An unmarked CN=<uid> of a guest never joined (a MIM-era account): taken over by the guest's export if
+        an operator chose it or the migration window is open (``adopt``), else listed for an operator
+        (``adoptable``). The reason names the attributes the takeover then brings in line with Entra ID."""
+        desired, _ = fit_cosmetic(outbound_persistent(record.entry))
+        changes = sorted(attribute_changes(desired, account.attributes))
+        then = f"; the takeover also updates {', '.join(changes)}" if changes else ""
+        window = self.policy.adopt_until is not None and self.now() < self.policy.adopt_until
+        if record.adopt or window:
+            why = "an operator chose to take it over" if record.adopt else (
+                f"GUESTSYNC_ADOPT_UNTIL is {self.policy.adopt_until.isoformat() if self.policy.adopt_until else ''}")
+            return FindingAction.ADOPT, (f"CN={record.uid} exists without guestsync's ownership mark ({details}); "
+                                         f"would adopt it ({why}): fresh password, userAccountControl "
+                                         f"{initial_user_account_control()}, ownership mark{then}")
+        return FindingAction.ADOPTABLE, (f"CN={record.uid} exists without guestsync's ownership mark ({details}); "
+                                         f"would adopt on `guestsync adopt {record.uid}` (fresh password, "
+                                         f"userAccountControl {initial_user_account_control()}, ownership "
+                                         f"mark{then}), nothing is written until then")
 
     def _export(self, record: GuestRecord, action: FindingAction, reason: str, dn: str | None) -> None:
         self._found(Finding(record.uid, action, reason, record.entry.user_principal_name, dn))

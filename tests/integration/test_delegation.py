@@ -32,7 +32,7 @@ from tests.plugins.samba import GuestsyncDC
 
 pytestmark = pytest.mark.integration
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[2] / "docs" / "deployment.md"  # the delegation steps
 USER_CLASSES = ["top", "person", "organizationalPerson", "user"]
 DACL_ONLY = security_descriptor_control(sdflags=0x04)
 

@@ -21,12 +21,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def kerberos(samba_dc: GuestsyncDC, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """The test's own krb5.conf (KRB5_CONFIG) and ccache, an SPN ldap/<address in AD_SERVER> on the DC, and the
-    service account's keytab. Yields the keytab."""
-    monkeypatch.setenv("KRB5_CONFIG", str(samba_dc.write_krb5_conf(tmp_path / "krb5.conf")))
-    monkeypatch.setenv("KRB5CCNAME", f"FILE:{tmp_path / 'ccache'}")  # never the user's own tickets
-    monkeypatch.delenv("KRB5_CLIENT_KTNAME", raising=False)
+def kerberos(samba_dc: GuestsyncDC, tmp_path: Path, krb5_client: Path) -> Iterator[Path]:
+    """The test's own krb5.conf (KRB5_CONFIG) and ccache (krb5_client), an SPN ldap/<address in AD_SERVER> on the
+    DC, and the service account's keytab. Yields the keytab."""
     samba_dc.add_ldap_spn(samba_dc.listen_ip)
     yield samba_dc.export_keytab(tmp_path / "svc.keytab", f"{SERVICE_ACCOUNT}@{samba_dc.realm}")
 

@@ -53,8 +53,8 @@ def test_an_unresolved_key_vault_reference_is_named() -> None:
 
 def test_the_example_file_names_documented_settings_and_holds_no_secret() -> None:
     values = json.loads((ROOT / "local.settings.example.json").read_text())["Values"]
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "configuration.md").read_text()
     for name, value in values.items():
-        assert name == "FUNCTIONS_WORKER_RUNTIME" or f"`{name}`" in readme, f"{name} is not in README"
+        assert name == "FUNCTIONS_WORKER_RUNTIME" or f"`{name}`" in readme, f"{name} is not in docs/configuration.md"
         if re.search(r"SECRET|PASSWORD|KEY$", name):
             assert value.startswith("<") and value.endswith(">"), f"{name} must be a placeholder"

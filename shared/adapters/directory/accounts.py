@@ -21,6 +21,7 @@ from shared.core.ad_rules import (
     escape_filter_value,
     guest_dn,
     is_within,
+    new_password,
     ownership_mark,
     same_dn,
     uid_from_dn,
@@ -213,9 +214,10 @@ class GuestAccounts(DirectoryReads):
         self, dn: str, uid: str, attributes: Mapping[str, str | None], password: str, user_account_control: int
     ) -> AdAccount:
         """Take over the user account at ``dn`` for guest ``uid`` (an operator's explicit decision, or the
-        migration window): in one modify, a fresh password, the initial userAccountControl, guestsync's ownership
-        mark and the persistent attributes that differ, so whatever password or flags the object had before
-        (a planted known password, MIM's guessable one) stop working at once. Returns it as read back."""
+        migration window): in one modify, a password, the initial userAccountControl, guestsync's ownership mark
+        and the persistent attributes that differ, then a second reset to the fresh password, so whatever password
+        or flags the object had before (a planted known password, MIM's guessable one) stop working at once.
+        Returns it as read back."""
         self._require_managed(dn)
         if uid_from_dn(dn) != uid.lower():
             raise OutsideManagedOuError(f"refusing to adopt {dn} for guest {uid}: its CN is not the guest's id")
@@ -232,13 +234,21 @@ class GuestAccounts(DirectoryReads):
         modification: dict[str, list[tuple[str, list[Any]]]] = {
             name: [(ldap3.MODIFY_REPLACE, [value])] for name, value in changes.items()
         }
-        modification["unicodePwd"] = [(ldap3.MODIFY_REPLACE, [f'"{password}"'.encode("utf-16-le")])]
+        # Two resets: DCs keep accepting the previous password for a while after a reset (Samba's "old password
+        # allowed period", Windows' OldPasswordAllowedPeriod for NTLM), so the object's old password (MIM's
+        # guessable one, a planted one) must be two generations back, not one, to stop working at once.
+        avoid = tuple(v for v in (values.get("sAMAccountName"), values.get("displayName")) if v)
+        between = new_password(max(len(password), 24), avoid=avoid)
+        modification["unicodePwd"] = [(ldap3.MODIFY_REPLACE, [f'"{between}"'.encode("utf-16-le")])]
         modification["userAccountControl"] = [(ldap3.MODIFY_REPLACE, [str(int(user_account_control))])]
         modification[OWNERSHIP_ATTRIBUTE] = [(ldap3.MODIFY_REPLACE, [ownership_mark(self._keys[0], uid)])]
+        final = {"unicodePwd": [(ldap3.MODIFY_REPLACE, [f'"{password}"'.encode("utf-16-le")])]}
         what = f"adopting {dn}"
 
         def modify(conn: ldap3.Connection) -> dict[str, Any]:
             conn.modify(dn, modification)
+            if (conn.result or {}).get("description") == "success":
+                conn.modify(dn, final)
             return dict(conn.result or {})
 
         result = self._run(what, modify, writes=True)

@@ -14,9 +14,9 @@ if TYPE_CHECKING:  # the adapters are imported where they are used: a check load
 
 log = logging.getLogger("guestsync.preflight")
 
-_RIGHTS_FIX = ("delegate to the service account, on the guest OU and the archive OU, the rights listed in README, "
-               "Deployment step 2: create and delete user objects, read, write only the listed attributes, reset "
-               "password (never write all properties)")
+_RIGHTS_FIX = ("delegate to the service account, on the guest OU and the archive OU, the rights listed in "
+               "docs/deployment.md (Before deploying: Active Directory): create and delete user objects, read, write "
+               "only the listed attributes, reset password (never write all properties)")
 
 
 def check_directory(directory: Directory, settings: Settings, *, probe: bool) -> list[CheckResult]:

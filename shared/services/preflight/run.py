@@ -56,7 +56,7 @@ def run_checks(env: Mapping[str, str] | None = None, *, probe: bool = True, time
         directory = _directory(settings)
     except ConfigurationError as exc:
         add([_result("settings", Status.FAIL, str(exc),
-                     "set or correct the named setting (README, Configuration), then run the check again"),
+                     "set or correct the named setting (docs/configuration.md), then run the check again"),
              *_skip(CHECKS[1:], "settings did not load")])
         return results
     add([_result("settings", Status.PASS, _settings_summary(settings))])
