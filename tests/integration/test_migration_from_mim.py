@@ -165,7 +165,7 @@ def test_plan_then_adopt_takes_over_an_ou_populated_by_mim(stack: Stack) -> None
 
     listed = stack.cli_json("adopt", "--json")["adoptable"]
     assert sorted(item["uid"] for item in listed) == sorted(mim)
-    answers = stack.cli_json("adopt", "--all", "--json")
+    answers = stack.cli_json("adopt", "--all", "--json")["answers"]
     assert sorted((a["uid"], a["outcome"]) for a in answers) == sorted((uid, "adopting") for uid in mim)
     for uid, account in mim.items():
         _assert_taken_over(stack, account, users[uid])
