@@ -6,15 +6,17 @@ import asyncio
 import logging
 import threading
 import weakref
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property, partial
 from typing import TYPE_CHECKING, cast
 
 from shared import observability
-from shared.adapters.queues import MessageQueue
+from shared.adapters.queues import MessageQueue, leave_for_newer_reader
 from shared.adapters.state import StateStore
 from shared.concurrency import run_blocking
-from shared.core.messages import ExportMessage
+from shared.core.messages import ExportMessage, NewerSchemaError
+from shared.observability import guest_context
 from shared.settings import DirectorySettings, Settings, load_settings
 
 log = logging.getLogger("guestsync.bootstrap")
@@ -117,6 +119,33 @@ class Services:
                 log.warning("cannot read the tenant's initial domain from Graph here (%s): only "
                             "GUESTSYNC_UPN_SUFFIXES are allowed as guest UPN suffixes", exc)
         return await run_blocking(self.export_threads, partial(self.export_guest, message))
+
+    async def handle_export_message(
+        self, body: str | bytes, on_outage: Callable[[ExportMessage, Exception], None] | None = None
+    ) -> ExportOutcome | None:
+        """One export message as the export function and the agent both handle it: a message of a newer schema is
+        left for a newer agent (None), the export runs in the guest's log context, and an error or a held
+        deprovisioning is mailed. An unreachable directory is ``on_outage``'s to handle (function mode sends the
+        message back with a delay); without one it propagates (the agent releases the message itself)."""
+        from shared.core.errors import DirectoryUnavailableError
+        from shared.services import alerts
+
+        try:
+            message = ExportMessage.from_json(body)
+        except NewerSchemaError as newer:  # written by a newer app: a newer agent applies it (never poison)
+            await asyncio.to_thread(leave_for_newer_reader, self.export_queue, body, newer)
+            return None
+        with guest_context(message.uid, message.correlation_id or None):
+            try:
+                outcome = await self.run_export(message)
+            except DirectoryUnavailableError as exc:
+                if on_outage is None:
+                    raise
+                on_outage(message, exc)
+                return None
+            # The guest's state is saved: mail the operators about an error or a held deprovisioning (never raises).
+            await alerts.report_export(outcome.uid, outcome.action, outcome.detail, self.state, self.mailer)
+            return outcome
 
     def upn_suffixes(self) -> frozenset[str]:
         """The UPN suffixes guests may have: GUESTSYNC_UPN_SUFFIXES and the tenant's initial domain (from state)."""

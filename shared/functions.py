@@ -16,7 +16,6 @@ import azure.functions as func
 from shared import observability
 from shared.adapters.queues import StoragePoisonQueues, leave_for_newer_reader
 from shared.bootstrap import services
-from shared.core.errors import DirectoryUnavailableError
 from shared.core.messages import (
     ExportMessage,
     NewerSchemaError,
@@ -179,26 +178,17 @@ def make_worker_blueprint() -> func.Blueprint:
     @bp.queue_trigger(arg_name="msg", queue_name=EXPORT_QUEUE, connection=STORAGE)
     async def export_to_ad(msg: func.QueueMessage) -> None:
         s = services()
-        try:
-            message = ExportMessage.from_json(msg.get_body())
-        except NewerSchemaError as newer:  # written by a newer app: a newer agent applies it
-            leave_for_newer_reader(s.export_queue, msg.get_body(), newer)
-            return
-        with guest_context(message.uid, message.correlation_id or None):
-            # LDAP is blocking: off the event loop, on the export threads. Each export borrows a connection of
-            # its own from the pool, so parallel exports overlap their round trips.
-            try:
-                outcome = await s.run_export(message)
-            except DirectoryUnavailableError as exc:
-                # A DC outage must not use up the message's dequeues (the host would poison it after 5): send a
-                # fresh copy back with a growing delay, as apply does for Graph throttling, and complete this one.
-                delay = deferral_delay(message.deferrals)  # 2 s doubling to a minute, with jitter
-                s.export_queue.send(replace(message, deferrals=message.deferrals + 1).to_json(), delay_seconds=delay)
-                log.warning("directory unavailable; export of %s sent back for %d s (deferral %d, not counted "
-                            "toward poison): %s", message.uid, delay, message.deferrals + 1, exc)
-                return
-            # The guest's state is saved: mail the operators about an error or a held deprovisioning (never raises).
-            await alerts.report_export(outcome.uid, outcome.action, outcome.detail, s.state, s.mailer)
+
+        def send_back(message: ExportMessage, exc: Exception) -> None:
+            # A DC outage must not use up the message's dequeues (the host would poison it after 5): send a
+            # fresh copy back with a growing delay, as apply does for Graph throttling, and complete this one.
+            delay = deferral_delay(message.deferrals)  # 2 s doubling to a minute, with jitter
+            s.export_queue.send(replace(message, deferrals=message.deferrals + 1).to_json(), delay_seconds=delay)
+            log.warning("directory unavailable; export of %s sent back for %d s (deferral %d, not counted "
+                        "toward poison): %s", message.uid, delay, message.deferrals + 1, exc)
+
+        # LDAP is blocking: the export runs on the export threads, each with a pooled connection of its own.
+        await s.handle_export_message(msg.get_body(), on_outage=send_back)
 
     @bp.function_name("reconcile")
     @bp.timer_trigger(arg_name="timer", schedule="%GUESTSYNC_RECONCILE_SCHEDULE%", run_on_startup=False)

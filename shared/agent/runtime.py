@@ -35,14 +35,12 @@ from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import QueueMessage
 
 from shared import ncrontab
-from shared.adapters.queues import leave_for_newer_reader
 from shared.adapters.storage import queue_client
 from shared.agent import health
 from shared.agent.lease import TimerLease
 from shared.bootstrap import Services
-from shared.core.messages import ExportMessage, NewerSchemaError, newer_versions_seen
+from shared.core.messages import newer_versions_seen
 from shared.core.records import utcnow
-from shared.observability import guest_context
 from shared.settings import AgentSettings, Settings, load_agent_settings, load_settings
 
 log = logging.getLogger("guestsync.agent")
@@ -238,18 +236,10 @@ class Agent:
         return False
 
     async def _export(self, body: bytes) -> None:
-        """What the ``export_to_ad`` function does with a message (shared.functions), here in the agent."""
-        from shared.services import alerts
-
-        s = self.services
-        try:
-            message = ExportMessage.from_json(body)
-        except NewerSchemaError as newer:  # written by a newer app: a newer agent applies it (never poison)
-            await asyncio.to_thread(leave_for_newer_reader, s.export_queue, body, newer)
-            return
-        with guest_context(message.uid, message.correlation_id or None):
-            outcome = await s.run_export(message)
-            await alerts.report_export(outcome.uid, outcome.action, outcome.detail, s.state, s.mailer)
+        """What the ``export_to_ad`` function does with a message (shared.functions), here in the agent; an
+        unreachable directory propagates to ``_handle``, which releases the message without counting it."""
+        if await self.services.handle_export_message(body) is None:
+            return  # left for a newer agent: not an export of ours
         self.last_export_at = utcnow()
         self.exports += 1
 

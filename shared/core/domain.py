@@ -120,6 +120,12 @@ class AdAccount:
     when_created: str | None = None  # AD generalized time, e.g. 20261130101500.0Z (shown for adoptable objects)
 
     @property
+    def identity(self) -> str:
+        """What tells this object apart from a look-alike, for findings about objects guestsync did not create."""
+        return (f"objectSid {self.object_sid}, userAccountControl {self.user_account_control}, "
+                f"created {self.when_created or 'at an unknown time'}")
+
+    @property
     def disabled(self) -> bool:
         """ACCOUNTDISABLE is set (False if userAccountControl was not read: unknown is not disabled)."""
         return bool((self.user_account_control or 0) & UAC_ACCOUNTDISABLE)

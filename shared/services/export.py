@@ -69,11 +69,6 @@ def _adoption_allowed(record: GuestRecord, policy: DeprovisioningSettings, now: 
     return record.adopt or (policy.adopt_until is not None and now < policy.adopt_until)
 
 
-def _describe(account: AdAccount) -> str:
-    return (f"objectSid {account.object_sid}, userAccountControl {account.user_account_control}, "
-            f"created {account.when_created or 'at an unknown time'}")
-
-
 def _join(
     directory: GuestDirectory, record: GuestRecord, policy: DeprovisioningSettings, now: datetime
 ) -> tuple[AdAccount | None, bool]:
@@ -94,7 +89,7 @@ def _join(
             return other, True
         raise SecurityFindingError(
             f"{other.dn} is not the account joined to this guest (objectSid {record.object_sid} is gone; this "
-            f"object has {_describe(other)}): it was replaced or planted. Nothing was written to it. Delete it "
+            f"object has {other.identity}): it was replaced or planted. Nothing was written to it. Delete it "
             f"(a new account is then created), or take it over with `guestsync adopt {record.uid}`",
             SecurityKind.FOREIGN_OBJECT, other.dn)
     if record.status not in DEPROVISION_STATUSES:
@@ -128,7 +123,7 @@ def _create(
     if _adoption_allowed(record, policy, now):
         return ExportResult.ADOPTED, _adopt(directory, record, account, desired)
     raise SecurityFindingError(
-        f"{account.dn} exists and was not created by guestsync (no ownership mark; {_describe(account)}): "
+        f"{account.dn} exists and was not created by guestsync (no ownership mark; {account.identity}): "
         f"nothing was written to it. If it is this guest's (a MIM-era account), take it over with "
         f"`guestsync adopt {record.uid}` (fresh password, userAccountControl {initial_user_account_control()}, "
         "ownership mark); otherwise delete it", SecurityKind.UNMARKED, account.dn)

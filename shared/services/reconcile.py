@@ -501,8 +501,7 @@ class Reconciler:
         waiting = self.index.take_waiting(candidate.uid)
         if waiting is None and self.index.is_handled(candidate.uid):
             return  # the Graph phase already queued this guest's export
-        details = (f"objectSid {account.object_sid}, userAccountControl {account.user_account_control}, created "
-                   f"{account.when_created or 'at an unknown time'}")
+        details = account.identity
         if candidate.object_sid is None and account.marked:
             action, why = FindingAction.JOIN, "account created by guestsync whose join was not saved; joining it"
         elif candidate.object_sid is None:
