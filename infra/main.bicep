@@ -46,6 +46,11 @@ param maximumInstanceCount int = 40
 ])
 param instanceMemoryMB int = 2048
 
+@description('Flex Consumption: always-ready instances of the function apply_change (the change queue\'s listener). 1 keeps an instance polling, so an invite is picked up within maxPollingInterval instead of waiting for a cold start; it is billed as a baseline all month (docs/deployment.md, Latency, polling and what idle costs). 0 lets the function scale to zero.')
+@minValue(0)
+@maxValue(10)
+param alwaysReadyApply int = 1
+
 // ---------------------------------------------------------------------------------------------------------
 // Microsoft Graph
 // ---------------------------------------------------------------------------------------------------------
@@ -476,6 +481,14 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
       scaleAndConcurrency: {
         maximumInstanceCount: maximumInstanceCount
         instanceMemoryMB: instanceMemoryMB
+        // Per-function scale group of the change queue's listener (the name of the function, as registered in
+        // shared/functions.py). Empty: every function scales from zero.
+        alwaysReady: (alwaysReadyApply > 0) ? [
+          {
+            name: 'function:apply_change'
+            instanceCount: alwaysReadyApply
+          }
+        ] : []
       }
       runtime: {
         name: 'python'

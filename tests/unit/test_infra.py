@@ -402,8 +402,27 @@ def test_flex_consumption_app(parsed: dict[Path, dict[str, Any]]) -> None:
     app_config = site["properties"]["functionAppConfig"]
     assert app_config["runtime"] == {"name": "python", "version": "3.11"}
     assert app_config["deployment"]["storage"]["authentication"]["type"] == "UserAssignedIdentity"
-    assert set(app_config["scaleAndConcurrency"]) == {"maximumInstanceCount", "instanceMemoryMB"}
+    scale = app_config["scaleAndConcurrency"]
+    assert set(scale) == {"maximumInstanceCount", "instanceMemoryMB", "alwaysReady"}
     assert site["properties"]["virtualNetworkSubnetId"] is not None  # with enableVnet
+
+
+def test_always_ready_keeps_the_change_queue_listener_warm(parsed: dict[Path, dict[str, Any]]) -> None:
+    """alwaysReadyApply instances of apply_change (its per-function scale group 'function:<name>'), none at 0."""
+    main = _main(parsed)
+    parameter = main["parameters"]["alwaysReadyApply"]
+    assert parameter["type"] == "int" and parameter["default"] == 1
+    assert {"type": "min_value", "argument": 0} in parameter["decorators"]
+    always_ready = main["resources"]["site"]["config"]["properties"]["functionAppConfig"]["scaleAndConcurrency"][
+        "alwaysReady"]["operator"]
+    assert always_ready["type"] == "conditional"
+    operands = always_ready["operands"]
+    assert operands["condition"] == {"operator": {"type": "greater_than",
+                                                  "operands": {"operand_1": "alwaysReadyApply", "operand_2": 0}}}
+    assert operands["true_value"] == [{"name": "function:apply_change", "instanceCount": "alwaysReadyApply"}]
+    assert operands["false_value"] == []
+    # The scale group names the function as the app registers it.
+    assert '@bp.function_name("apply_change")' in FUNCTIONS_PY.read_text(encoding="utf-8")
 
 
 def test_webhook_urls_are_the_apps_own() -> None:
