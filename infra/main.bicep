@@ -51,6 +51,11 @@ param instanceMemoryMB int = 2048
 @maxValue(10)
 param alwaysReadyApply int = 1
 
+@description('Flex Consumption: always-ready instances of the HTTP group (the webhook). 0 lets it scale to zero: the first notification after idle waits for a cold start. 1 keeps the webhook warm at the same baseline price as alwaysReadyApply.')
+@minValue(0)
+@maxValue(10)
+param alwaysReadyHttp int = 0
+
 // ---------------------------------------------------------------------------------------------------------
 // Microsoft Graph
 // ---------------------------------------------------------------------------------------------------------
@@ -483,12 +488,17 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         instanceMemoryMB: instanceMemoryMB
         // Per-function scale group of the change queue's listener (the name of the function, as registered in
         // shared/functions.py). Empty: every function scales from zero.
-        alwaysReady: (alwaysReadyApply > 0) ? [
+        alwaysReady: concat((alwaysReadyApply > 0) ? [
           {
             name: 'function:apply_change'
             instanceCount: alwaysReadyApply
           }
-        ] : []
+        ] : [], (alwaysReadyHttp > 0) ? [
+          {
+            name: 'http'
+            instanceCount: alwaysReadyHttp
+          }
+        ] : [])
       }
       runtime: {
         name: 'python'

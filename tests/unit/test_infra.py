@@ -408,19 +408,24 @@ def test_flex_consumption_app(parsed: dict[Path, dict[str, Any]]) -> None:
 
 
 def test_always_ready_keeps_the_change_queue_listener_warm(parsed: dict[Path, dict[str, Any]]) -> None:
-    """alwaysReadyApply instances of apply_change (its per-function scale group 'function:<name>'), none at 0."""
+    """alwaysReadyApply instances of apply_change (its per-function scale group 'function:<name>') and
+    alwaysReadyHttp of the HTTP group; a group with 0 is left out, so it scales to zero."""
     main = _main(parsed)
-    parameter = main["parameters"]["alwaysReadyApply"]
-    assert parameter["type"] == "int" and parameter["default"] == 1
-    assert {"type": "min_value", "argument": 0} in parameter["decorators"]
+    defaults = {"alwaysReadyApply": 1, "alwaysReadyHttp": 0}
+    for name, default in defaults.items():
+        parameter = main["parameters"][name]
+        assert parameter["type"] == "int" and parameter["default"] == default, name
+        assert {"type": "min_value", "argument": 0} in parameter["decorators"], name
     always_ready = main["resources"]["site"]["config"]["properties"]["functionAppConfig"]["scaleAndConcurrency"][
-        "alwaysReady"]["operator"]
-    assert always_ready["type"] == "conditional"
-    operands = always_ready["operands"]
-    assert operands["condition"] == {"operator": {"type": "greater_than",
-                                                  "operands": {"operand_1": "alwaysReadyApply", "operand_2": 0}}}
-    assert operands["true_value"] == [{"name": "function:apply_change", "instanceCount": "alwaysReadyApply"}]
-    assert operands["false_value"] == []
+        "alwaysReady"]["function"]
+    assert always_ready["type"] == "concat"
+    groups = {"alwaysReadyApply": "function:apply_change", "alwaysReadyHttp": "http"}
+    for arg, (parameter_name, group) in zip(always_ready["parameters"].values(), groups.items(), strict=True):
+        operands = arg["operator"]["operands"]
+        assert operands["condition"] == {"operator": {"type": "greater_than",
+                                                      "operands": {"operand_1": parameter_name, "operand_2": 0}}}
+        assert operands["true_value"] == [{"name": group, "instanceCount": parameter_name}]
+        assert operands["false_value"] == []
     # The scale group names the function as the app registers it.
     assert '@bp.function_name("apply_change")' in FUNCTIONS_PY.read_text(encoding="utf-8")
 
