@@ -5,10 +5,12 @@ Seeding (not timed as part of the benchmark, but printed), the fastest honest wa
 * Graph: N guests added to the simulator with ``sim.add_user`` before any subscription exists (no
   notifications). ``--page-size`` sets the simulator's users/delta page size (Graph decides it; 999 here
   by default, because the simulator re-projects every user on every page it serves, see RESULTS.md).
-* AD: the DC is stopped and the N accounts (the attributes guestsync writes: sAMAccountName, givenName, sn,
-  mail, userPrincipalName, displayName; no password, which the reconcile never reads) are added to its
-  sam.ldb through Samba's DSDB module stack with ``bench/seed_samba.py`` (system python3 and Samba's
-  bindings: objectSid from the RID pool, inherited ACLs and indexes as for an LDAP add), then it is started.
+* AD: the DC is stopped and the N accounts (what an export writes at creation: sAMAccountName, givenName, sn,
+  mail, userPrincipalName, displayName, userAccountControl 262656 and the ownership mark; no password, which
+  the reconcile never reads) are added to its sam.ldb through Samba's DSDB module stack in ldb's batch mode
+  (``bench/seed_ad.py``, ``bench/seed_samba.py``: objectSid from the RID pool, inherited ACLs and indexes as
+  for an LDAP add, linear in N), then it is started; a sample is read back as the service account and one more
+  guest is created over LDAP (and deleted) to show the RID pool moved on.
 * State: one PROVISIONED record per guest, joined on that objectSid, written as batch table transactions
   (100 entities per transaction, one partition) from ``--table-threads`` threads.
 
@@ -45,19 +47,19 @@ from bench.common import (
     run_benchmark,
     say,
 )
+from bench.seed_ad import seed_accounts, verify_seeded
 from shared.core.domain import GuestStatus
 from shared.core.records import GuestRecord
 from shared.core.rules import inbound
 from shared.settings import load_settings
 
 NAME = "reconcile"
-SYSTEM_PYTHON = "/usr/bin/python3"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guests", type=int, default=100_000, help="guests already in sync (100000)")
     parser.add_argument("--page-size", type=int, default=999, help="the simulator's users/delta page size (999)")
-    parser.add_argument("--seed-batch", type=int, default=5000, help="adds per sam.ldb transaction (5000)")
+    parser.add_argument("--seed-batch", type=int, default=10000, help="adds per sam.ldb transaction (10000)")
     parser.add_argument("--table-threads", type=int, default=4, help="threads writing state batches (4)")
     parser.add_argument("--floor-runs", type=int, default=1, choices=(1, 2),
                         help="floor runs: 1 (before the reconciles) or 2 (also after; the ratio uses the mean)")
@@ -65,35 +67,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="one more full reconcile under tracemalloc for its traced peak (slow; not timed)")
 
 
-def _seed(bench: BenchStack, guests: int, args: argparse.Namespace) -> None:
+def _seed(bench: BenchStack, guests: int, args: argparse.Namespace) -> dict[str, float]:
+    """Seed Graph, AD and state; return how long each took (printed with the results)."""
     stack = bench.stack
     sim, dc, ou = stack.sim, stack.dc, stack.guest_ou
+    times: dict[str, float] = {}
     started = time.monotonic()
     users = [guest_user(sim.tenant_domain, "rc", i, str(uuid.uuid4())) for i in range(guests)]
     for user in users:
         sim.add_user(id=user.id, userType=user.user_type, displayName=user.display_name, givenName=user.given_name,
                      surname=user.surname, userPrincipalName=user.user_principal_name, mail=user.mail,
                      accountEnabled=True)
-    say(f"  Graph: {guests} guests added to the simulator in {time.monotonic() - started:.1f} s")
-    accounts = bench.workdir / "accounts.jsonl"
-    sids_file = bench.workdir / "sids.jsonl"
-    with accounts.open("w") as out:
-        for user in users:
-            out.write(json.dumps({"dn": guest_account_dn(user.id, ou), "attributes": ad_values(user)}) + "\n")
+    times["Graph simulator"] = time.monotonic() - started
+    say(f"  Graph: {guests} guests added to the simulator in {times['Graph simulator']:.1f} s")
+    seeded = seed_accounts(bench, users, args.seed_batch)
+    for line in seeded.log:
+        say(line)
+    times["AD (sam.ldb adds)"] = seeded.adds_seconds
+    times["AD (stop, adds, start)"] = seeded.seconds
+    say(f"  AD: {len(seeded.sids)} accounts in sam.ldb, DC restarted, in {seeded.seconds:.1f} s")
     started = time.monotonic()
-    dc.stop()
-    try:
-        subprocess.run([SYSTEM_PYTHON, str(REPO / "bench" / "seed_samba.py"), str(dc.smb_conf),  # noqa: S603
-                        str(dc.sam_ldb), str(accounts), str(sids_file), str(args.seed_batch)], check=True,
-                       timeout=7200)
-    finally:
-        dc.start()
-    sids = {}
-    with sids_file.open() as handle:
-        for line in handle:
-            item = json.loads(line)
-            sids[item["cn"].lower()] = item["objectSid"]
-    say(f"  AD: {len(sids)} accounts in sam.ldb, DC restarted, in {time.monotonic() - started:.1f} s")
+    say(f"  AD check: {verify_seeded(bench, users, seeded.sids)}")
+    times["AD check"] = time.monotonic() - started
+    sids = seeded.sids
     started = time.monotonic()
     settings = load_settings(bench.env)
     table = TableServiceClient.from_connection_string(bench.env["AzureWebJobsStorage"]).create_table_if_not_exists(
@@ -114,7 +110,9 @@ def _seed(bench: BenchStack, guests: int, args: argparse.Namespace) -> None:
 
     with ThreadPoolExecutor(args.table_threads) as pool:
         list(pool.map(submit, chunks))
-    say(f"  state: {len(entities)} records in {len(chunks)} batch transactions in {time.monotonic() - started:.1f} s")
+    times["state (Azurite)"] = time.monotonic() - started
+    say(f"  state: {len(entities)} records in {len(chunks)} batch transactions in {times['state (Azurite)']:.1f} s")
+    return times
 
 
 def _child(bench: BenchStack, mode: str, *extra: str) -> dict[str, Any]:
@@ -140,7 +138,7 @@ def run(args: argparse.Namespace) -> Report:
     with bench_stack() as bench:
         bench.stack.sim.page_size = args.page_size
         say(f"seeding {guests} guests in sync (simulator users/delta page size {args.page_size})")
-        _seed(bench, guests, args)
+        seeding = _seed(bench, guests, args)
         runs: dict[str, dict[str, Any]] = {}
         plan = [("floor", "floor1"), ("full", "full"), ("incremental", "incremental")]
         if args.floor_runs == 2:
@@ -154,6 +152,7 @@ def run(args: argparse.Namespace) -> Report:
             runs["traced"] = _child(bench, "full", "--tracemalloc")
             say(f"  full under tracemalloc: peak {_mb(runs['traced']['tracemalloc_peak_kb'])} "
                 f"(time {runs['traced']['total_s']:.1f} s, not comparable)")
+    say("seeding: " + "; ".join(f"{what} {seconds:.1f} s" for what, seconds in seeding.items()))
     floor_runs = [runs[k] for k in ("floor1", "floor2") if k in runs]
     floor = sum(r["total_s"] for r in floor_runs) / len(floor_runs)
     for key in ("full", "incremental"):
