@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -37,6 +38,7 @@ from typing import Any
 from azure.data.tables import TableServiceClient
 
 from bench.common import (
+    OTHERS,
     REPO,
     BenchStack,
     Report,
@@ -116,11 +118,23 @@ def _seed(bench: BenchStack, guests: int, args: argparse.Namespace) -> dict[str,
 
 
 def _child(bench: BenchStack, mode: str, *extra: str) -> dict[str, Any]:
+    """One measured run in a process of its own, with the CPU each part of the machine spent meanwhile: the
+    child's own (its rusage, from RUSAGE_CHILDREN) is taken out of "everything else"."""
+    meter = bench.cpu_meter().start()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = subprocess.run([sys.executable, "-m", "bench.reconcile_child", mode, *extra],  # noqa: S603
                             cwd=REPO, env=_child_env(bench), capture_output=True, text=True, timeout=7200)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = meter.stop()
     if result.returncode != 0:
         raise RuntimeError(f"reconcile_child {mode} failed:\n{result.stderr[-3000:]}")
     data: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    child = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    cpu[OTHERS] -= child
+    cpu = {"measured process": child, **cpu}
+    wall = max(meter.wall, 1e-9)
+    data["cpu"] = ", ".join(f"{name} {seconds:.1f} CPU-s ({seconds / wall:.0%} of a core)"
+                            for name, seconds in cpu.items())
     return data
 
 
@@ -147,7 +161,8 @@ def run(args: argparse.Namespace) -> Report:
         for mode, key in plan:
             say(f"running {key} ...")
             runs[key] = data = _child(bench, mode)
-            say(f"  {key}: {json.dumps(data)}")
+            say(f"  {key}: {json.dumps({k: v for k, v in data.items() if k != 'cpu'})}")
+            say(f"  {key} CPU: {data['cpu']}")
         if args.tracemalloc:
             runs["traced"] = _child(bench, "full", "--tracemalloc")
             say(f"  full under tracemalloc: peak {_mb(runs['traced']['tracemalloc_peak_kb'])} "
@@ -175,6 +190,9 @@ def run(args: argparse.Namespace) -> Report:
             f"{data['guests_in_state']} in state, {data['graph_users']} from Graph, {data['ad_accounts']} in AD; "
             f"ru_maxrss {_mb(data['rss_before_kb'])} -> {_mb(data['rss_after_kb'])} (+{_mb(rss)})")
     say(f"floor processes' ru_maxrss: {_mb(runs['floor1']['rss_after_kb'])}")
+    for key in ("floor1", "floor2", "full", "incremental"):
+        if key in runs:
+            say(f"CPU during {key}: {runs[key]['cpu']}")
     for key in ("full", "incremental"):
         data = runs[key]
         report.check(f"{key} reconcile / floor time", data["total_s"] / floor, 1.5)
