@@ -7,6 +7,12 @@ at creation except the password: the persistent attributes, userAccountControl 2
 adminDescription under the stack's GUESTSYNC_OWNERSHIP_KEY (``shared.core.ad_rules.ownership_mark``). Hashing a
 password costs ~30 ms per account in Samba (Kerberos keys), and neither the reconcile nor the scan reads it.
 
+``seed_cache_dir`` / ``restore_seed``: the seeded database (``private/sam.ldb`` and ``sam.ldb.d``) is kept under
+the system temp directory, keyed by N, the provisioned DC template it was copied from (realm, Samba version, the
+provisioning itself) and the source of everything that shapes the accounts; a later run copies it into its
+stopped DC, sets the Administrator and service account passwords it chose, and takes the guest ids and the
+ownership key from the cache, so that seeding AD is seconds instead of minutes.
+
 ``verify_seeded`` then reads a sample back over LDAPS as the delegated service account, through the product's
 own Directory adapter (so the inherited security descriptor lets it read them, as the reconcile must), checks
 objectSid, mark, attributes and the operational attributes a real add gets, and creates one more guest over
@@ -15,16 +21,24 @@ LDAP, as an export does, to show that the DC's RID pool moved past the seeded RI
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import random
+import shutil
 import subprocess
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import ldap3
 
 from bench.common import REPO, BenchStack
+from devtools.localenv.samba import TEMPLATE_READY, template_cache_dir
 from shared.adapters.directory import Directory
 from shared.core.ad_rules import OWNERSHIP_ATTRIBUTE, fit_cosmetic, guest_dn, new_password, ownership_mark
 from shared.core.domain import GraphUser
@@ -32,14 +46,21 @@ from shared.core.rules import inbound, initial_user_account_control, outbound_pe
 from shared.settings import load_settings
 
 SYSTEM_PYTHON = "/usr/bin/python3"
+#: Bump when what a cached seed holds changes.
+SEED_FORMAT = 1
+#: The sources that decide what a seeded database holds (the stack's OUs and delegation, the accounts' values).
+_SHAPING_SOURCES = ("devtools/localenv/stack.py", "devtools/localenv/samba.py", "bench/seed_samba.py",
+                    "bench/seed_ad.py", "bench/common.py", "shared/core/rules.py", "shared/core/ad_rules.py")
+_SEED_META = "seed.json"
 
 
 @dataclass
 class SeededAccounts:
     sids: dict[str, str]  # guest id (lower case) -> objectSid
-    seconds: float  # stop, offline adds, start
-    adds_seconds: float  # the offline adds alone, as seed_samba.py timed them
+    seconds: float  # stop, offline adds (or the copy from the cache), start
+    adds_seconds: float  # the offline adds alone, as seed_samba.py timed them (when the cache was filled)
     log: list[str] = field(default_factory=list)
+    from_cache: bool = False
 
 
 def account_values(user: GraphUser, ownership_key: str) -> dict[str, str]:
@@ -51,8 +72,10 @@ def account_values(user: GraphUser, ownership_key: str) -> dict[str, str]:
     return values
 
 
-def seed_accounts(bench: BenchStack, users: list[GraphUser], batch: int = 10000) -> SeededAccounts:
-    """Add one account per user to the stopped DC's sam.ldb, start the DC again, and return the objectSids."""
+def seed_accounts(bench: BenchStack, users: list[GraphUser], batch: int = 10000,
+                  cache: Path | None = None) -> SeededAccounts:
+    """Add one account per user to the stopped DC's sam.ldb, start the DC again, and return the objectSids; with
+    ``cache``, keep the seeded database there (copied while the DC is stopped) for ``restore_seed``."""
     stack = bench.stack
     dc = stack.dc
     key = bench.env["GUESTSYNC_OWNERSHIP_KEY"]
@@ -68,18 +91,91 @@ def seed_accounts(bench: BenchStack, users: list[GraphUser], batch: int = 10000)
         result = subprocess.run([SYSTEM_PYTHON, str(REPO / "bench" / "seed_samba.py"), str(dc.smb_conf),  # noqa: S603
                                  str(dc.sam_ldb), str(accounts), str(sids_file), str(batch)],
                                 capture_output=True, text=True, timeout=7200, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"seeding sam.ldb failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
+        log = result.stdout.strip().splitlines()
+        adds = float(log[-1].rsplit(" in ", 1)[1].split()[0]) if log else 0.0
+        sids: dict[str, str] = {}
+        with sids_file.open() as handle:
+            for line in handle:
+                item = json.loads(line)
+                sids[item["cn"].lower()] = item["objectSid"]
+        if cache is not None:
+            _save(bench, cache, [u.id for u in users], sids, adds)
+            log.append(f"  samba: seeded database kept in {cache} for the next run")
     finally:
         dc.start()
-    if result.returncode != 0:
-        raise RuntimeError(f"seeding sam.ldb failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
-    log = result.stdout.strip().splitlines()
-    adds = float(log[-1].rsplit(" in ", 1)[1].split()[0]) if log else 0.0
-    sids: dict[str, str] = {}
-    with sids_file.open() as handle:
-        for line in handle:
-            item = json.loads(line)
-            sids[item["cn"].lower()] = item["objectSid"]
     return SeededAccounts(sids, time.monotonic() - started, adds, log)
+
+
+def seed_cache_dir(bench: BenchStack, guests: int) -> Path:
+    """Where a seeded database of ``guests`` accounts for this stack's DC template is (or would be) kept."""
+    dc = bench.stack.dc
+    template = template_cache_dir(dc.realm, dc.domain)  # its name digests the realm and the Samba version
+    digest = hashlib.sha256(f"{SEED_FORMAT}|{guests}|{template.name}|".encode())
+    digest.update((template / TEMPLATE_READY).read_bytes())  # the provisioning itself (domain SID, machine keys)
+    for source in _SHAPING_SOURCES:
+        digest.update((REPO / source).read_bytes())
+    return Path(tempfile.gettempdir()) / f"guestsync-bench-seed-{guests}-{digest.hexdigest()[:16]}"
+
+
+@contextlib.contextmanager
+def _locked(cache: Path) -> Iterator[None]:
+    with (cache.parent / (cache.name + ".lock")).open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _copy_database(source: Path, target: Path) -> None:
+    """``private/sam.ldb`` and ``private/sam.ldb.d`` of one DC directory into another (the DC stopped)."""
+    (target / "private" / "sam.ldb.d").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(source / "private" / "sam.ldb", target / "private" / "sam.ldb")
+    for path in (source / "private" / "sam.ldb.d").iterdir():
+        shutil.copy2(path, target / "private" / "sam.ldb.d" / path.name)
+
+
+def _save(bench: BenchStack, cache: Path, ids: list[str], sids: dict[str, str], adds_seconds: float) -> None:
+    with _locked(cache):
+        if (cache / _SEED_META).exists():
+            return
+        partial = cache.with_name(cache.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        _copy_database(bench.stack.dc.workdir, partial)
+        meta = {"ownership_key": bench.env["GUESTSYNC_OWNERSHIP_KEY"], "ids": ids, "sids": sids,
+                "adds_seconds": adds_seconds}
+        (partial / _SEED_META).write_text(json.dumps(meta))
+        partial.chmod(0o700)
+        shutil.rmtree(cache, ignore_errors=True)
+        partial.rename(cache)
+
+
+def restore_seed(bench: BenchStack, cache: Path) -> tuple[list[str], SeededAccounts] | None:
+    """The cached seeded database copied into the stopped DC (passwords set to this run's, the ownership key taken
+    into the stack's settings), the DC started again; the guest ids in seeding order and the objectSids. None
+    when nothing is cached."""
+    dc = bench.stack.dc
+    with _locked(cache):
+        if not (cache / _SEED_META).exists():
+            return None
+        started = time.monotonic()
+        meta = json.loads((cache / _SEED_META).read_text())
+        dc.stop()
+        try:
+            _copy_database(cache, dc.workdir)
+            service = bench.env["AD_BIND_USER"].split(",", 1)[0].split("=", 1)[1]
+            passwords = {"Administrator": dc.admin_password, service: bench.env["AD_BIND_PASSWORD"]}
+            subprocess.run([SYSTEM_PYTHON, str(REPO / "bench" / "seed_samba.py"), "--passwords",  # noqa: S603
+                            str(dc.smb_conf), str(dc.sam_ldb)], input=json.dumps(passwords), text=True,
+                           capture_output=True, check=True, timeout=600)
+        finally:
+            dc.start()
+    bench.env["GUESTSYNC_OWNERSHIP_KEY"] = meta["ownership_key"]
+    seeded = SeededAccounts(meta["sids"], time.monotonic() - started, float(meta["adds_seconds"]),
+                            [f"  samba: seeded database copied from {cache}"], from_cache=True)
+    return list(meta["ids"]), seeded
 
 
 def _rid(sid: str) -> int:

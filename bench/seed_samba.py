@@ -2,6 +2,10 @@
 Samba's bindings; not the project's virtual environment).
 
     /usr/bin/python3 bench/seed_samba.py SMB_CONF SAM_LDB ACCOUNTS.jsonl SIDS.jsonl [BATCH]
+    /usr/bin/python3 bench/seed_samba.py --passwords SMB_CONF SAM_LDB < {"sAMAccountName": "password", ...}
+
+The second form sets the passwords of existing accounts (a cached seeded database restored into a DC whose
+Administrator and service account passwords were chosen by this run).
 
 Each input line is ``{"dn": ..., "attributes": {...}}``. The adds go through Samba's whole DSDB module stack
 (objectSid from the DC's RID pool, which the RID Set then records as used; objectGUID, objectCategory,
@@ -35,7 +39,18 @@ OBJECT_CLASSES = ["top", "person", "organizationalPerson", "user"]
 INDEX_CACHE_SIZE = 202481
 
 
+def set_passwords(smb_conf: str, sam_ldb: str, passwords: dict[str, str]) -> None:
+    lp = LoadParm()
+    lp.load(smb_conf)
+    samdb = SamDB(url=sam_ldb, session_info=system_session(), lp=lp)
+    for name, password in passwords.items():
+        samdb.setpassword(f"(sAMAccountName={ldb.binary_encode(name)})", password)
+
+
 def main(argv: list[str]) -> int:
+    if argv and argv[0] == "--passwords":
+        set_passwords(argv[1], argv[2], json.load(sys.stdin))
+        return 0
     smb_conf, sam_ldb, accounts, sids = argv[:4]
     batch = int(argv[4]) if len(argv) > 4 else 10000
     lp = LoadParm()
