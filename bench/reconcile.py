@@ -31,12 +31,14 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from azure.data.tables import TableServiceClient
@@ -94,6 +96,8 @@ def _seed(bench: BenchStack, guests: int, args: argparse.Namespace) -> dict[str,
     seeded = restored[1] if restored else seed_accounts(bench, users, args.seed_batch, cache)
     for line in seeded.log:
         say(line)
+    if cache is not None:
+        _prune_other_seeds(cache)
     if seeded.from_cache:
         times["AD (copy of the cached seed, start)"] = seeded.seconds
         say(f"  AD: {len(seeded.sids)} accounts from the cached seed (whose adds took {seeded.adds_seconds:.1f} s), "
@@ -129,6 +133,16 @@ def _seed(bench: BenchStack, guests: int, args: argparse.Namespace) -> dict[str,
     times["state (Azurite)"] = time.monotonic() - started
     say(f"  state: {len(entities)} records in {len(chunks)} batch transactions in {times['state (Azurite)']:.1f} s")
     return times
+
+
+def _prune_other_seeds(keep: Path) -> None:
+    """Seeds of the same size under other keys (older code, another DC template) are ~0.8 GB each at 100,000
+    accounts and will not be used again: remove them."""
+    prefix = keep.name.rsplit("-", 1)[0] + "-"
+    for other in keep.parent.glob(prefix + "*"):
+        if other.is_dir() and other != keep:
+            shutil.rmtree(other, ignore_errors=True)
+            other.with_name(other.name + ".lock").unlink(missing_ok=True)
 
 
 def _child(bench: BenchStack, mode: str, *extra: str) -> dict[str, Any]:
