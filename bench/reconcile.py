@@ -136,7 +136,7 @@ def _seed(bench: BenchStack, guests: int, args: argparse.Namespace) -> dict[str,
 
 
 def _prune_other_seeds(keep: Path) -> None:
-    """Seeds of the same size under other keys (older code, another DC template) are ~0.8 GB each at 100,000
+    """Seeds of the same size under other keys (older code, another DC template) are about 1.2 GB each at 100,000
     accounts and will not be used again: remove them."""
     prefix = keep.name.rsplit("-", 1)[0] + "-"
     for other in keep.parent.glob(prefix + "*"):
