@@ -3,7 +3,7 @@
     python -m bench.reconcile_child full|incremental|floor|floor-incremental|graph-raw [--tracemalloc]
 
 Settings come from the environment (the stack's). Prints one JSON object: wall time per phase, counts, and
-memory (ru_maxrss before and after the run, in KiB; with ``--tracemalloc`` also the traced peak, which makes
+memory (peak RSS, VmHWM, before and after the run, in KiB; with ``--tracemalloc`` also the traced peak, which makes
 the run much slower, so its time is not comparable).
 
 * ``full`` / ``incremental``: ``shared.services.reconcile.reconcile`` with the directory, ``full=True`` or from
@@ -30,6 +30,14 @@ from shared.settings import Settings, load_settings
 
 
 def _rss_kb() -> int:
+    """This process's peak resident set size in KiB: VmHWM, the high-water mark of its own address space.
+    ru_maxrss is not that: execve keeps the larger of it and the RSS of the address space it replaces, which
+    for a child that subprocess starts with vfork is the parent's (the bench, holding the Graph simulator's
+    100,000 users: 360 MB), so every child would report at least that."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 

@@ -26,7 +26,7 @@ import sqlite3
 import tempfile
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -207,7 +207,10 @@ def _pages(db: sqlite3.Connection, sql: str, first: Any) -> Iterator[Any]:
 class _AccountSpool:
     """The managed OUs' accounts, scanned in a thread of their own while state loads and Graph pages, and spooled
     to a file of their own: the LDAP scan (mostly waiting on the DC) overlaps the other phases, and memory stays
-    flat however many accounts there are. The AD phase reads them back in scan order once the scan is done."""
+    flat however many accounts there are. The AD phase reads them back in scan order, page by page as the scan
+    commits them (a page of the scan at a time), so that joining them overlaps the rest of the scan too."""
+
+    PAGE = 500  # accounts per commit (the adapter's LDAP page) and per read
 
     def __init__(self, folder: str, directory: AccountScanner) -> None:
         self._path = str(Path(folder) / "accounts.sqlite")
@@ -217,20 +220,25 @@ class _AccountSpool:
         self._thread = threading.Thread(target=self._scan, name="reconcile-ad-scan", daemon=True)
 
     def start(self) -> None:
+        db = sqlite3.connect(self._path)
+        try:  # WAL: the AD phase reads committed pages while the scan writes the next ones
+            db.executescript("PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF;"
+                             "CREATE TABLE account (n INTEGER PRIMARY KEY, blob BLOB);")
+        finally:
+            db.close()
         self._thread.start()
 
     def _scan(self) -> None:
         db = sqlite3.connect(self._path)
         try:
-            db.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;"
-                             "CREATE TABLE account (n INTEGER PRIMARY KEY, blob BLOB);")
             batch: list[tuple[bytes]] = []
             for account in self._directory.iter_managed_accounts():
                 if self._stop.is_set():
                     return
                 batch.append((pickle.dumps(account),))
-                if len(batch) >= 500:
+                if len(batch) >= self.PAGE:
                     db.executemany("INSERT INTO account (blob) VALUES (?)", batch)
+                    db.commit()
                     batch.clear()
             db.executemany("INSERT INTO account (blob) VALUES (?)", batch)
             db.commit()
@@ -248,15 +256,40 @@ class _AccountSpool:
         if self._error is not None:
             raise self._error
 
+    async def pages(self, poll: float = 0.05) -> AsyncIterator[list[AdAccount]]:
+        """The accounts in scan order, a committed page at a time, as soon as the scan has committed it; the
+        scan's error once every account it read before the error has been handed out."""
+        db = sqlite3.connect(self._path)
+        try:
+            last = 0
+            while True:
+                done = not self._thread.is_alive()  # before reading: a page committed after this is read next time
+                rows = db.execute("SELECT n, blob FROM account WHERE n > ? ORDER BY n LIMIT ?",
+                                  (last, self.PAGE)).fetchall()
+                if rows:
+                    last = rows[-1][0]
+                    yield [_unpickle_account(blob) for _, blob in rows]
+                elif done:
+                    break
+                else:
+                    await asyncio.sleep(poll)
+        finally:
+            db.close()
+        await self.wait()
+
     def __iter__(self) -> Iterator[AdAccount]:
         db = sqlite3.connect(self._path)
         try:
             for _, blob in _pages(db, "SELECT n, blob FROM account WHERE n > ? ORDER BY n LIMIT 500", 0):
-                account = pickle.loads(blob)  # noqa: S301 (our own temporary file, written in this run)
-                assert isinstance(account, AdAccount)
-                yield account
+                yield _unpickle_account(blob)
         finally:
             db.close()
+
+
+def _unpickle_account(blob: bytes) -> AdAccount:
+    account = pickle.loads(blob)  # noqa: S301 (our own temporary file, written in this run)
+    assert isinstance(account, AdAccount)
+    return account
 
 
 def _unpickle(blob: bytes) -> GuestRecord:
@@ -366,7 +399,7 @@ class Reconciler:
             try:
                 spool = _AccountSpool(folder, self.directory) if self.directory is not None else None
                 if spool is not None:
-                    spool.start()  # the AD scan runs meanwhile; its findings are made after the Graph phase
+                    spool.start()  # the AD scan runs meanwhile; its accounts are joined after the Graph phase
                 try:
                     self.report.guests_in_state = self.index.load(self.state.planning_records(),
                                                                   lambda n: self.progress("state", n))
@@ -375,13 +408,13 @@ class Reconciler:
                     await self._graph_phase(full=full)
                     if self.policy.scope_group_id:
                         await self._group_phase()
+                    if spool is not None:
+                        await self._ad_phase(spool)
                 except BaseException:
                     if spool is not None:
                         await spool.wait(cancel=True)  # never leave the scan thread behind
                     raise
                 if spool is not None:
-                    await spool.wait()
-                    self._ad_phase(spool)
                     for finding in self.index.waiting():  # new guests without an account: created
                         self._found(finding)
             finally:
@@ -452,8 +485,15 @@ class Reconciler:
         for uid in self.index.new_members():
             await self._reread(uid)
 
-    def _ad_phase(self, accounts: Iterable[AdAccount]) -> None:
-        """Join the scanned accounts to state on objectSid; compare, repair, report."""
+    async def _ad_phase(self, spool: _AccountSpool) -> None:
+        """Join the scanned accounts to state on objectSid; compare, repair, report. Accounts are joined as the
+        scan hands them over; the guests whose account it did not see are looked at only once it has seen every
+        account (a scan that fails raises before that, so no account is ever taken for deleted because of it)."""
+        async for page in spool.pages():
+            self._join_accounts(page)
+        self._accounts_not_seen()
+
+    def _join_accounts(self, accounts: Iterable[AdAccount]) -> None:
         now = self.now()
         for account in accounts:
             self.report.ad_accounts += 1
@@ -473,8 +513,10 @@ class Reconciler:
             if plan.action is ExportAction.NONE:
                 continue
             self._export(record, FindingAction(plan.action.value), plan.reason, account.dn)
+
+    def _accounts_not_seen(self) -> None:
+        """Guests whose account was not in the OUs: deleted by hand (recreate), or never exported (retry)."""
         self.progress("ad", self.report.ad_accounts)
-        # Guests whose account was not in the OUs: deleted by hand (recreate), or never exported (retry).
         for record in self.index.records("ad_seen = 0 AND handled = 0"):
             if record.status in DEPROVISION_STATUSES:
                 continue
