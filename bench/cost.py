@@ -203,6 +203,7 @@ def run(args: argparse.Namespace) -> Report:
         host_json, changes = bench_host_json(bench.workdir, parse_overrides(args.set))
         say(f"host.json: the repo's, {'with ' + '; '.join(changes) if changes else 'unchanged'}")
         log = AzuriteLog(bench.azurite_log)
+        export_queue = bench.env["GUESTSYNC_EXPORT_QUEUE"]
         for mode in chosen_modes(args):
             with Pipeline(bench, host_json, mode) as pipe:
                 say(f"\n--- {pipe.describe()}")
@@ -217,7 +218,7 @@ def run(args: argparse.Namespace) -> Report:
     for mode, costs in by_mode.items():
         receives = {k: v for k, v in costs.idle.items() if k.startswith(POLL)}
         say(f"{mode}: idle {costs.idle_rate:.2f} storage requests/s = {costs.idle_rate * 86400:,.0f} per idle day; "
-            "polling per listener: " + ", ".join(f"{_listener(k, mode)} {v / costs.idle_seconds:.2f}/s "
+            "polling per listener: " + ", ".join(f"{_listener(k, mode, export_queue)} {v / costs.idle_seconds:.2f}/s "
                                                  f"({v / costs.idle_seconds * 86400:,.0f}/day)"
                                                  for k, v in sorted(receives.items())))
     for mode, costs in by_mode.items():
@@ -242,10 +243,10 @@ def run(args: argparse.Namespace) -> Report:
     return report
 
 
-def _listener(kind: str, mode: str) -> str:
+def _listener(kind: str, mode: str, export_queue: str) -> str:
     """Who polls the queue of a receive count: the export queue is the agent's in worker mode agent."""
     queue = kind.removeprefix(POLL).strip(" ()")
-    who = "agent" if mode == "agent" and "export" in queue else "function host"
+    who = "agent" if mode == "agent" and queue == export_queue else "function host"
     return f"{queue} ({who})"
 
 
