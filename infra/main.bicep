@@ -46,6 +46,16 @@ param maximumInstanceCount int = 40
 ])
 param instanceMemoryMB int = 2048
 
+@description('Flex Consumption: always-ready instances of the function apply_change (the change queue\'s listener). 1 keeps an instance polling, so an invite is picked up within maxPollingInterval instead of waiting for a cold start; it is billed as a baseline all month (docs/deployment.md, Latency, polling and what idle costs). 0 lets the function scale to zero.')
+@minValue(0)
+@maxValue(10)
+param alwaysReadyApply int = 1
+
+@description('Flex Consumption: always-ready instances of the HTTP group (the webhook). 0 lets it scale to zero: the first notification after idle waits for a cold start. 1 keeps the webhook warm at the same baseline price as alwaysReadyApply.')
+@minValue(0)
+@maxValue(10)
+param alwaysReadyHttp int = 0
+
 // ---------------------------------------------------------------------------------------------------------
 // Microsoft Graph
 // ---------------------------------------------------------------------------------------------------------
@@ -476,6 +486,19 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
       scaleAndConcurrency: {
         maximumInstanceCount: maximumInstanceCount
         instanceMemoryMB: instanceMemoryMB
+        // Per-function scale group of the change queue's listener (the name of the function, as registered in
+        // shared/functions.py). Empty: every function scales from zero.
+        alwaysReady: concat((alwaysReadyApply > 0) ? [
+          {
+            name: 'function:apply_change'
+            instanceCount: alwaysReadyApply
+          }
+        ] : [], (alwaysReadyHttp > 0) ? [
+          {
+            name: 'http'
+            instanceCount: alwaysReadyHttp
+          }
+        ] : [])
       }
       runtime: {
         name: 'python'

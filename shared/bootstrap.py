@@ -8,6 +8,7 @@ import threading
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from functools import cached_property, partial
 from typing import TYPE_CHECKING, cast
 
@@ -146,6 +147,30 @@ class Services:
             # The guest's state is saved: mail the operators about an error or a held deprovisioning (never raises).
             await alerts.report_export(outcome.uid, outcome.action, outcome.detail, self.state, self.mailer)
             return outcome
+
+    def send_export_back(self, message: ExportMessage, exc: Exception) -> None:
+        """An export the directory could not take (DC unreachable): a fresh copy of its message goes (back) on
+        the export queue with a growing delay, 2 s doubling to a minute with jitter, as apply does for Graph
+        throttling. A fresh copy, so that an outage never spends the dequeues that would poison it."""
+        from shared.services.apply import deferral_delay
+
+        delay = deferral_delay(message.deferrals)
+        self.export_queue.send(replace(message, deferrals=message.deferrals + 1).to_json(), delay_seconds=delay)
+        log.warning("directory unavailable; export of %s queued for %d s (deferral %d, not counted toward "
+                    "poison): %s", message.uid, delay, message.deferrals + 1, exc)
+
+    async def export_in_process(self, body: str) -> ExportOutcome | None:
+        """Worker mode function: run an export apply has just decided here and now instead of queueing it. What
+        cannot finish here goes on the export queue, whose function retries it as it would have: a DC outage
+        with a delay (``send_export_back``), any other failure at once (its dequeues, then poison, as before).
+        Raises only when that send fails too; the change message is then retried, and apply, finding the guest
+        still pending, exports it again."""
+        try:
+            return await self.handle_export_message(body, on_outage=self.send_export_back)
+        except Exception as exc:
+            log.warning("export in process failed (%s: %s); queued for the export function", type(exc).__name__, exc)
+            await asyncio.to_thread(self.export_queue.send, body)
+            return None
 
     def upn_suffixes(self) -> frozenset[str]:
         """The UPN suffixes guests may have: GUESTSYNC_UPN_SUFFIXES and the tenant's initial domain (from state)."""

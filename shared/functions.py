@@ -7,9 +7,9 @@ local runner, so both worker modes run the same code with the same queue semanti
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-from dataclasses import replace
 
 import azure.functions as func
 
@@ -17,7 +17,6 @@ from shared import observability
 from shared.adapters.queues import StoragePoisonQueues, leave_for_newer_reader
 from shared.bootstrap import services
 from shared.core.messages import (
-    ExportMessage,
     NewerSchemaError,
     SubscriptionEventMessage,
     read_change_queue_message,
@@ -26,7 +25,6 @@ from shared.core.notifications import SubscriptionEventBatch
 from shared.core.records import utcnow
 from shared.observability import guest_context, new_correlation_id
 from shared.services import alerts, apply, reconcile, subscriptions, webhook
-from shared.services.apply import deferral_delay
 
 log = logging.getLogger("guestsync.functions")
 
@@ -40,11 +38,17 @@ def _http(reply: webhook.Reply) -> func.HttpResponse:
                              headers=dict(reply.headers))
 
 
-def make_ingest_blueprint() -> func.Blueprint:
+def make_ingest_blueprint(*, export_in_process: bool = False) -> func.Blueprint:
     """Webhook, lifecycle notifications, apply and subscription upkeep: the cloud half of guestsync.
 
     Both HTTP endpoints need a Functions key (auth level FUNCTION) on top of clientState: the host refuses a
-    call without it (401) before any code of ours runs. The URLs guestsync subscribes with carry it."""
+    call without it (401) before any code of ours runs. The URLs guestsync subscribes with carry it.
+
+    ``export_in_process`` (worker mode function): apply exports each guest it changed itself, right after saving
+    its state, instead of queueing the export for another function: one queue hop instead of two, so an invite
+    becomes an account without a second wait for the export queue's listener (and its three storage
+    transactions). The export queue still carries what this cannot finish (a DC outage, an unexpected error)
+    and the reconcile's exports."""
     bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
     @bp.function_name("graph_notifications")
@@ -96,10 +100,14 @@ def make_ingest_blueprint() -> func.Blueprint:
                                                        s.settings.deprovisioning).run(),
                 defer=lambda delay: s.change_queue.send(change.to_json(), delay_seconds=delay))
             return
+        exports: list[str] = []
         with guest_context(None if change.more_user_ids else change.user_id, change.correlation_id or None):
-            await apply.apply_or_defer(change, s.graph, s.state, s.export_queue.send,
+            await apply.apply_or_defer(change, s.graph, s.state,
+                                       exports.append if export_in_process else s.export_queue.send,
                                        lambda body, delay: s.change_queue.send(body, delay_seconds=delay),
                                        scope_group_id=s.settings.deprovisioning.scope_group_id)
+        if exports:  # state is saved (pending): a crash from here on is repaired by this message's retry
+            await asyncio.gather(*(s.export_in_process(body) for body in exports))
 
     @bp.function_name("maintain_subscription")
     @bp.timer_trigger(arg_name="timer", schedule="%GUESTSYNC_SUBSCRIPTION_SCHEDULE%", run_on_startup=False)
@@ -123,7 +131,7 @@ def create_app(worker_mode: str = "agent", *, mail_alerts: bool | None = None) -
     if mail_alerts is None:
         mail_alerts = (os.environ.get("GUESTSYNC_MAIL") or "none").strip().lower() != "none"
     app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
-    app.register_functions(make_ingest_blueprint())
+    app.register_functions(make_ingest_blueprint(export_in_process=worker_mode == "function"))
     if worker_mode == "function":
         app.register_functions(make_worker_blueprint())
     if mail_alerts:
@@ -178,17 +186,9 @@ def make_worker_blueprint() -> func.Blueprint:
     @bp.queue_trigger(arg_name="msg", queue_name=EXPORT_QUEUE, connection=STORAGE)
     async def export_to_ad(msg: func.QueueMessage) -> None:
         s = services()
-
-        def send_back(message: ExportMessage, exc: Exception) -> None:
-            # A DC outage must not use up the message's dequeues (the host would poison it after 5): send a
-            # fresh copy back with a growing delay, as apply does for Graph throttling, and complete this one.
-            delay = deferral_delay(message.deferrals)  # 2 s doubling to a minute, with jitter
-            s.export_queue.send(replace(message, deferrals=message.deferrals + 1).to_json(), delay_seconds=delay)
-            log.warning("directory unavailable; export of %s sent back for %d s (deferral %d, not counted "
-                        "toward poison): %s", message.uid, delay, message.deferrals + 1, exc)
-
-        # LDAP is blocking: the export runs on the export threads, each with a pooled connection of its own.
-        await s.handle_export_message(msg.get_body(), on_outage=send_back)
+        # LDAP is blocking: the export runs on the export threads, each with a pooled connection of its own. A DC
+        # outage must not use up the message's dequeues (the host would poison it after 5): it is sent back.
+        await s.handle_export_message(msg.get_body(), on_outage=s.send_export_back)
 
     @bp.function_name("reconcile")
     @bp.timer_trigger(arg_name="timer", schedule="%GUESTSYNC_RECONCILE_SCHEDULE%", run_on_startup=False)

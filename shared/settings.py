@@ -645,6 +645,10 @@ class AgentSettings:
     outage_backoff_seconds: int = 60
     #: How long a stop waits for exports in flight before it exits (their messages come back after the lease).
     stop_seconds: int = 60
+    #: Longest wait between two receives while the export queue is empty (it starts at 100 ms after work and
+    #: doubles up to this): what an idle agent costs (1000 / this receives a second) against how long an
+    #: isolated change waits for it (half of this on average).
+    idle_poll_ms: int = 250
     reconcile_schedule: str = BINDING_DEFAULTS["GUESTSYNC_RECONCILE_SCHEDULE"]
     log_file: str | None = None  # rotating log file (10 MB x 5)
 
@@ -664,6 +668,8 @@ def load_agent_settings(env: Mapping[str, str] | None = None) -> AgentSettings:
                                     1, 900) or defaults.outage_backoff_seconds,
         stop_seconds=_int(env, "GUESTSYNC_AGENT_STOP_SECONDS", defaults.stop_seconds, 1, 3600)
         or defaults.stop_seconds,
+        idle_poll_ms=_int(env, "GUESTSYNC_AGENT_IDLE_POLL_MS", defaults.idle_poll_ms, 100, 60_000)
+        or defaults.idle_poll_ms,
         reconcile_schedule=_get(env, "GUESTSYNC_RECONCILE_SCHEDULE", defaults.reconcile_schedule)
         or defaults.reconcile_schedule,
         log_file=_get(env, "GUESTSYNC_LOG_FILE"),

@@ -8,8 +8,11 @@ directory (``DirectoryUnavailableError``) does not count. The message is sent ag
 count 0) delayed by a back-off that doubles up to GUESTSYNC_AGENT_OUTAGE_BACKOFF_SECONDS, and the original is
 deleted, so a DC outage never poisons exports.
 
-Polling is adaptive: 0.1 s after work, doubling to 1 s while idle (about 86,400 receives per idle day; README
-states the cost). A stop (SIGTERM, Ctrl+C, the service manager) stops receiving, releases messages whose
+Polling is adaptive: 0.1 s after work, doubling to GUESTSYNC_AGENT_IDLE_POLL_MS (250 ms) while idle, so an
+isolated change waits 125 ms on average for the agent, at 4 receives a second (345,600 per idle day;
+docs/agent.md states what that costs).
+
+A stop (SIGTERM, Ctrl+C, the service manager) stops receiving, releases messages whose
 export has not started (visible again at once) and waits up to GUESTSYNC_AGENT_STOP_SECONDS for exports that
 have: an export is never cut off half-way by the loop.
 """
@@ -53,7 +56,6 @@ RETRY_VISIBILITY_SECONDS = 10  # host.json visibilityTimeout: the wait before a 
 #: (or this one) tries again while the stuck attempt's later writes are refused by its stale ETag.
 EXPORT_TIMEOUT_SECONDS = 300
 POLL_AFTER_WORK = 0.1
-POLL_IDLE = 1.0
 FIRST_OUTAGE_BACKOFF = 1.0
 
 
@@ -144,6 +146,10 @@ class Agent:
         while not self.stop.is_set() and time.monotonic() < deadline:
             await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
 
+    @property
+    def _idle_poll(self) -> float:
+        return max(POLL_AFTER_WORK, self.config.idle_poll_ms / 1000)
+
     async def _poll_loop(self) -> None:
         delay = 0.0
         while not self.stop.is_set():
@@ -155,7 +161,7 @@ class Agent:
             except Exception as exc:
                 log.warning("receiving from queue %s failed: %s", self.settings.export_queue, exc)
                 messages = []
-                delay = POLL_IDLE
+                delay = self._idle_poll
             for message in messages:
                 held = _Held(message, str(message.pop_receipt or ""),
                              time.monotonic() + self.config.visibility_seconds / 2)
@@ -166,7 +172,7 @@ class Agent:
             if messages:
                 delay = 0.0
                 continue
-            delay = POLL_AFTER_WORK if delay == 0 else min(POLL_IDLE, delay * 2)
+            delay = POLL_AFTER_WORK if delay == 0 else min(self._idle_poll, delay * 2)
             await self._sleep(delay * random.uniform(0.8, 1.2))
 
     async def _drain(self) -> None:

@@ -58,9 +58,9 @@ def test_dc_down_during_exports_poisons_nothing_and_exports_resume(rstack: Stack
     """A DC that goes away (Samba stopped in the middle of a burst) must not poison exports: an unreachable
     directory sends each message back with a growing delay instead of spending the host's 5 dequeues, and the
     exports finish by themselves once the DC is back, with no reconcile."""
-    from shared import functions
+    from shared.services import apply
 
-    monkeypatch.setattr(functions, "deferral_delay", lambda deferrals: 1)  # the outage's back-off, shortened
+    monkeypatch.setattr(apply, "deferral_delay", lambda deferrals: 1)  # the outage's back-off, shortened
     stack = rstack
     first = _invite(stack, 5, "before")
     stack.wait(lambda: stack.settled(first), "the first accounts")

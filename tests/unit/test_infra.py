@@ -73,6 +73,7 @@ CODE_ONLY_SETTINGS = {
     "GUESTSYNC_AGENT_HEARTBEAT_SECONDS",
     "GUESTSYNC_AGENT_OUTAGE_BACKOFF_SECONDS",
     "GUESTSYNC_AGENT_STOP_SECONDS",
+    "GUESTSYNC_AGENT_IDLE_POLL_MS",
     "GUESTSYNC_LOG_FILE",
 }
 
@@ -402,8 +403,32 @@ def test_flex_consumption_app(parsed: dict[Path, dict[str, Any]]) -> None:
     app_config = site["properties"]["functionAppConfig"]
     assert app_config["runtime"] == {"name": "python", "version": "3.11"}
     assert app_config["deployment"]["storage"]["authentication"]["type"] == "UserAssignedIdentity"
-    assert set(app_config["scaleAndConcurrency"]) == {"maximumInstanceCount", "instanceMemoryMB"}
+    scale = app_config["scaleAndConcurrency"]
+    assert set(scale) == {"maximumInstanceCount", "instanceMemoryMB", "alwaysReady"}
     assert site["properties"]["virtualNetworkSubnetId"] is not None  # with enableVnet
+
+
+def test_always_ready_keeps_the_change_queue_listener_warm(parsed: dict[Path, dict[str, Any]]) -> None:
+    """alwaysReadyApply instances of apply_change (its per-function scale group 'function:<name>') and
+    alwaysReadyHttp of the HTTP group; a group with 0 is left out, so it scales to zero."""
+    main = _main(parsed)
+    defaults = {"alwaysReadyApply": 1, "alwaysReadyHttp": 0}
+    for name, default in defaults.items():
+        parameter = main["parameters"][name]
+        assert parameter["type"] == "int" and parameter["default"] == default, name
+        assert {"type": "min_value", "argument": 0} in parameter["decorators"], name
+    always_ready = main["resources"]["site"]["config"]["properties"]["functionAppConfig"]["scaleAndConcurrency"][
+        "alwaysReady"]["function"]
+    assert always_ready["type"] == "concat"
+    groups = {"alwaysReadyApply": "function:apply_change", "alwaysReadyHttp": "http"}
+    for arg, (parameter_name, group) in zip(always_ready["parameters"].values(), groups.items(), strict=True):
+        operands = arg["operator"]["operands"]
+        assert operands["condition"] == {"operator": {"type": "greater_than",
+                                                      "operands": {"operand_1": parameter_name, "operand_2": 0}}}
+        assert operands["true_value"] == [{"name": group, "instanceCount": parameter_name}]
+        assert operands["false_value"] == []
+    # The scale group names the function as the app registers it.
+    assert '@bp.function_name("apply_change")' in FUNCTIONS_PY.read_text(encoding="utf-8")
 
 
 def test_webhook_urls_are_the_apps_own() -> None:
