@@ -188,7 +188,7 @@ def _stages(bench: BenchStack, wall_start: datetime) -> list[str]:
     return lines
 
 
-def _raw(bench: BenchStack, pipe: Pipeline, guests: int, tag: str, background: BackgroundLoad) -> float:
+def _raw(bench: BenchStack, pipe: Pipeline, guests: int, tag: str, background: BackgroundLoad, when: str) -> float:
     """``guests`` raw adds; prints the window's CPU (the function host and agent idle meanwhile)."""
     env, ou = bench.env, bench.stack.guest_ou
     users = [guest_user(bench.stack.sim.tenant_domain, tag, i) for i in range(guests)]
@@ -212,7 +212,8 @@ def _raw(bench: BenchStack, pipe: Pipeline, guests: int, tag: str, background: B
         meter.stop()
     finally:
         conn.unbind()
-    say(f"    raw {guests} adds in {elapsed:.2f} s = {guests / elapsed:.1f} accounts/s; CPU: {meter.summary()}")
+    say(f"    raw ({when}): {guests} adds in {elapsed:.2f} s = {guests / elapsed:.1f} accounts/s; "
+        f"CPU: {meter.summary()}")
     return elapsed
 
 
@@ -246,18 +247,18 @@ def _mode(bench: BenchStack, host_json: Path, mode: str, args: argparse.Namespac
         for n in range(1, args.runs + 1):
             say(f"run {n} of {args.runs} ({mode}): {first} raw adds, {guests} guests end to end "
                 f"(notification -> webhook -> apply -> export -> AD), {second} raw adds")
-            raw1 = _raw(bench, pipe, first, f"r{mode[0]}{n}a", background)
+            raw1 = _raw(bench, pipe, first, f"r{mode[0]}{n}a", background, "before")
             e2e_s, meter, notes = _e2e(bench, pipe, guests, f"t{mode[0]}{n}", args.timeout, background,
                                        profile_to if n == 1 else None)
-            raw2 = _raw(bench, pipe, second, f"r{mode[0]}{n}b", background)
-            result = RunResult(e2e_s, raw1 + raw2, guests, dict(meter.result))
-            results.append(result)
             for note in notes:
                 say(f"    {note}")
             say(f"    end to end: {guests} accounts in {e2e_s:.2f} s = {guests / e2e_s:.1f} accounts/s; CPU:")
             for line in meter.lines():
                 say(f"      {line}")
             say(f"    {meter.per_item(guests, 'provisioned guest')}")
+            raw2 = _raw(bench, pipe, second, f"r{mode[0]}{n}b", background, "after")
+            result = RunResult(e2e_s, raw1 + raw2, guests, dict(meter.result))
+            results.append(result)
             say(f"    run {n}: e2e {guests / e2e_s:.1f} / raw {guests / result.raw_s:.1f} accounts/s "
                 f"= {result.ratio:.3f}")
     stats = pipe.host_stats
