@@ -1,5 +1,6 @@
-"""What every benchmark shares: the local stack, the function app in a process of its own, a bench host.json,
-CPU accounting per process, LDAP helpers, percentiles and the PASS/MISS lines."""
+"""What every benchmark shares: the local stack, the function app in a process of its own (and, in worker mode
+agent, the on-premises agent in another), busy-loop background load, a bench host.json, CPU accounting per
+process, LDAP helpers, percentiles and the PASS/MISS lines."""
 
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ REPO = Path(__file__).resolve().parent.parent
 #: NCRONTAB that never fires during a run (timers are fired on demand through the admin API).
 NEVER = "0 0 0 1 1 *"
 USER_OBJECT_CLASSES = ["top", "person", "organizationalPerson", "user"]
+#: The worker modes (GUESTSYNC_WORKER_MODE): exports by the function app, or by the on-premises agent.
+MODES = ("function", "agent")
 
 
 def say(text: str = "") -> None:
@@ -133,14 +136,21 @@ class BenchStack:
     def env(self) -> dict[str, str]:
         return self.stack.env
 
-    def cpu_meter(self, host: HostProcess | None = None) -> CpuMeter:
-        processes: dict[str, Callable[[], list[int]]] = {
-            "bench process (incl. Graph simulator)": lambda: [os.getpid()],
-            "samba": lambda: _group_pids(self.stack.dc.process.pid if self.stack.dc.process else -1),
-            "azurite": lambda: _pids_with_argument(str(self.workdir / "azurite")),
-        }
+    def cpu_meter(self, host: HostProcess | None = None, agent: AgentProcess | None = None,
+                  background: BackgroundLoad | None = None) -> CpuMeter:
+        """CPU of each process of the run; whatever the machine did besides is the ``OTHERS`` entry."""
+        processes: dict[str, Callable[[], list[int]]] = {}
         if host is not None:
-            processes["function host"] = lambda: [host.pid]
+            processes[HOST] = lambda: [host.pid]
+        if agent is not None:
+            processes[AGENT] = lambda: [agent.pid]
+        processes.update({
+            SAMBA: lambda: _group_pids(self.stack.dc.process.pid if self.stack.dc.process else -1),
+            AZURITE: lambda: _pids_with_argument(str(self.workdir / "azurite")),
+            BENCH: lambda: [os.getpid()],
+        })
+        if background is not None and background.cores:
+            processes[background.label] = lambda: list(background.pids)
         return CpuMeter(processes)
 
 
@@ -208,6 +218,7 @@ class HostProcess:
             "GUESTSYNC_WORKER_MODE": mode,
             "GUESTSYNC_SUBSCRIPTION_SCHEDULE": NEVER,
             "GUESTSYNC_RECONCILE_SCHEDULE": NEVER,
+            "GUESTSYNC_ALERT_SCHEDULE": NEVER,
             "GUESTSYNC_NOTIFICATION_URL": f"{self.base_url}/api/graph/notifications",
             "GUESTSYNC_LIFECYCLE_URL": f"{self.base_url}/api/graph/lifecycle",
             **(extra_env or {}),
@@ -276,10 +287,187 @@ class HostProcess:
         self.stop()
 
 
+class AgentProcess:
+    """``guestsync worker`` (``python -m shared.cli worker``): the on-premises agent in a process of its own,
+    with the stack's settings, consuming the export queue as an AD admin would run it (INFO log to a file)."""
+
+    def __init__(self, bench: BenchStack, extra_env: Mapping[str, str] | None = None) -> None:
+        self.bench = bench
+        name = f"agent-{uuid.uuid4().hex[:8]}"
+        self.log_file = bench.workdir / f"{name}.log"
+        self.console = bench.workdir / f"{name}.out"
+        self.env = {
+            **os.environ,
+            **bench.env,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")])),
+            "GUESTSYNC_WORKER_MODE": "agent",
+            "GUESTSYNC_RECONCILE_SCHEDULE": NEVER,
+            "GUESTSYNC_LOG_FILE": str(self.log_file),
+            **(extra_env or {}),
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid if self.process else -1
+
+    def start(self, timeout: float = 60.0) -> AgentProcess:
+        """Start it (in the work directory, so no local.settings.json of the repo is read) and wait for its first
+        heartbeat in the state table: then its loop polls the export queue."""
+        from shared.adapters.state import StateStore
+        from shared.agent.health import agents
+
+        with self.console.open("wb") as out:
+            self.process = subprocess.Popen([sys.executable, "-m", "shared.cli", "worker"],
+                                            cwd=self.bench.workdir, env=self.env, stdout=out,
+                                            stderr=subprocess.STDOUT)
+        state = StateStore.from_connection_string(self.bench.env["AzureWebJobsStorage"], "guestsync")
+
+        def running() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"the agent exited with {self.process.returncode}; see {self.console}:\n"
+                                   f"{_tail(self.console)}")
+            return any(a.get("pid") == self.pid and a.get("status") == "running" for a in agents(state))
+
+        wait_until(running, timeout, "the agent's first heartbeat", interval=0.2)
+        return self
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM: the agent finishes exports in flight and exits; its exit code."""
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        code = self.process.returncode
+        self.process = None
+        return int(code)
+
+    def __enter__(self) -> AgentProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class Pipeline:
+    """What does the work in one worker mode: the function app (``function``: webhook, apply and export), or the
+    function app in worker mode agent (webhook, apply) plus the real on-premises agent (``agent``: export)."""
+
+    def __init__(self, bench: BenchStack, host_json: Path, mode: str, *, queues: bool = True,
+                 profile: Path | None = None) -> None:
+        if mode not in MODES:
+            raise ValueError(f"worker mode {mode!r}: choose from {', '.join(MODES)}")
+        self.bench, self.mode = bench, mode
+        self.host = HostProcess(bench, host_json, queues=queues, mode=mode, profile=profile)
+        self.agent = AgentProcess(bench) if mode == "agent" else None
+        self.host_stats: dict[str, float] = {}
+
+    def __enter__(self) -> Pipeline:
+        self.host.start()
+        try:
+            if self.agent is not None:
+                self.agent.start()
+        except BaseException:
+            self.host.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.agent is not None and self.agent.process is not None:
+            code = self.agent.stop()
+            if code != 0:
+                say(f"  WARNING: the agent exited with {code}; see {self.agent.console}")
+        if self.host.process is not None:
+            self.host_stats = self.host.stop()
+
+    def cpu_meter(self, background: BackgroundLoad | None = None) -> CpuMeter:
+        return self.bench.cpu_meter(self.host, self.agent, background)
+
+    def describe(self) -> str:
+        if self.mode == "agent":
+            return ("worker mode agent: function app (webhook, apply) on the local runner + `guestsync worker` "
+                    "(export), each a process of its own")
+        return "worker mode function: function app (webhook, apply, export) on the local runner, a process of its own"
+
+
+def add_mode_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mode", choices=(*MODES, "both"), default="function",
+                        help="worker mode: function (the function app exports), agent (the function app in worker "
+                             "mode agent plus `guestsync worker` in a process of its own, which exports), or both, "
+                             "one after the other in the same stack (default function)")
+
+
+def chosen_modes(args: argparse.Namespace) -> list[str]:
+    return list(MODES) if args.mode == "both" else [str(args.mode)]
+
+
+# ---------------------------------------------------------------------------------------- background load
+def add_background_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--background-load", type=int, nargs="?", const=1, default=0, metavar="CORES",
+                        help="keep CORES cores busy during the measured windows (a busy loop per core, each a "
+                             "process of its own; CORES defaults to 1); their CPU is reported as 'background load'")
+
+
+_SPIN = "import os, signal; signal.signal(signal.SIGTERM, lambda *_: os._exit(0))\nwhile True:\n    pass\n"
+
+
+class BackgroundLoad:
+    """``cores`` busy-loop processes (pure CPU, no I/O): load that other software on the machine could put on it,
+    so the headroom is measured. Started by ``__enter__``, stopped by ``__exit__``; nothing when cores is 0."""
+
+    def __init__(self, cores: int) -> None:
+        self.cores = max(0, int(cores))
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def label(self) -> str:
+        return f"background load ({self.cores} busy loop{'s' if self.cores != 1 else ''})"
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes]
+
+    def __enter__(self) -> BackgroundLoad:
+        for _ in range(self.cores):
+            self.processes.append(subprocess.Popen([sys.executable, "-c", _SPIN],  # noqa: S603
+                                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL))
+        if self.cores:
+            time.sleep(0.2)  # spinning before the measured window starts
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.processes = []
+
+    def describe(self) -> str:
+        return f"{self.label}, started before and stopped after the measured windows" if self.cores else \
+            "no background load"
+
+
 def subscribe(bench: BenchStack, host: HostProcess, timeout: float = 30.0) -> None:
-    """Fire maintain_subscription and wait for the simulator to hold the subscription."""
+    """Fire maintain_subscription and wait for the simulator to hold the subscription (only this host's: an
+    earlier host of the same run, in another worker mode, had its own port)."""
+    sim = bench.stack.sim
+    with sim.tenant.lock:
+        sim.subscriptions.clear()
     host.invoke("maintain_subscription")
-    wait_until(lambda: bool(bench.stack.sim.subscriptions), timeout, "the Graph subscription")
+    wait_until(lambda: bool(sim.subscriptions), timeout, "the Graph subscription")
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> float:
@@ -339,7 +527,14 @@ def _pids_with_argument(argument: str) -> list[int]:
     return out
 
 
-OTHERS = "everything else on the machine"
+HOST = "function host"
+AGENT = "agent (guestsync worker)"
+SAMBA = "samba"
+AZURITE = "azurite"
+BENCH = "bench process (incl. Graph simulator)"
+OTHERS = "rest of the machine (everything else)"
+#: The processes whose CPU is work for the guests (per-guest figures).
+PER_ITEM = (HOST, AGENT, SAMBA, AZURITE, BENCH)
 
 
 def _machine_busy_seconds() -> float:
@@ -381,6 +576,18 @@ class CpuMeter:
     def lines(self) -> list[str]:
         wall = max(self.wall, 1e-9)
         return [f"{name}: {cpu:.1f} CPU-s ({cpu / wall:.0%} of one core)" for name, cpu in self.result.items()]
+
+    def summary(self) -> str:
+        """The lines on one line, for short windows."""
+        wall = max(self.wall, 1e-9)
+        return "; ".join(f"{name} {cpu:.1f} CPU-s ({cpu / wall:.0%})" for name, cpu in self.result.items())
+
+    def per_item(self, count: int, what: str) -> str:
+        """CPU-ms each process of the product and its stack spent per item (e.g. per provisioned guest) over the
+        window (not the background load nor the rest of the machine, which do not work for the items)."""
+        parts = [f"{name} {cpu / max(count, 1) * 1000:.2f}" for name, cpu in self.result.items()
+                 if name in PER_ITEM]
+        return f"CPU-ms per {what} ({count}): " + ", ".join(parts)
 
 
 # --------------------------------------------------------------------------------------------------- LDAP

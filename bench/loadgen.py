@@ -7,7 +7,9 @@ keep-alive connection or opens a new one. Prints one JSON object: per-request la
 status counts, how late the sends were, and the achieved rate.
 
     python -m bench.loadgen --url http://127.0.0.1:7071/api/graph/notifications --rate 200 --duration 10 \\
-        [--warmup 2] [--body-file body.json]
+        [--warmup 2] [--body-file body.json | --bodies-file bodies.jsonl]
+
+``--bodies-file``: one body per line; request ``i`` (warm-up included) sends line ``i`` modulo their number.
 """
 
 from __future__ import annotations
@@ -72,13 +74,13 @@ async def _request(pool: _Pool, payload: bytes) -> int:
     return status
 
 
-async def run(url: str, rate: float, duration: float, warmup: float, body: bytes,
+async def run(url: str, rate: float, duration: float, warmup: float, bodies: list[bytes],
               content_type: str = "application/json") -> dict[str, object]:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     target = parts.path + (f"?{parts.query}" if parts.query else "")
-    payload = (f"POST {target} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n"
-               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    payloads = [(f"POST {target} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n"
+                 f"Content-Length: {len(body)}\r\n\r\n").encode() + body for body in bodies or [b""]]
     pool = _Pool(host, port)
     total = int((warmup + duration) * rate)
     latencies: list[float] = []
@@ -88,7 +90,7 @@ async def run(url: str, rate: float, duration: float, warmup: float, body: bytes
     start = loop.time() + 0.2
     tasks: list[asyncio.Task[None]] = []
 
-    async def one(due: float, counted: bool) -> None:
+    async def one(due: float, counted: bool, payload: bytes) -> None:
         try:
             status = await _request(pool, payload)
             key = str(status)
@@ -107,7 +109,7 @@ async def run(url: str, rate: float, duration: float, warmup: float, body: bytes
         counted = i >= warmup * rate
         if counted:
             late.append(max(0.0, loop.time() - due))
-        tasks.append(asyncio.create_task(one(due, counted)))
+        tasks.append(asyncio.create_task(one(due, counted, payloads[i % len(payloads)])))
     sent_for = loop.time() - start
     await asyncio.gather(*tasks)
     pool.close()
@@ -129,10 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--body-file", type=Path)
+    bodies = parser.add_mutually_exclusive_group()
+    bodies.add_argument("--body-file", type=Path, help="the body of every request")
+    bodies.add_argument("--bodies-file", type=Path, help="one body per line, sent in turn")
     args = parser.parse_args(argv)
-    body = args.body_file.read_bytes() if args.body_file else b""
-    result = asyncio.run(run(args.url, args.rate, args.duration, args.warmup, body))
+    if args.bodies_file:
+        payloads = [line for line in args.bodies_file.read_bytes().splitlines() if line.strip()]
+    else:
+        payloads = [args.body_file.read_bytes() if args.body_file else b""]
+    result = asyncio.run(run(args.url, args.rate, args.duration, args.warmup, payloads))
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
     return 0
