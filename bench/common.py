@@ -137,11 +137,15 @@ class BenchStack:
         return self.stack.env
 
     def cpu_meter(self, host: HostProcess | None = None, agent: AgentProcess | None = None,
-                  background: BackgroundLoad | None = None) -> CpuMeter:
-        """CPU of each process of the run; whatever the machine did besides is the ``OTHERS`` entry."""
+                  background: BackgroundLoad | None = None,
+                  more_hosts: Mapping[str, HostProcess] | None = None) -> CpuMeter:
+        """CPU of each process of the run; whatever the machine did besides is the ``OTHERS`` entry.
+        ``more_hosts``: further function host processes, by label (the webhook bench's queue host)."""
         processes: dict[str, Callable[[], list[int]]] = {}
         if host is not None:
             processes[HOST] = lambda: [host.pid]
+        for label, other in (more_hosts or {}).items():
+            processes[label] = lambda other=other: [other.pid]  # type: ignore[misc]
         if agent is not None:
             processes[AGENT] = lambda: [agent.pid]
         processes.update({

@@ -11,6 +11,12 @@ functions do the real work meanwhile: apply reads the guest from Graph and saves
 account in AD. Graph reads and accounts created during the notification window are printed as evidence.
 ``--no-queues`` runs the HTTP listener only (the webhook's floor without that competition).
 
+``--layout`` says where the queue functions run. ``flex`` (default): in a host process of their own, as the
+Flex Consumption plan that ``infra/`` deploys runs them (the HTTP functions scale as one group on instances of
+their own, every queue-triggered function on others: per-function scaling), so the webhook shares the machine's
+CPU with apply and export but not its process. ``shared``: in the webhook's process, as one instance of a
+Premium or Dedicated plan runs every function of the app.
+
 Floors, in the same run against the same server, before the notifications (the queues are idle then): the
 subscription validation handshake (``?validationToken=...``, answered with the token, no queue write) and the
 host's ``POST /admin/host/ping`` (an empty 200 without invoking a function), at the same rate.
@@ -22,6 +28,7 @@ generator; ``--background-load`` keeps that many cores busy (busy-loop processes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -50,12 +57,16 @@ from bench.common import (
 )
 
 NAME = "webhook"
+QUEUE_HOST = "queue host (apply, export)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=200.0, help="requests per second (200)")
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds (10)")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds at the same rate before (2)")
+    parser.add_argument("--layout", choices=("flex", "shared"), default="flex",
+                        help="flex: the queue functions in a host process of their own, as Flex Consumption's "
+                             "per-function scaling runs them (default); shared: in the webhook's process")
     parser.add_argument("--users", type=int, default=0,
                         help="guests the notifications name in turn (default: one per request, warm-up included)")
     parser.add_argument("--no-queues", action="store_true",
@@ -120,29 +131,32 @@ def run(args: argparse.Namespace) -> Report:
     requests = int(args.rate * (args.duration + args.warmup))
     with bench_stack() as bench:
         host_json, changes = bench_host_json(bench.workdir, parse_overrides(args.set))
+        apart = queues and args.layout == "flex"
+        where = "in a host process of their own (Flex Consumption layout)" if apart else "in the webhook's process"
         say(f"host.json: the repo's, {'with ' + '; '.join(changes) if changes else 'unchanged'}; queue functions "
-            f"{'running (worker mode function)' if queues else 'off (HTTP only)'}")
+            f"{'running (worker mode function) ' + where if queues else 'off (HTTP only)'}")
         users = _guests(bench, args.users or requests)
         bodies_file = bench.workdir / "notifications.jsonl"
         bodies_file.write_bytes(b"\n".join(notification(bench, uid) for uid in users) + b"\n")
         say(f"{len(users)} guests in the Graph simulator; {requests} notifications name them in turn")
         admin = bench.stack.dc.admin_connection()
-        with HostProcess(bench, host_json, queues=queues) as host, \
-                BackgroundLoad(args.background_load) as background:
+        with HostProcess(bench, host_json, queues=queues and not apart) as host, \
+                contextlib.ExitStack() as workers, BackgroundLoad(args.background_load) as background:
+            more = {QUEUE_HOST: workers.enter_context(HostProcess(bench, host_json))} if apart else {}
             say(background.describe())
             url = f"{host.base_url}/api/graph/notifications?" + urlencode({"code": bench.env["GUESTSYNC_WEBHOOK_KEY"]})
             say(f"open loop, {args.rate:g} req/s for {args.duration:g} s (+{args.warmup:g} s warm-up), loopback")
-            meter = bench.cpu_meter(host, background=background).start()
+            meter = bench.cpu_meter(host, background=background, more_hosts=more).start()
             floor = _load(url + "&validationToken=bench-validation-token", None, args)
             meter.stop()
             _show("floor (validation handshake)", floor, meter)
-            meter = bench.cpu_meter(host, background=background).start()
+            meter = bench.cpu_meter(host, background=background, more_hosts=more).start()
             ping = _load(f"{host.base_url}/admin/host/ping", None, args)
             meter.stop()
             _show("reference: admin ping (empty 200, no function)", ping, meter)
             accounts_before = count_accounts(admin, bench.stack.guest_ou)
             graph_before = Counter(bench.stack.sim.request_count)
-            meter = bench.cpu_meter(host, background=background).start()
+            meter = bench.cpu_meter(host, background=background, more_hosts=more).start()
             notes = _load(url, bodies_file, args)
             meter.stop()
             graph = Counter(bench.stack.sim.request_count) - graph_before
@@ -161,7 +175,8 @@ def run(args: argparse.Namespace) -> Report:
     p99, floor_p99 = percentile(notes["latencies_s"], 99), percentile(floor["latencies_s"], 99)
     say(f"  p99 notifications {p99 * 1000:.1f} ms vs floor {floor_p99 * 1000:.1f} ms "
         f"(ratio {p99 / floor_p99:.2f})")
-    what = "with the queue functions running" if queues else "HTTP only"
+    what = (f"with the queue functions running, {'apart' if apart else 'in the same process'}" if queues
+            else "HTTP only")
     if args.background_load:
         what += f", {args.background_load} core(s) of background load"
     report.check(f"notification p99 at {args.rate:g} req/s ({what})", p99 * 1000, 100, unit=" ms")
