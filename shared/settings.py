@@ -645,9 +645,8 @@ class AgentSettings:
     outage_backoff_seconds: int = 60
     #: How long a stop waits for exports in flight before it exits (their messages come back after the lease).
     stop_seconds: int = 60
-    #: Longest wait between two receives while the export queue is empty (it starts at 100 ms after work and
-    #: doubles up to this): what an idle agent costs (1000 / this receives a second) against how long an
-    #: isolated change waits for it (half of this on average).
+    #: Wait between two receives (none after a full batch: a burst): what an idle agent costs (1000 / this
+    #: receives a second) against how long an isolated change waits for it (half of this on average).
     idle_poll_ms: int = 250
     reconcile_schedule: str = BINDING_DEFAULTS["GUESTSYNC_RECONCILE_SCHEDULE"]
     log_file: str | None = None  # rotating log file (10 MB x 5)
