@@ -28,6 +28,10 @@ from shared.services import alerts, apply, reconcile, subscriptions, webhook
 
 log = logging.getLogger("guestsync.functions")
 
+#: Loggers that speak at INFO for every HTTP request (azure-core logs each storage request's and answer's headers,
+#: httpx each Graph call): in the Functions worker, which logs at Information, that is two records per request,
+#: each scrubbed and shipped to Application Insights. Their warnings and errors still get through.
+QUIET_LOGGERS = ("azure.core.pipeline.policies.http_logging_policy", "httpx")
 CHANGE_QUEUE = "%GUESTSYNC_CHANGE_QUEUE%"
 EXPORT_QUEUE = "%GUESTSYNC_EXPORT_QUEUE%"
 STORAGE = "AzureWebJobsStorage"
@@ -128,6 +132,8 @@ def create_app(worker_mode: str = "agent", *, mail_alerts: bool | None = None) -
     """The function app: ingest always; the AD worker too when it runs in Azure (worker mode function); the
     alerts timer when alerts are mailed (``mail_alerts``; by default when GUESTSYNC_MAIL is not ``none``)."""
     observability.install()  # scrub secrets from every log record, tag records with the guest
+    for noisy in QUIET_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if mail_alerts is None:
         mail_alerts = (os.environ.get("GUESTSYNC_MAIL") or "none").strip().lower() != "none"
     app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)

@@ -150,3 +150,16 @@ def test_export_metrics(metric_reader: InMemoryMetricReader) -> None:
     assert exports == {"created": 1, "error": 1, "held": 1, "unchanged": 1}
     assert sum(p.value for p in points["guestsync.export.errors"]) == 1  # type: ignore[attr-defined]
     assert sum(p.value for p in points["guestsync.deprovisioning.held"]) == 1  # type: ignore[attr-defined]
+
+
+def test_the_function_app_quietens_per_request_sdk_logs(caplog: pytest.LogCaptureFixture) -> None:
+    """The Functions worker logs at Information: azure-core's per-request header dumps and httpx's per-call
+    lines must not become records (each would be scrubbed and shipped), while their warnings still do."""
+    from shared.functions import QUIET_LOGGERS, create_app
+
+    caplog.set_level(logging.INFO)  # as the worker runs
+    create_app("function", mail_alerts=False)
+    for name in QUIET_LOGGERS:
+        assert not logging.getLogger(name).isEnabledFor(logging.INFO), name
+        assert logging.getLogger(name).isEnabledFor(logging.WARNING), name
+    assert logging.getLogger("guestsync.apply").isEnabledFor(logging.INFO)  # ours still speak
