@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from shared.adapters.graph import GraphClient
     from shared.core.ports import GuestDirectory, Mailer
     from shared.services.export import ExportOutcome
+    from shared.services.webhook import GroupCommit
 
 
 class Services:
@@ -52,6 +53,14 @@ class Services:
     def webhook_queue(self) -> MessageQueue:
         """The change queue as the webhook sends to it: failing fast (see MessageQueue.from_settings)."""
         return MessageQueue.from_settings(self.settings.storage, self.settings.change_queue, fail_fast=True)
+
+    @cached_property
+    def change_commit(self) -> GroupCommit:
+        """The webhook's way to the change queue: POSTs that arrive together are queued together."""
+        from shared.services.webhook import GroupCommit
+
+        queue = self.webhook_queue
+        return GroupCommit(lambda body: queue.send(body))  # looked up per send: a test may wrap the queue's send
 
     @cached_property
     def export_queue(self) -> MessageQueue:

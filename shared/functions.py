@@ -63,7 +63,7 @@ def make_ingest_blueprint(*, export_in_process: bool = False) -> func.Blueprint:
         if refused is not None:
             return _http(refused)
         return _http(
-            webhook.receive_changes(req.get_body(), dict(req.params), s.settings.webhook, s.webhook_queue.send)
+            webhook.receive_changes(req.get_body(), dict(req.params), s.settings.webhook, s.change_commit)
         )
 
     @bp.function_name("graph_lifecycle")

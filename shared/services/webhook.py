@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -101,16 +102,112 @@ def _too_large(body: bytes) -> Reply | None:
 
 
 USERS_PER_MESSAGE = MAX_IN_VALUES
+#: How long a POST waits for the send that carries its users (the webhook's queue client fails fast well before).
+COMMIT_WAIT_SECONDS = 10.0
+
+
+def change_messages(changes: list[tuple[str, str]], received_at: str) -> list[str]:
+    """The change queue messages for (user id, change type) pairs: one per USERS_PER_MESSAGE distinct users and
+    change type, so that apply reads them from Graph in one request. A user named twice is applied once (with
+    the first change type named; apply re-reads it anyway). Pure."""
+    first_type: dict[str, str] = {}
+    for user_id, change_type in changes:
+        first_type.setdefault(user_id, change_type)
+    by_type: dict[str, list[str]] = {}
+    for user_id, change_type in first_type.items():
+        by_type.setdefault(change_type, []).append(user_id)
+    bodies = []
+    for change_type, users in by_type.items():
+        for start in range(0, len(users), USERS_PER_MESSAGE):
+            first, *more = users[start:start + USERS_PER_MESSAGE]
+            bodies.append(ChangeMessage(first, change_type, received_at, correlation_id=new_correlation_id(),
+                                        more_user_ids=tuple(more)).to_json())
+    return bodies
+
+
+@dataclass
+class _Waiting:
+    changes: list[tuple[str, str]]
+    received_at: str
+    woken: threading.Event = field(default_factory=threading.Event)
+    finished: bool = False
+    lead: bool = False
+    error: Exception | None = None
+
+
+class GroupCommit:
+    """Queue the changes of concurrent POSTs together (a group commit, as databases do for their log): a POST
+    that arrives while another POST's changes are being sent waits for that send to end, and then the changes
+    of every POST that waited meanwhile go in one round of sends, up to USERS_PER_MESSAGE users per message.
+
+    Graph sends one POST per notification when they trickle in: under load that makes one change message, one
+    storage send and one Graph read per user; grouped, it makes one per 15. A POST is still answered only once
+    its own users are on the queue (or with 503 when the send that carried them failed), and an idle webhook
+    sends at once: nothing waits for a batch to fill."""
+
+    def __init__(self, send: Callable[[str], None], wait_seconds: float = COMMIT_WAIT_SECONDS) -> None:
+        self._send = send
+        self._wait_seconds = wait_seconds
+        self._lock = threading.Lock()
+        self._waiting: list[_Waiting] = []
+        self._sending = False
+
+    def enqueue(self, changes: list[tuple[str, str]], received_at: str) -> None:
+        """Put (user id, change type) pairs on the change queue; returns once they are there, raises the send's
+        error when they could not be (the caller answers 503 and Graph delivers them again)."""
+        mine = _Waiting(changes, received_at)
+        with self._lock:
+            self._waiting.append(mine)
+            mine.lead = not self._sending
+            self._sending = True
+        if not mine.lead and not mine.woken.wait(self._wait_seconds):
+            with self._lock:
+                if not mine.finished and not mine.lead and mine in self._waiting:
+                    self._waiting.remove(mine)
+                    raise TimeoutError(f"the change queue did not take the changes within {self._wait_seconds} s")
+            mine.woken.wait()  # taken into a send (or made the sender) just now: its end is near
+        if mine.lead and not mine.finished:
+            self._lead(mine)
+        if mine.error is not None:
+            raise mine.error
+
+    def _lead(self, mine: _Waiting) -> None:
+        """Send for everyone waiting until this POST's changes are sent, then hand over to a POST that arrived
+        meanwhile (it sends the next round), or end."""
+        while not mine.finished:
+            with self._lock:
+                group, self._waiting = self._waiting, []
+            self._commit(group)
+        with self._lock:
+            if self._waiting:
+                following = self._waiting[0]
+                following.lead = True
+                following.woken.set()
+            else:
+                self._sending = False
+
+    def _commit(self, group: list[_Waiting]) -> None:
+        received_at = min(w.received_at for w in group)  # the earliest: latency is measured from the first
+        error: Exception | None = None
+        try:
+            for body in change_messages([c for w in group for c in w.changes], received_at):
+                self._send(body)
+        except Exception as exc:  # every POST of the group answers 503; messages already sent are duplicates
+            error = exc
+        for waiting in group:
+            waiting.error, waiting.finished = error, True
+            waiting.woken.set()
 
 
 def receive_changes(
     body: bytes,
     params: dict[str, str],
     settings: WebhookSettings,
-    enqueue: Callable[[str], None],
+    enqueue: Callable[[str], None] | GroupCommit,
     now: Callable[[], datetime] = utcnow,
 ) -> Reply:
-    """Handle ``POST /api/graph/notifications``: validation handshake or a batch of user changes."""
+    """Handle ``POST /api/graph/notifications``: validation handshake or a batch of user changes, put on the
+    change queue by ``enqueue`` (a message at a time) or a GroupCommit (together with concurrent POSTs)."""
     validation = answer_validation(params)
     if validation is not None:
         return validation
@@ -128,21 +225,14 @@ def receive_changes(
         log.warning("malformed notification body refused: %s", exc)
         return _problem(400, str(exc))
     received_at = now().isoformat()
-    # One queue message per USERS_PER_MESSAGE distinct users of the POST (and change type): the apply step reads
-    # them from Graph in one request, so a burst of (mostly member) changes costs a read per 15 users, not per
-    # user. A user named twice in one POST is applied once (apply re-reads it anyway).
-    first_type: dict[str, str] = {}
-    for change in batch.accepted:
-        first_type.setdefault(change.user_id, change.change_type)
-    by_type: dict[str, list[str]] = {}
-    for user_id, change_type in first_type.items():
-        by_type.setdefault(change_type, []).append(user_id)
+    changes = [(change.user_id, change.change_type) for change in batch.accepted]
     try:
-        for change_type, users in by_type.items():
-            for start in range(0, len(users), USERS_PER_MESSAGE):
-                first, *more = users[start:start + USERS_PER_MESSAGE]
-                enqueue(ChangeMessage(first, change_type, received_at, correlation_id=new_correlation_id(),
-                                      more_user_ids=tuple(more)).to_json())
+        if isinstance(enqueue, GroupCommit):
+            if changes:
+                enqueue.enqueue(changes, received_at)
+        else:
+            for message in change_messages(changes, received_at):
+                enqueue(message)
     except Exception as exc:  # storage unreachable: fail fast, Graph redelivers
         return _not_queued(exc)
     return _batch_reply(batch, "notification")
