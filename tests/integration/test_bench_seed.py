@@ -7,6 +7,8 @@ in the cache and copied into the DC of another stack (other passwords, other own
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,25 @@ from shared.adapters.directory import Directory
 from shared.settings import load_settings
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _logging_left_as_found() -> Iterator[None]:
+    """bench_stack() quietens logging for a benchmark's console (the root logger, guestsync, azure): put it back,
+    so that the tests after these still capture what they check in the logs."""
+    root = logging.getLogger()
+    names = ("guestsync", "graphsim", "azure", "asyncio")
+    levels = {name: logging.getLogger(name).level for name in names}
+    root_level, handlers = root.level, list(root.handlers)
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        root.setLevel(root_level)
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
 
 
 def test_seeded_accounts_are_what_an_export_makes() -> None:

@@ -158,6 +158,9 @@ def test_the_function_app_quietens_per_request_sdk_logs(caplog: pytest.LogCaptur
     from shared.functions import QUIET_LOGGERS, create_app
 
     caplog.set_level(logging.INFO)  # as the worker runs
+    caplog.set_level(logging.INFO, logger="guestsync")  # whatever an earlier test left
+    for name in QUIET_LOGGERS:
+        caplog.set_level(logging.NOTSET, logger=name)  # as in a fresh worker: restored after the test
     create_app("function", mail_alerts=False)
     for name in QUIET_LOGGERS:
         assert not logging.getLogger(name).isEnabledFor(logging.INFO), name
