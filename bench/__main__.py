@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 from types import ModuleType
 
-from bench import cost, latency, reconcile, throughput, webhook
+from bench import cost, cpu_paths, latency, reconcile, throughput, webhook
 from bench.common import Report, machine_facts, say
 
-BENCHMARKS: dict[str, ModuleType] = {m.NAME: m for m in (throughput, latency, webhook, reconcile, cost)}
+BENCHMARKS: dict[str, ModuleType] = {m.NAME: m for m in (throughput, latency, webhook, reconcile, cost, cpu_paths)}
 
 
 def main(argv: list[str]) -> int:

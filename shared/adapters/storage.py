@@ -8,6 +8,8 @@ identity-based connection settings.
 
 from __future__ import annotations
 
+import os
+import urllib.request
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -46,13 +48,35 @@ def _discovery(storage: StorageSettings) -> dict[str, Any]:
     return {"disable_instance_discovery": host not in MICROSOFT_LOGIN_HOSTS}
 
 
+#: Environment variables through which ``requests`` changes a request when it trusts the environment (besides
+#: the proxy variables, which ``urllib.request.getproxies`` reads with the platform's own proxy settings).
+_REQUESTS_ENVIRONMENT = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+
+
+def transport_options() -> dict[str, Any]:
+    """Client options that spare every storage request a scan of the environment.
+
+    With ``use_env_settings`` on (the SDK's default), ``requests`` looks up the proxy variables (every variable
+    of the process, lower-cased, twice), NO_PROXY and a .netrc file again for *each* request: about a seventh of
+    the CPU of a table insert in a Functions worker, whose environment holds every app setting. Where no proxy
+    and no CA bundle variable is set, which is the usual case in Azure and on-premises alike, nothing in the
+    environment could change a request, so the lookup is turned off. Where one is set, the SDK keeps reading the
+    environment as before, so proxies, NO_PROXY and custom CA bundles behave exactly as without this."""
+    if any(os.environ.get(name) for name in _REQUESTS_ENVIRONMENT) or any(
+            scheme != "no" for scheme in urllib.request.getproxies()):
+        return {}
+    return {"use_env_settings": False}
+
+
 def table_service(storage: StorageSettings, **options: Any) -> TableServiceClient:
+    options = {**transport_options(), **options}
     if storage.connection_string is not None:
         return TableServiceClient.from_connection_string(storage.connection_string, **options)
     return TableServiceClient(str(storage.table_url), credential=credential(storage), **options)
 
 
 def queue_client(storage: StorageSettings, name: str, **options: Any) -> QueueClient:
+    options = {**transport_options(), **options}
     if storage.connection_string is not None:
         return QueueClient.from_connection_string(storage.connection_string, name, **options)
     return QueueClient(str(storage.queue_url), name, credential=credential(storage), **options)

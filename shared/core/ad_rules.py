@@ -9,6 +9,7 @@ Lengths are counted in UTF-16 code units, as AD stores and limits them.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import re
@@ -212,13 +213,15 @@ def join_rdns(rdns: list[list[Ava]]) -> str:
     return text[: len(text) - len(avas[-1][2])] if avas else ""  # without the separator after the last one
 
 
-def _rdns(dn: str) -> list[frozenset[tuple[str, str]]] | None:
-    """The DN as a list of RDNs (each a set of case-folded type/value pairs); None if it does not parse."""
+@functools.lru_cache(maxsize=4096)
+def _rdns(dn: str) -> tuple[frozenset[tuple[str, str]], ...] | None:
+    """The DN as its RDNs (each a set of case-folded type/value pairs); None if it does not parse. Cached: every
+    write checks its DN against the managed OUs, and parsing a DN costs more than the rest of that check."""
     rdns = split_rdns(dn)
     if rdns is None:
         return None
-    return [frozenset((kind.casefold(), _unescape_dn_value(value).casefold()) for kind, value, _ in rdn)
-            for rdn in rdns]
+    return tuple(frozenset((kind.casefold(), _unescape_dn_value(value).casefold()) for kind, value, _ in rdn)
+                 for rdn in rdns)
 
 
 def is_within(dn: str, ou_dn: str) -> bool:
