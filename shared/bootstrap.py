@@ -121,7 +121,8 @@ class Services:
         """``export_guest`` on the export threads, off the event loop (LDAP and storage calls block)."""
         from shared.services import tenant
 
-        if await run_blocking(self.export_threads, partial(tenant.known_initial_domain, self.state)) is None:
+        if tenant.remembered_initial_domain(self.state) is None and await run_blocking(
+                self.export_threads, partial(tenant.known_initial_domain, self.state)) is None:
             # Apply stores it before it queues an export; a message from before that reads it here, once.
             try:
                 await tenant.ensure_initial_domain(self.graph, self.state)

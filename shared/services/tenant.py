@@ -84,6 +84,12 @@ def _from_state(state: GuestStore) -> tuple[str, datetime] | None:
     return domain, when
 
 
+def remembered_initial_domain(state: GuestStore) -> str | None:
+    """The initial domain from this process's memory only (no storage call: safe on the event loop)."""
+    found = _CACHE.get(state)
+    return found[0] if found else None
+
+
 def known_initial_domain(state: GuestStore) -> str | None:
     """The initial domain as stored by apply (memory, then the meta entity); None when never stored."""
     found = _from_state(state)
