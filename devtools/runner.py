@@ -78,6 +78,10 @@ RENEW_AFTER_SECONDS = 300.0
 MIN_POLLING_INTERVAL = 0.1
 #: The host refuses request bodies larger than 100 MB.
 MAX_REQUEST_BODY = 100 * 1024 * 1024
+#: After answering a request whose body it left unread, the server reads and drops what the client still sends,
+#: up to this much and this long, before it closes (a web server's "lingering close").
+LINGER_BYTES = 8 * 1024 * 1024
+LINGER_SECONDS = 2.0
 PROGRAMMATIC_REASON = "This function was programmatically called via the host APIs."
 #: The setting whose value the runner accepts as the function key (the host's keys live in the host's store).
 FUNCTION_KEY_SETTING = "GUESTSYNC_WEBHOOK_KEY"
@@ -1283,6 +1287,7 @@ class _Handler(BaseHTTPRequestHandler):
                 body = self._body()
             except OverflowError:
                 self._send(_HttpReply(413, close=True))
+                self._linger()
                 return
             except ValueError:
                 self._send(_HttpReply(400, close=True))
@@ -1294,8 +1299,28 @@ class _Handler(BaseHTTPRequestHandler):
             if body.unread:  # the rest of the request is still on the connection: it cannot be reused
                 reply = _HttpReply(reply.status, reply.headers, reply.body, close=True)
             self._send(reply)
+            if body.unread:
+                self._linger()
         finally:
             activity.end()
+
+    def _linger(self) -> None:
+        """A client still sending the body of a request answered without it (413 on its declared size, 401)
+        would otherwise meet a connection reset by the close, and see a broken pipe instead of the answer:
+        end our side, then read and drop what it still sends, bounded (LINGER_BYTES, LINGER_SECONDS)."""
+        with contextlib.suppress(OSError):
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+            deadline, left = time.monotonic() + LINGER_SECONDS, LINGER_BYTES
+            while left > 0 and (remaining := deadline - time.monotonic()) > 0:
+                self.connection.settimeout(min(0.25, remaining))
+                try:
+                    chunk = self.connection.recv(min(65536, left))
+                except TimeoutError:
+                    continue
+                if not chunk:  # the client is done
+                    return
+                left -= len(chunk)
 
     def _send(self, reply: _HttpReply) -> None:
         self.send_response(reply.status)

@@ -15,6 +15,7 @@ import http.client
 import json
 import os
 import random
+import socket
 import threading
 import urllib.parse
 import uuid
@@ -361,3 +362,17 @@ def test_lifecycle_events_of_another_subscription_are_dropped_not_poisoned(
     assert f"for subscription {stranger} dropped: it is not ours" in caplog.text
     assert poisoned() == {"changes": 0, "exports": 0}
     assert len(stack.sim.subscriptions) == 1  # type: ignore[attr-defined]
+
+
+def test_a_body_sent_after_its_413_is_drained_not_reset(rstack: Stack) -> None:
+    """A client that sends the whole body of a request refused on its declared size (as urllib and most HTTP
+    clients do) gets the 413, not a connection reset half-way through its body (a broken pipe)."""
+    split = urllib.parse.urlsplit(rstack.host.base_url)
+    size = 2 * MAX_BODY_BYTES
+    with socket.create_connection((split.hostname or "127.0.0.1", split.port or 80), timeout=10) as sock:
+        sock.sendall(f"POST {_keyed(LIFECYCLE)} HTTP/1.1\r\nHost: guestsync\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {size}\r\n\r\n".encode())
+        answer = sock.recv(65536)  # the 413 comes before any byte of the body was sent
+        assert b" 413 " in answer.split(b"\r\n", 1)[0], answer[:200]
+        sock.sendall(b"x" * size)  # the body all the same: read and dropped by the server, not reset
+        sock.shutdown(socket.SHUT_WR)
