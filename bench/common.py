@@ -209,6 +209,17 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def _terminate(process: subprocess.Popen[Any], timeout: float) -> None:
+    """SIGTERM (a graceful stop), then SIGKILL if it is still running after ``timeout``."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 class HostProcess:
     """``python -m bench.host``: the function app on the local runner in its own process."""
 
@@ -269,13 +280,7 @@ class HostProcess:
         """SIGTERM (the host stops gracefully) and its CPU time and peak RSS."""
         if self.process is None:
             return {}
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        _terminate(self.process, timeout)
         if self.process.stdout is not None:
             self.process.stdout.close()
         self.process = None
@@ -340,13 +345,7 @@ class AgentProcess:
         """SIGTERM: the agent finishes exports in flight and exits; its exit code."""
         if self.process is None:
             return 0
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        _terminate(self.process, timeout)
         code = self.process.returncode
         self.process = None
         return int(code)
@@ -400,6 +399,14 @@ class Pipeline:
             return ("worker mode agent: function app (webhook, apply) on the local runner + `guestsync worker` "
                     "(export), each a process of its own")
         return "worker mode function: function app (webhook, apply, export) on the local runner, a process of its own"
+
+
+def add_gap_arguments(parser: argparse.ArgumentParser) -> None:
+    """The idle gaps before each isolated change (latency, cost): long enough for every listener to back off."""
+    parser.add_argument("--gap-min", type=float, default=1.5,
+                        help="shortest idle gap before an isolated change (1.5 s)")
+    parser.add_argument("--gap-max", type=float, default=3.0,
+                        help="longest idle gap before an isolated change (3 s)")
 
 
 def add_mode_argument(parser: argparse.ArgumentParser) -> None:

@@ -47,6 +47,7 @@ from bench.common import (
     Pipeline,
     Report,
     account_exists,
+    add_gap_arguments,
     add_mode_argument,
     bench_host_json,
     bench_stack,
@@ -71,10 +72,7 @@ Costs = tuple[float, float, float]  # Graph reads, storage transactions (gross),
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--isolated", type=int, default=20,
                         help="new guests one at a time, then renamed one at a time, after idle gaps (20; 0 skips)")
-    parser.add_argument("--gap-min", type=float, default=1.5,
-                        help="shortest idle gap before an isolated change (1.5 s)")
-    parser.add_argument("--gap-max", type=float, default=3.0,
-                        help="longest idle gap before an isolated change (3 s)")
+    add_gap_arguments(parser)
     parser.add_argument("--guests", type=int, default=100, help="new guests in a burst, then renamed (100; 0 skips)")
     parser.add_argument("--members", type=int, default=1000,
                         help="member notifications, one per new member (1000; 0 skips)")

@@ -50,6 +50,7 @@ from bench.common import (
     account_exists,
     ad_values,
     add_background_argument,
+    add_gap_arguments,
     add_mode_argument,
     bench_host_json,
     bench_stack,
@@ -80,10 +81,7 @@ MAX_CHECKS = 50
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--isolated", type=int, default=30,
                         help="isolated changes: guests invited one at a time on an idle system (30; 0 skips)")
-    parser.add_argument("--gap-min", type=float, default=1.5,
-                        help="shortest idle gap before an isolated invite (1.5 s)")
-    parser.add_argument("--gap-max", type=float, default=3.0,
-                        help="longest idle gap before an isolated invite (3 s)")
+    add_gap_arguments(parser)
     parser.add_argument("--rate", type=float, default=20.0, help="steady load: invites per second (20)")
     parser.add_argument("--duration", type=float, default=30.0, help="steady load: seconds of invites (30; 0 skips)")
     parser.add_argument("--poll-interval", type=float, default=0.01,
