@@ -59,13 +59,15 @@ def transport_options() -> dict[str, Any]:
     With ``use_env_settings`` on (the SDK's default), ``requests`` looks up the proxy variables (every variable
     of the process, lower-cased, twice), NO_PROXY and a .netrc file again for *each* request: about a seventh of
     the CPU of a table insert in a Functions worker, whose environment holds every app setting. Where no proxy
-    and no CA bundle variable is set, which is the usual case in Azure and on-premises alike, nothing in the
-    environment could change a request, so the lookup is turned off. Where one is set, the SDK keeps reading the
-    environment as before, so proxies, NO_PROXY and custom CA bundles behave exactly as without this."""
-    if any(os.environ.get(name) for name in _REQUESTS_ENVIRONMENT) or any(
-            scheme != "no" for scheme in urllib.request.getproxies()):
+    variable is set, which is the usual case in Azure and on-premises alike, the lookup is turned off. A CA bundle
+    variable (REQUESTS_CA_BUNDLE, else CURL_CA_BUNDLE, as ``requests`` reads them) is then passed to the clients
+    once as ``connection_verify``, so a custom CA (a TLS-inspecting proxy's) is trusted exactly as before. Where
+    a proxy variable is set, the SDK keeps reading the environment per request, so proxies and NO_PROXY behave
+    exactly as without this."""
+    if any(scheme != "no" for scheme in urllib.request.getproxies()):
         return {}
-    return {"use_env_settings": False}
+    bundle = next((value for value in map(os.environ.get, _REQUESTS_ENVIRONMENT) if value), None)
+    return {"use_env_settings": False, **({"connection_verify": bundle} if bundle else {})}
 
 
 def table_service(storage: StorageSettings, **options: Any) -> TableServiceClient:

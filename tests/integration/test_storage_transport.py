@@ -1,7 +1,8 @@
 """The storage clients and the process environment, against real Table and Queue Storage (Azurite).
 
-Where no proxy (and no CA bundle) variable is set, the clients do not look at the environment again for each
-request (that lookup cost a seventh of a table insert's CPU); where one is set, they honour it as before.
+Where no proxy variable is set, the clients do not look at the environment again for each request (that lookup
+cost a seventh of a table insert's CPU), and a CA bundle variable is still trusted; where a proxy variable is
+set, they honour the environment per request as before.
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from azure.core.exceptions import ServiceRequestError
+from azure.core.exceptions import HttpResponseError, ServiceRequestError
 
 from shared.adapters.queues import MessageQueue
 from shared.adapters.state import StateStore
-from shared.adapters.storage import transport_options
+from shared.adapters.storage import table_service, transport_options
 from shared.settings import StorageSettings
 
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy",
@@ -66,6 +67,33 @@ def test_a_proxy_in_the_environment_is_still_honoured(
     queue.send("past the proxy")
 
 
-def test_a_ca_bundle_variable_keeps_the_environment_in_use(clean_env: pytest.MonkeyPatch) -> None:
-    clean_env.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
-    assert transport_options() == {}
+def _https_storage(graph_sim) -> StorageSettings:
+    """A storage endpoint served over HTTPS by a certificate of the local test CA (the Graph simulator's): what
+    it answers does not matter, only whether the TLS handshake is trusted."""
+    key = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+    return StorageSettings(connection_string=(
+        f"DefaultEndpointsProtocol=https;AccountName=devstoreaccount1;AccountKey={key};"
+        f"TableEndpoint={graph_sim.base_url}/devstoreaccount1;"))
+
+
+@pytest.mark.parametrize("variable", ["REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"])
+def test_a_ca_bundle_variable_is_trusted_without_reading_the_environment_per_request(
+        graph_sim, local_pki, clean_env: pytest.MonkeyPatch, variable: str) -> None:
+    storage = _https_storage(graph_sim)
+    with pytest.raises(ServiceRequestError, match="CERTIFICATE_VERIFY_FAILED"):  # the local CA is not trusted
+        table_service(storage, retry_total=0).get_service_properties()
+    clean_env.setenv(variable, str(local_pki.ca_file))
+    assert transport_options() == {"use_env_settings": False, "connection_verify": str(local_pki.ca_file)}
+    client = table_service(storage, retry_total=0)
+    clean_env.delenv(variable)  # after the client was built: it was given the bundle, it does not look again
+    with pytest.raises(HttpResponseError) as answered:  # the handshake was trusted: the server answered
+        client.get_service_properties()
+    assert not isinstance(answered.value, ServiceRequestError)
+
+
+def test_requests_ca_bundle_wins_over_curl_ca_bundle_as_in_requests(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("CURL_CA_BUNDLE", "/curl.pem")
+    clean_env.setenv("REQUESTS_CA_BUNDLE", "")  # empty: requests skips it
+    assert transport_options() == {"use_env_settings": False, "connection_verify": "/curl.pem"}
+    clean_env.setenv("REQUESTS_CA_BUNDLE", "/requests.pem")
+    assert transport_options() == {"use_env_settings": False, "connection_verify": "/requests.pem"}
