@@ -16,6 +16,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
@@ -566,19 +567,46 @@ class CpuMeter:
         self._wall = 0.0
         self.result: dict[str, float] = {}
         self.wall = 0.0
+        #: (seconds since start, CPU seconds of each process so far) every ``sample_every`` s, when asked
+        self.timeline: list[tuple[float, dict[str, float]]] = []
+        self._sampler: threading.Thread | None = None
+        self._stopped = threading.Event()
 
     def _read(self) -> dict[str, float]:
         out = {name: sum(_cpu_seconds(pid) for pid in self._pids[name]) for name in self._processes}
         out[OTHERS] = _machine_busy_seconds() - sum(out.values())
         return out
 
-    def start(self) -> CpuMeter:
+    def start(self, sample_every: float | None = None) -> CpuMeter:
+        """Start; with ``sample_every``, also keep a timeline of each process's CPU (``share``)."""
         self._pids = {name: find() for name, find in self._processes.items()}
         self._start = self._read()
         self._wall = time.monotonic()
+        if sample_every is not None:
+            self.timeline = [(0.0, dict(self._start))]
+            self._stopped.clear()
+            self._sampler = threading.Thread(target=self._sample, args=(sample_every,), daemon=True)
+            self._sampler.start()
         return self
 
+    def _sample(self, every: float) -> None:
+        while not self._stopped.wait(every):
+            self.timeline.append((time.monotonic() - self._wall, self._read()))
+
+    def share(self, name: str, since: float, until: float) -> float | None:
+        """The share of one core ``name`` used between two moments of the timeline (seconds since start; the
+        samples nearest inside them), or None when fewer than two samples fall between them."""
+        inside = [(t, cpu) for t, cpu in self.timeline if since - 1e-9 <= t <= until + 1e-9]
+        if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+            return None
+        (t0, first), (t1, last) = inside[0], inside[-1]
+        return (last[name] - first[name]) / (t1 - t0)
+
     def stop(self) -> dict[str, float]:
+        if self._sampler is not None:
+            self._stopped.set()
+            self._sampler.join()
+            self._sampler = None
         end = self._read()
         self.wall = time.monotonic() - self._wall
         self.result = {name: end[name] - self._start[name] for name in end}

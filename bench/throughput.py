@@ -37,8 +37,10 @@ from pathlib import Path
 from bench import profile
 from bench.common import (
     AGENT,
+    AZURITE,
     HOST,
     PER_ITEM,
+    SAMBA,
     USER_OBJECT_CLASSES,
     BackgroundLoad,
     BenchStack,
@@ -127,7 +129,7 @@ def _e2e(bench: BenchStack, pipe: Pipeline, guests: int, tag: str, timeout: floa
         base = count_accounts(admin, ou)
         delivered_before = len(sim.deliveries.sent) + len(sim.deliveries.failed)
         spy = profile.start(pipe.host.pid, profile_to, 30) if profile_to is not None else None
-        meter = pipe.cpu_meter(background).start()
+        meter = pipe.cpu_meter(background).start(sample_every=0.5)
         wall_start = datetime.now(UTC)
         started = time.monotonic()
         dns = [guest_account_dn(invite(sim, tag, i)["id"], ou) for i in range(guests)]
@@ -149,9 +151,11 @@ def _e2e(bench: BenchStack, pipe: Pipeline, guests: int, tag: str, timeout: floa
         if count_accounts(admin, ou) != base + guests:
             raise RuntimeError("the guest OU does not hold the expected number of accounts")
         elapsed = finished - started
+        stages, last_apply = _stages(bench, wall_start)
         notes = [f"invites issued in {invited:.2f} s; all notifications delivered to the webhook after "
-                 f"{delivered_at:.2f} s ({len(sim.deliveries.failed)} failed in all)",
-                 *_stages(bench, wall_start)]
+                 f"{delivered_at:.2f} s ({len(sim.deliveries.failed)} failed in all)", *stages]
+        if last_apply is not None:
+            notes.append(_samba_while_applying(meter, last_apply, elapsed))
         if spy is not None and profile_to is not None:
             spy.wait(120)
             notes += ([*profile.event_loop_breakdown(profile_to), *profile.export_threads_breakdown(profile_to)]
@@ -163,10 +167,22 @@ def _e2e(bench: BenchStack, pipe: Pipeline, guests: int, tag: str, timeout: floa
         admin.unbind()
 
 
-def _stages(bench: BenchStack, wall_start: datetime) -> list[str]:
+def _samba_while_applying(meter: CpuMeter, last_apply: float, elapsed: float) -> str:
+    """How busy the DC was kept while apply still read guests from Graph, and after: the two halves show whether
+    the run lost time to the DC waiting for work or to the machine's cores being taken by the rest of the stack."""
+    def window(since: float, until: float) -> str:
+        parts = [f"{name} {share:.0%}" for name in (SAMBA, HOST, AGENT, AZURITE)
+                 if name in meter.result and (share := meter.share(name, since, until)) is not None]
+        return ", ".join(parts) or "too short to sample"
+    return (f"share of a core while apply still read Graph (0-{last_apply:.1f} s): {window(0.0, last_apply)}; "
+            f"after it ({last_apply:.1f}-{elapsed:.1f} s): {window(last_apply, elapsed)}")
+
+
+def _stages(bench: BenchStack, wall_start: datetime) -> tuple[list[str], float | None]:
     """When each stage handled the guests of the run, from the state records: the webhook's receipt
     (exported_at - latency_ms), apply's Graph read (graph_read_at) and the export's start (exported_at).
-    A stage whose span is close to the whole run is the one that set the pace."""
+    A stage whose span is close to the whole run is the one that set the pace. Also: when apply read its last
+    guest (seconds after the first invite)."""
     state = StateStore.from_connection_string(bench.env["AzureWebJobsStorage"], "guestsync")
     received, applied, exported = [], [], []
     for record in state:
@@ -185,7 +201,7 @@ def _stages(bench: BenchStack, wall_start: datetime) -> list[str]:
             rate = (len(values) * 0.8) / (p90 - p10) if p90 > p10 else float("inf")
             lines.append(f"stage '{name}': first {values[0]:.2f} s, last {values[-1]:.2f} s after the first invite; "
                          f"{rate:.1f} guests/s between its 10th and 90th percentile")
-    return lines
+    return lines, (max(applied) if applied else None)
 
 
 def _raw(bench: BenchStack, pipe: Pipeline, guests: int, tag: str, background: BackgroundLoad, when: str) -> float:

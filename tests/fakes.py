@@ -130,6 +130,15 @@ class MemoryGuestStore:
             raise ConcurrencyError(record.uid)  # 412 UpdateConditionNotSatisfied, or 404: deleted under us
         return self.put(record)
 
+    def insert_all(self, records: Sequence[GuestRecord]) -> list[GuestRecord]:
+        """One transaction (counted once, as "insert_all"): all inserted, or none when any exists."""
+        self.calls["insert_all"] += 1
+        if any(record.etag is not None for record in records) or len(records) > 100:
+            raise ValueError("insert_all takes up to 100 new records")
+        if any(graph_id(record.uid) in self.records for record in records) or self._lose_race(None):
+            raise ConcurrencyError(records[0].uid if records else "")
+        return [self.put(record) for record in records]
+
     def delete(self, uid: str) -> None:
         self.calls["delete"] += 1
         self.records.pop(graph_id(uid), None)

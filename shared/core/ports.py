@@ -19,10 +19,12 @@ from shared.core.records import GuestRecord
 
 class RecordStore(Protocol):
     """Guest records by uid. ``save`` inserts a record without an ETag and replaces one with it; both raise
-    ConcurrencyError when someone else wrote first."""
+    ConcurrencyError when someone else wrote first. ``insert_all`` inserts new records together, all or none
+    (ConcurrencyError when any exists)."""
 
     def get(self, uid: str) -> GuestRecord | None: ...
     def save(self, record: GuestRecord) -> GuestRecord: ...
+    def insert_all(self, records: Sequence[GuestRecord]) -> list[GuestRecord]: ...
     def delete(self, uid: str) -> None: ...
 
 

@@ -19,11 +19,11 @@ from datetime import datetime
 from functools import partial
 
 from shared.concurrency import run_blocking
-from shared.core.domain import DEPROVISION_STATUSES, GraphUser, GuestStatus
+from shared.core.domain import DEPROVISION_STATUSES, GraphUser, GuestStatus, graph_id
 from shared.core.errors import GraphThrottledError
 from shared.core.messages import ChangeMessage, ExportMessage
 from shared.core.ports import GuestReader, GuestStore, UserReader
-from shared.core.records import GuestRecord, utcnow
+from shared.core.records import ConcurrencyError, GuestRecord, utcnow
 from shared.core.rules import ApplyPlan, Decision, plan_apply, scope_exit
 from shared.core.unit_of_work import READ, Change, change_guest
 from shared.observability import current_correlation_id, guest_context
@@ -127,16 +127,54 @@ async def apply_change(
         # Graph read a day, see shared.services.tenant), so the export never asks Graph per guest.
         await ensure_initial_domain(graph, state)
 
+    read_at = now()
+    in_groups = dict(zip(message.user_ids, await asyncio.gather(
+        *(group_membership(graph, uid, users.get(uid), scope_group_id) for uid in message.user_ids)), strict=True))
+    new = new_guests({uid: users.get(uid) for uid in message.user_ids}, in_groups, removed=removed,
+                     read_at=read_at, notified_at=message.received)
+    inserted = await run_blocking(_STORAGE_THREADS, partial(insert_new_guests, state, new)) if len(new) > 1 else {}
+
     async def one(uid: str) -> ApplyPlan:
-        user = users.get(uid)
-        in_group = await group_membership(graph, uid, user, scope_group_id)
         with guest_context(uid):
-            call = partial(apply_user, uid, user, state, send_export, in_group=in_group, removed=removed,
-                           read_at=now(), notified_at=message.received)
+            if uid in inserted:
+                plan, saved = inserted[uid]
+                return await run_blocking(_STORAGE_THREADS, partial(_saved, uid, plan, saved, send_export))
+            call = partial(apply_user, uid, users.get(uid), state, send_export, in_group=in_groups[uid],
+                           removed=removed, read_at=read_at, notified_at=message.received)
             return await run_blocking(_STORAGE_THREADS, call)
 
     # Distinct users: applied side by side (a message holds up to 15).
     return list(await asyncio.gather(*(one(uid) for uid in message.user_ids)))
+
+
+def new_guests(users: dict[str, GraphUser | None], in_groups: dict[str, bool | None], *, removed: str | None,
+               read_at: datetime, notified_at: datetime | None) -> dict[str, tuple[ApplyPlan, GuestRecord]]:
+    """The users of a message that would be inserted as new guests without a read (see ``apply_user``): in scope,
+    and not known to this process to hold a record. Pure but for that hint."""
+    new: dict[str, tuple[ApplyPlan, GuestRecord]] = {}
+    keys: set[str] = set()
+    for uid, user in users.items():
+        if uid in KNOWN_RECORDS or graph_id(uid) in keys:  # one entity twice in a transaction is refused
+            continue
+        keys.add(graph_id(uid))
+        plan = plan_for(user, None, in_group=in_groups.get(uid), removed=removed)
+        record = next_record(None, plan, read_at=read_at, notified_at=notified_at)
+        if plan.decision is Decision.EXPORT and record is not None:
+            new[uid] = (plan, record)
+    return new
+
+
+def insert_new_guests(state: GuestStore, new: dict[str, tuple[ApplyPlan, GuestRecord]]
+                      ) -> dict[str, tuple[ApplyPlan, GuestRecord]]:
+    """Insert the new guests of one message in one transaction (one storage transaction instead of one each,
+    about half the host's CPU per insert). All or none: when any of them has a record already (a guest this
+    process has not met), nothing is written and each goes through ``apply_user`` alone, as without this."""
+    try:
+        saved = state.insert_all([record for _, record in new.values()])
+    except ConcurrencyError:
+        log.info("%d new guests: one of them has a record already; applied one by one", len(new))
+        return {}
+    return {uid: (plan, record) for (uid, (plan, _)), record in zip(new.items(), saved, strict=True)}
 
 
 def deferral_delay(deferrals: int, rand: Callable[[], float] = random.random) -> int:
@@ -241,7 +279,12 @@ def apply_user(
         return Change(plan, next_record(record, plan, read_at=read_at, notified_at=notified_at))
 
     done = change_guest(state, user_id, decide, start=READ if read else None, attempts=MAX_ATTEMPTS)
-    plan, saved = done.result, done.saved
+    return _saved(user_id, done.result, done.saved, send_export)
+
+
+def _saved(user_id: str, plan: ApplyPlan, saved: GuestRecord | None, send_export: Callable[[str], None]
+           ) -> ApplyPlan:
+    """After the guest's record is saved (or nothing was to be saved): queue its export, log the decision."""
     if saved is None:
         log.info("user %s: %s (%s)", user_id, plan.decision.value, plan.reason)
         return plan
