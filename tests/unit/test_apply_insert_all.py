@@ -1,7 +1,7 @@
 """The new guests of one change message are inserted together, in one table transaction (one storage transaction
-instead of one each; about half the host's CPU per insert). All or none: when one of them has a record this process
-did not know of, nothing is written by the transaction and every user goes the single-guest way. The real table's
-transaction is exercised in tests/integration/test_state_insert_all.py.
+instead of one each; about a third less of the host's CPU per insert). All or none: when one of them has a record
+this process did not know of, nothing is written by the transaction and every user goes the single-guest way. The
+real table's transaction is exercised in tests/integration/test_state_insert_all.py.
 """
 
 from __future__ import annotations
