@@ -162,12 +162,12 @@ def new_guests(users: dict[str, GraphUser | None], in_groups: dict[str, bool | N
     new: dict[str, tuple[ApplyPlan, GuestRecord]] = {}
     keys: set[str] = set()
     for uid, user in users.items():
-        if uid in KNOWN_RECORDS or graph_id(uid) in keys:  # one entity twice in a transaction is refused
+        if graph_id(uid) in keys:  # one entity twice in a transaction is refused
             continue
-        keys.add(graph_id(uid))
-        plan = plan_for(user, None, in_group=in_groups.get(uid), removed=removed)
-        record = next_record(None, plan, read_at=read_at, notified_at=notified_at)
-        if plan.decision is Decision.EXPORT and record is not None:
+        plan = _new_guest_plan(uid, user, in_group=in_groups.get(uid), removed=removed)
+        record = None if plan is None else next_record(None, plan, read_at=read_at, notified_at=notified_at)
+        if plan is not None and record is not None:
+            keys.add(graph_id(uid))
             new[uid] = (plan, record)
     return new
 
@@ -276,10 +276,7 @@ def apply_user(
     always read first: it may still hold a record (a guest that became a member). ``insert_first``: whether
     the caller expects no record (None: no record unless this process has met one for the user; a failed insert
     costs a transaction, like the read it replaces)."""
-    if insert_first is None:
-        insert_first = user_id not in KNOWN_RECORDS
-    unknown = plan_for(user, None, in_group=in_group, removed=removed)
-    read = not insert_first or unknown.decision is not Decision.EXPORT
+    read = _new_guest_plan(user_id, user, in_group=in_group, removed=removed, insert_first=insert_first) is None
 
     def decide(record: GuestRecord | None) -> Change[ApplyPlan]:
         if record is not None:
@@ -289,6 +286,18 @@ def apply_user(
 
     done = change_guest(state, user_id, decide, start=READ if read else None, attempts=MAX_ATTEMPTS)
     return _saved(user_id, done.result, done.saved, send_export)
+
+
+def _new_guest_plan(user_id: str, user: GraphUser | None, *, in_group: bool | None, removed: str | None,
+                    insert_first: bool | None = None) -> ApplyPlan | None:
+    """The plan of a user that apply inserts as a new guest without reading state first (in scope, and expected
+    to have no record: ``insert_first``, or by default not met by this process), or None: read it first."""
+    if insert_first is None:
+        insert_first = user_id not in KNOWN_RECORDS
+    if not insert_first:
+        return None
+    plan = plan_for(user, None, in_group=in_group, removed=removed)
+    return plan if plan.decision is Decision.EXPORT else None
 
 
 def _saved(user_id: str, plan: ApplyPlan, saved: GuestRecord | None, send_export: Callable[[str], None]
