@@ -56,7 +56,7 @@ from azure.storage.queue import ExponentialRetry, QueueClient
 from azure.storage.queue import QueueMessage as StorageMessage
 
 from shared import ncrontab
-from shared.adapters.storage import transport_options
+from shared.adapters.storage import QUEUE_TIMEOUTS, client_options
 
 __all__ = [
     "FunctionIndexError",
@@ -245,14 +245,13 @@ class _StorageEndpoint:
     def queue_client(self, queue_name: str) -> QueueClient:
         # Short storage retries so stop() is not held up for a minute by an unreachable account.
         retry = ExponentialRetry(initial_backoff=2, increment_base=2, retry_total=2, random_jitter_range=1)
-        options = transport_options()  # the environment read once, not per poll (as the app's own clients)
+        options = client_options({"retry_policy": retry}, timeouts=QUEUE_TIMEOUTS)  # as the app's own clients
         if self.connection_string is not None:
-            return QueueClient.from_connection_string(self.connection_string, queue_name, retry_policy=retry,
-                                                      **options)
+            return QueueClient.from_connection_string(self.connection_string, queue_name, **options)
         from azure.identity import DefaultAzureCredential
 
         credential = DefaultAzureCredential(managed_identity_client_id=self.client_id)
-        return QueueClient(str(self.account_url), queue_name, credential=credential, retry_policy=retry, **options)
+        return QueueClient(str(self.account_url), queue_name, credential=credential, **options)
 
 
 def _storage_endpoint(connection: str, env: Mapping[str, str]) -> _StorageEndpoint:

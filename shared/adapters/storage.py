@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from azure.data.tables import TableServiceClient
 from azure.storage.queue import QueueClient
 
+from shared.adapters.urllib3_transport import Urllib3Transport
 from shared.settings import StorageSettings
 
 
@@ -52,33 +53,48 @@ def _discovery(storage: StorageSettings) -> dict[str, Any]:
 #: the proxy variables, which ``urllib.request.getproxies`` reads with the platform's own proxy settings).
 _REQUESTS_ENVIRONMENT = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 
+#: Client options that belong to the HTTP transport, not to the client's pipeline.
+_CONNECTION_OPTIONS = ("connection_timeout", "read_timeout", "connection_verify", "connection_cert",
+                       "connection_data_block_size")
 
-def transport_options() -> dict[str, Any]:
-    """Client options that spare every storage request a scan of the environment.
+#: The timeouts the queue SDK gives the transport it builds itself (connect, then read), kept with ours.
+QUEUE_TIMEOUTS = {"connection_timeout": 20, "read_timeout": 60}
 
-    With ``use_env_settings`` on (the SDK's default), ``requests`` looks up the proxy variables (every variable
-    of the process, lower-cased, twice), NO_PROXY and a .netrc file again for *each* request: about a seventh of
-    the CPU of a table insert in a Functions worker, whose environment holds every app setting. Where no proxy
-    variable is set, which is the usual case in Azure and on-premises alike, the lookup is turned off. A CA bundle
-    variable (REQUESTS_CA_BUNDLE, else CURL_CA_BUNDLE, as ``requests`` reads them) is then passed to the clients
-    once as ``connection_verify``, so a custom CA (a TLS-inspecting proxy's) is trusted exactly as before. Where
-    a proxy variable is set, the SDK keeps reading the environment per request, so proxies and NO_PROXY behave
+
+def client_options(options: dict[str, Any], *, timeouts: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A storage client's options with the HTTP transport that spares every request what it does not need.
+
+    Where no proxy variable is set, which is the usual case in Azure and on-premises alike, the client gets a
+    ``Urllib3Transport``: a quarter less CPU per call than the SDK's ``requests`` transport, and no scan of the
+    environment per request (with ``requests``, that scan of every variable of the process, lower-cased, twice,
+    plus NO_PROXY and a .netrc file, cost a seventh of a table insert in a Functions worker, whose environment
+    holds every app setting). A CA bundle variable (REQUESTS_CA_BUNDLE, else CURL_CA_BUNDLE, as ``requests``
+    reads them) is read once and trusted exactly as before. The connection options (timeouts, verify, cert)
+    go to the transport, with ``timeouts`` as the defaults. Where a proxy variable is set, the options are left
+    as they are: the SDK's own transport reads the environment per request, so proxies and NO_PROXY behave
     exactly as without this."""
     if any(scheme != "no" for scheme in urllib.request.getproxies()):
-        return {}
+        return {**(timeouts or {}), **options}
+    connection = dict(timeouts or {})
     bundle = next((value for value in map(os.environ.get, _REQUESTS_ENVIRONMENT) if value), None)
-    return {"use_env_settings": False, **({"connection_verify": bundle} if bundle else {})}
+    if bundle:
+        connection["connection_verify"] = bundle
+    client = dict(options)
+    for name in _CONNECTION_OPTIONS:
+        if name in client:
+            connection[name] = client.pop(name)
+    return {**client, "transport": Urllib3Transport(**connection)}
 
 
 def table_service(storage: StorageSettings, **options: Any) -> TableServiceClient:
-    options = {**transport_options(), **options}
+    options = client_options(options)
     if storage.connection_string is not None:
         return TableServiceClient.from_connection_string(storage.connection_string, **options)
     return TableServiceClient(str(storage.table_url), credential=credential(storage), **options)
 
 
 def queue_client(storage: StorageSettings, name: str, **options: Any) -> QueueClient:
-    options = {**transport_options(), **options}
+    options = client_options(options, timeouts=QUEUE_TIMEOUTS)
     if storage.connection_string is not None:
         return QueueClient.from_connection_string(storage.connection_string, name, **options)
     return QueueClient(str(storage.queue_url), name, credential=credential(storage), **options)
