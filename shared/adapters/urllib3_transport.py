@@ -75,24 +75,22 @@ class Urllib3Transport(HttpTransport[HttpRequest, Urllib3TransportResponse]):
 
     def __init__(self, **kwargs: Any) -> None:
         self.connection_config = ConnectionConfiguration(**kwargs)
-        self._pool: urllib3.PoolManager | None = None
+        # Made here, not on first use, so that threads sending at once share one pool manager.
+        self._pool = urllib3.PoolManager(num_pools=POOL_SIZE, maxsize=POOL_SIZE,
+                                         **_tls(self.connection_config.verify, self.connection_config.cert))
 
     def __enter__(self) -> Urllib3Transport:
-        self.open()
         return self
 
     def __exit__(self, *args: object) -> None:
         self.close()
 
     def open(self) -> None:
-        if self._pool is None:
-            self._pool = urllib3.PoolManager(num_pools=POOL_SIZE, maxsize=POOL_SIZE,
-                                             **_tls(self.connection_config.verify, self.connection_config.cert))
+        """Nothing to do: connections are opened by the pool as requests need them."""
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.clear()
-            self._pool = None
+        """Close every pooled connection (a later request opens a new one)."""
+        self._pool.clear()
 
     def send(self, request: HttpRequest, **kwargs: Any) -> Urllib3TransportResponse:
         """Send one request; the body is read before this returns, whatever ``stream`` says."""
@@ -110,8 +108,6 @@ class Urllib3Transport(HttpTransport[HttpRequest, Urllib3TransportResponse]):
         body = request.data
         if isinstance(body, str):
             body = body.encode("utf-8")
-        self.open()
-        assert self._pool is not None
         try:
             response = self._pool.urlopen(
                 request.method, request.url, body=body, headers=dict(request.headers),

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+from azure.core import MatchConditions
 from azure.core.exceptions import (
     IncompleteReadError,
     ResourceModifiedError,
@@ -47,20 +48,14 @@ def test_table_calls_round_trip_unicode_batches_and_conditional_writes(azurite, 
     entity = table.get_entity("p", "1")
     assert entity["name"] == name
     table.update_entity({"PartitionKey": "p", "RowKey": "1", "name": "second", "n": 2}, mode=UpdateMode.REPLACE,
-                        etag=entity.metadata["etag"], match_condition=_if_not_modified())
+                        etag=entity.metadata["etag"], match_condition=MatchConditions.IfNotModified)
     with pytest.raises(ResourceModifiedError):  # the 412 of a stale ETag reaches the caller as before
         table.update_entity({"PartitionKey": "p", "RowKey": "1", "n": 3}, mode=UpdateMode.REPLACE,
-                            etag=entity.metadata["etag"], match_condition=_if_not_modified())
+                            etag=entity.metadata["etag"], match_condition=MatchConditions.IfNotModified)
     results = table.submit_transaction([("create", {"PartitionKey": "p", "RowKey": str(i), "name": name * 20})
                                         for i in range(2, 40)])
     assert len(results) == 38 and all(r.get("etag") for r in results)  # a multipart answer, parsed
     assert sorted(int(e["RowKey"]) for e in table.query_entities("PartitionKey eq 'p'")) == list(range(1, 40))
-
-
-def _if_not_modified():  # noqa: ANN202 - azure-core's enum
-    from azure.core import MatchConditions
-
-    return MatchConditions.IfNotModified
 
 
 def test_queue_messages_round_trip(azurite, no_proxy: None) -> None:
@@ -166,7 +161,7 @@ def test_the_request_goes_out_as_built_and_a_redirect_is_left_to_the_pipeline(ra
     head, _, body = seen[0].partition(b"\r\n\r\n")
     assert head.startswith(b"PUT /t?x=1 HTTP/1.1\r\n")
     assert b"x-ms-version: 2019-02-02" in head
-    assert body == '{"name": "Zo\\u00eb"}'.encode()  # azure-core's JSON, byte for byte
+    assert body == b'{"name": "Zo\\u00eb"}'  # azure-core's JSON, byte for byte
 
 
 def test_per_request_tls_options_and_proxies_are_refused_not_ignored() -> None:
