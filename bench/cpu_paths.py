@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import io
 import logging
+import statistics
 import time
 import uuid
 from collections.abc import Iterator
@@ -48,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calls", type=int, default=200, help="calls of each step (200)")
     parser.add_argument("--only", action="append", default=[], metavar="STEP",
                         help="run only the steps whose name contains STEP (repeatable)")
+    parser.add_argument("--transports", type=int, default=0, metavar="ROUNDS",
+                        help="instead of the steps: the storage calls through azure-core's RequestsTransport (what "
+                             "the SDK builds itself) and through Urllib3Transport, alternating, ROUNDS times each")
 
 
 class _Table:
@@ -232,10 +236,82 @@ def _logging_steps(table: _Table, calls: int) -> None:
         root.handlers = handlers
 
 
+def _transport_rounds(settings: Settings, calls: int, rounds: int) -> None:
+    """The same table and queue calls through each HTTP transport in turn, in this process, so that the
+    machine's drift hits both alike; the ratio per call is what the transport changes."""
+    from azure.core.pipeline.transport import RequestsTransport
+
+    from shared.adapters.storage import QUEUE_TIMEOUTS, client_options, queue_client, table_service
+
+    storage = settings.storage
+    options = client_options({})
+    if "transport" not in options:
+        raise RuntimeError("a proxy variable is set: the storage clients keep the SDK's transport; nothing to compare")
+    base = {k: v for k, v in options.items() if k != "transport"}
+    verify = options["transport"].connection_config.verify
+    def requests_transport(timeouts: dict[str, Any]) -> Any:
+        return RequestsTransport(use_env_settings=False, connection_verify=verify, **timeouts)
+
+    def urllib3_transport(timeouts: dict[str, Any]) -> Any:
+        return client_options({}, timeouts=timeouts)["transport"]
+
+    makers = {"requests": requests_transport, "urllib3": urllib3_transport}
+    totals: dict[tuple[str, str], list[float]] = {}
+    for round_no in range(1, rounds + 1):
+        for kind, make in makers.items():
+            table_client = table_service(storage, transport=make({}), **base) \
+                .create_table_if_not_exists(f"cpu{uuid.uuid4().hex[:10]}")
+            queue = queue_client(storage, f"cpu-{uuid.uuid4().hex[:10]}", transport=make(QUEUE_TIMEOUTS), **base)
+            queue.create_queue()
+            entities = [_record(str(uuid.uuid4()), "contoso.onmicrosoft.com").to_entity() for _ in range(calls)]
+            for entity in entities[:5]:
+                table_client.upsert_entity(entity)  # warm: connection open
+            steps: list[tuple[str, Any]] = [
+                ("table insert", table_client.create_entity),
+                ("table replace", table_client.upsert_entity),
+                ("table read", lambda e, t=table_client: t.get_entity(e["PartitionKey"], e["RowKey"])),
+                ("queue send", lambda e, q=queue: q.send_message(e["RowKey"])),
+            ]
+            line = []
+            for name, step in steps:
+                todo = entities[5:] if name == "table insert" else entities
+                cpu = time.thread_time()
+                for entity in todo:
+                    step(entity)
+                per_call = (time.thread_time() - cpu) * 1000 / len(todo)
+                totals.setdefault((name, kind), []).append(per_call)
+                line.append(f"{name} {per_call:.3f}")
+            received = [m for _ in range(max(1, calls // BATCH))
+                        for m in next(queue.receive_messages(messages_per_page=BATCH, visibility_timeout=60).by_page())]
+            cpu = time.thread_time()
+            for message in received:
+                queue.delete_message(message.id, message.pop_receipt)
+            per_call = (time.thread_time() - cpu) * 1000 / max(1, len(received))
+            totals.setdefault(("queue delete", kind), []).append(per_call)
+            line.append(f"queue delete {per_call:.3f}")
+            say(f"  round {round_no} {kind:<8} CPU-ms per call: {', '.join(line)}")
+            queue.delete_queue()
+            table_client.delete_table()
+    say("\n| call | RequestsTransport CPU-ms | Urllib3Transport CPU-ms | ratio |\n|---|---|---|---|")
+    for name in ("table insert", "table replace", "table read", "queue send", "queue delete"):
+        old, new = (statistics.median(totals[(name, kind)]) for kind in ("requests", "urllib3"))
+        say(f"| {name} | {old:.3f} | {new:.3f} | {new / old:.2f} |")
+
+
 def run(args: argparse.Namespace) -> Report:
     report = Report(NAME)
     calls = int(args.calls)
     table = _Table(list(args.only))
+    if args.transports:
+        with bench_stack() as bench:
+            settings = load_settings(bench.env, need_directory=True)
+            say(f"storage calls through each transport, {calls} calls per call kind, medians of "
+                f"{args.transports} rounds:")
+            meter = bench.cpu_meter().start()
+            _transport_rounds(settings, calls, int(args.transports))
+            meter.stop()
+            say("CPU while the rounds ran: " + meter.summary())
+        return report
     with bench_stack() as bench:
         settings = load_settings(bench.env, need_directory=True)
         observability.install(settings)  # as the function app does: every log record is scrubbed

@@ -72,9 +72,9 @@ def client_options(options: dict[str, Any], *, timeouts: dict[str, Any] | None =
     reads them) is read once and trusted exactly as before. The connection options (timeouts, verify, cert)
     go to the transport, with ``timeouts`` as the defaults. Where a proxy variable is set, the options are left
     as they are: the SDK's own transport reads the environment per request, so proxies and NO_PROXY behave
-    exactly as without this."""
-    if any(scheme != "no" for scheme in urllib.request.getproxies()):
-        return {**(timeouts or {}), **options}
+    exactly as without this. A ``transport`` given in ``options`` is kept."""
+    if "transport" in options or any(scheme != "no" for scheme in urllib.request.getproxies()):
+        return {**(timeouts or {}), **options}  # a caller's own transport, or the SDK's for a proxy
     connection = dict(timeouts or {})
     bundle = next((value for value in map(os.environ.get, _REQUESTS_ENVIRONMENT) if value), None)
     if bundle:

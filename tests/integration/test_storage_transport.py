@@ -116,6 +116,8 @@ def test_connection_options_go_to_the_transport_with_the_queue_sdks_timeouts_as_
     assert {k: v for k, v in options.items() if k != "transport"} == {"retry_total": 0}
     config = _transport(client_options({})).connection_config  # a table client: azure-core's defaults
     assert (config.timeout, config.read_timeout) == (300, 300)
+    own = object()
+    assert client_options({"transport": own}) == {"transport": own}  # a caller's own transport is kept
 
 
 def test_the_clients_built_from_settings_send_through_urllib3(azurite, clean_env: pytest.MonkeyPatch) -> None:
