@@ -65,7 +65,7 @@ def client_options(options: dict[str, Any], *, timeouts: dict[str, Any] | None =
     """A storage client's options with the HTTP transport that spares every request what it does not need.
 
     Where no proxy variable is set, which is the usual case in Azure and on-premises alike, the client gets a
-    ``Urllib3Transport``: a quarter less CPU per call than the SDK's ``requests`` transport, and no scan of the
+    ``Urllib3Transport``: about a third less CPU per call than the SDK's ``requests`` transport, and no scan of the
     environment per request (with ``requests``, that scan of every variable of the process, lower-cased, twice,
     plus NO_PROXY and a .netrc file, cost a seventh of a table insert in a Functions worker, whose environment
     holds every app setting). A CA bundle variable (REQUESTS_CA_BUNDLE, else CURL_CA_BUNDLE, as ``requests``
