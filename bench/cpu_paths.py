@@ -236,6 +236,17 @@ def _logging_steps(table: _Table, calls: int) -> None:
         root.handlers = handlers
 
 
+def _cpu_per_call(totals: dict[tuple[str, str], list[float]], name: str, kind: str, step: Any,
+                  items: list[Any]) -> str:
+    """Run ``step`` on each item; keep this thread's CPU-ms per call under (name, kind) and say it."""
+    cpu = time.thread_time()
+    for item in items:
+        step(item)
+    per_call = (time.thread_time() - cpu) * 1000 / max(1, len(items))
+    totals.setdefault((name, kind), []).append(per_call)
+    return f"{name} {per_call:.3f}"
+
+
 def _transport_rounds(settings: Settings, calls: int, rounds: int) -> None:
     """The same table and queue calls through each HTTP transport in turn, in this process, so that the
     machine's drift hits both alike; the ratio per call is what the transport changes."""
@@ -244,11 +255,11 @@ def _transport_rounds(settings: Settings, calls: int, rounds: int) -> None:
     from shared.adapters.storage import QUEUE_TIMEOUTS, client_options, queue_client, table_service
 
     storage = settings.storage
-    options = client_options({})
-    if "transport" not in options:
+    ours = client_options({}).get("transport")
+    if ours is None:
         raise RuntimeError("a proxy variable is set: the storage clients keep the SDK's transport; nothing to compare")
-    base = {k: v for k, v in options.items() if k != "transport"}
-    verify = options["transport"].connection_config.verify
+    verify = ours.connection_config.verify
+
     def requests_transport(timeouts: dict[str, Any]) -> Any:
         return RequestsTransport(use_env_settings=False, connection_verify=verify, **timeouts)
 
@@ -259,36 +270,22 @@ def _transport_rounds(settings: Settings, calls: int, rounds: int) -> None:
     totals: dict[tuple[str, str], list[float]] = {}
     for round_no in range(1, rounds + 1):
         for kind, make in makers.items():
-            table_client = table_service(storage, transport=make({}), **base) \
+            table_client = table_service(storage, transport=make({})) \
                 .create_table_if_not_exists(f"cpu{uuid.uuid4().hex[:10]}")
-            queue = queue_client(storage, f"cpu-{uuid.uuid4().hex[:10]}", transport=make(QUEUE_TIMEOUTS), **base)
+            queue = queue_client(storage, f"cpu-{uuid.uuid4().hex[:10]}", transport=make(QUEUE_TIMEOUTS))
             queue.create_queue()
             entities = [_record(str(uuid.uuid4()), "contoso.onmicrosoft.com").to_entity() for _ in range(calls)]
             for entity in entities[:5]:
                 table_client.upsert_entity(entity)  # warm: connection open
-            steps: list[tuple[str, Any]] = [
-                ("table insert", table_client.create_entity),
-                ("table replace", table_client.upsert_entity),
-                ("table read", lambda e, t=table_client: t.get_entity(e["PartitionKey"], e["RowKey"])),
-                ("queue send", lambda e, q=queue: q.send_message(e["RowKey"])),
-            ]
-            line = []
-            for name, step in steps:
-                todo = entities[5:] if name == "table insert" else entities
-                cpu = time.thread_time()
-                for entity in todo:
-                    step(entity)
-                per_call = (time.thread_time() - cpu) * 1000 / len(todo)
-                totals.setdefault((name, kind), []).append(per_call)
-                line.append(f"{name} {per_call:.3f}")
+            line = [_cpu_per_call(totals, name, kind, step, items) for name, step, items in (
+                ("table insert", table_client.create_entity, entities[5:]),
+                ("table replace", table_client.upsert_entity, entities),
+                ("table read", lambda e, t=table_client: t.get_entity(e["PartitionKey"], e["RowKey"]), entities),
+                ("queue send", lambda e, q=queue: q.send_message(e["RowKey"]), entities))]
             received = [m for _ in range(max(1, calls // BATCH))
                         for m in next(queue.receive_messages(messages_per_page=BATCH, visibility_timeout=60).by_page())]
-            cpu = time.thread_time()
-            for message in received:
-                queue.delete_message(message.id, message.pop_receipt)
-            per_call = (time.thread_time() - cpu) * 1000 / max(1, len(received))
-            totals.setdefault(("queue delete", kind), []).append(per_call)
-            line.append(f"queue delete {per_call:.3f}")
+            line.append(_cpu_per_call(totals, "queue delete", kind,
+                                      lambda m, q=queue: q.delete_message(m.id, m.pop_receipt), received))
             say(f"  round {round_no} {kind:<8} CPU-ms per call: {', '.join(line)}")
             queue.delete_queue()
             table_client.delete_table()
